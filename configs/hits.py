@@ -1,0 +1,156 @@
+"""HiTS 2015 (DECam g band) configuration: the paper's setting and smaller variants.
+
+Variants by argument (``--config configs/hits.py:ARG``):
+
+* ``paper`` (default): Sec. 3.4 of the paper, batch 256, 30,000 steps, RCNN of Table 3.
+  For a GPU; roughly 6 h on a GTX 1080 Ti in the paper.
+* ``cpu``: the same simulator and architecture, trained briefly on a 2-core CPU
+  (the README's main command, about 20 minutes on an AMD EPYC 2-core machine).
+* ``smoke``: a tiny network and a few steps, for tests.
+
+Append ``,lc`` (e.g. ``configs/hits.py:cpu,lc``) for the light-curve classifier of Sec. 3.3.
+``configs/hits_lc.py`` is the same with the light-curve classifier as the default.
+"""
+
+import ml_collections
+
+CLASS_NAMES = ('Supernova', 'RRLyrae', 'Cepheid', 'EclipsingBinary', 'NonVariable', 'Galaxy',
+               'Asteroid')
+
+
+def _survey():
+  s = ml_collections.ConfigDict()
+  s.name = 'hits2015'
+  s.band = 'g'
+  # Empirical mode: paths to tables in the column format of shared/data/hits2015/*.csv.
+  # Empty strings select the built-in HiTS 2015 g-band model, which needs no files.
+  s.conditions_path = ''
+  s.camera_path = ''
+  s.max_seeing_arcsec = 2.0
+  s.pixel_scale_arcsec = 0.263
+  # Built-in model (used when conditions_path is empty): drawn once, on the host, from this seed.
+  s.model_seed = 2015
+  s.num_fields = 49
+  s.num_ccds = 60
+  s.exp_time_s = 86.0
+  s.mjd_start = 57070.0
+  # Nights (days after mjd_start) and the number of g epochs per night (drawn in [lo, hi]).
+  s.nights = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0, 10.0, 20.0, 25.0)
+  s.epochs_per_night = ((3, 5), (4, 6), (4, 7), (2, 4), (2, 3), (4, 5), (1, 2), (1, 2), (1, 2),
+                        (1, 2), (1, 2))
+  s.epoch_spacing_hours = 1.6
+  s.moon_sky_adu = ((10.0, 560.0), (20.0, 1750.0))  # (night, sky ADU) on moonlit nights
+  # Quantiles (5, 50, 95 %) that the built-in model reproduces.
+  s.seeing_quantiles_arcsec = (1.06, 1.34, 2.70)
+  s.sky_quantiles_adu = (105.0, 120.0, 140.0)  # dark nights; moonlit nights come from moon_sky_adu
+  s.zero_point_quantiles = (24.91, 25.05, 25.11)
+  s.airmass_range = (1.11, 1.83)
+  s.gain_range = (3.74, 4.44)
+  s.read_noise_range_e = (5.5, 12.7)
+  s.read_noise_median_e = 5.97
+  s.saturation_range_adu = (33874.0, 51319.0)
+  return s
+
+
+def _sim():
+  s = ml_collections.ConfigDict()
+  s.class_names = CLASS_NAMES
+  s.stamp_size = 21
+  s.n_w = 3  # images stacked per step
+  s.max_steps = 20  # cap on N_d
+  s.pre_detection = 5  # images before the first detection that start a transient's sequence
+  s.transient_classes = ('Supernova', 'Asteroid')
+  s.host_fraction_supernova = 0.5
+  s.host_fraction_other = 0.05
+  s.max_redraws = 200
+  s.poisson = True  # exact Poisson draws; False uses the Gaussian approximation
+
+  s.psf = ml_collections.ConfigDict()
+  s.psf.kind = 'moffat'  # 'moffat' | 'gaussian' | 'bank'
+  s.psf.moffat_beta = 3.0
+  s.psf.bank_path = ''  # .npz with psf [K, S, S] and fwhm_arcsec [K] when kind == 'bank'
+
+  s.galaxy = ml_collections.ConfigDict()
+  s.galaxy.mag_range = (16.5, 23.5)
+
+  s.lightcurves = ml_collections.ConfigDict()
+  s.lightcurves.m_cutoff = 22.8
+  s.lightcurves.m_cutoff_rrlyrae = 21.5
+  s.lightcurves.template_path = ''  # optional user template table (see lightcurves.py)
+  return s
+
+
+def _model(kind='rcnn'):
+  m = ml_collections.ConfigDict()
+  m.kind = kind  # 'rcnn' | 'lc'
+  m.filters = 64
+  m.convs_per_block = 3
+  m.num_blocks = 2
+  m.dense = 1024
+  m.dropout = 0.5
+  m.lstm_size = 512
+  m.conv_impl = 'auto'  # 'auto' picks the fastest formulation for the backend
+  m.dtype = 'float32'
+  return m
+
+
+def get_config(arg=None):
+  """Returns the configuration; ``arg`` is 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
+  parts = [p for p in (arg or 'paper').split(',') if p]
+  variant = next((p for p in parts if p in ('paper', 'cpu', 'smoke')), 'paper')
+  kind = 'lc' if 'lc' in parts else 'rcnn'
+  unknown = [p for p in parts if p not in ('paper', 'cpu', 'smoke', 'lc', 'rcnn')]
+  if unknown:
+    raise ValueError(f'configs/hits.py: unknown variant {unknown[0]!r}; use paper, cpu or smoke '
+                     'and optionally lc')
+
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.seed = 0
+  config.survey = _survey()
+  config.sim = _sim()
+  config.model = _model(kind)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 256
+  config.train.num_steps = 30_000
+  config.train.learning_rate = 1e-3
+  config.train.log_every = 50
+  config.train.eval_every = 500
+  config.train.distributed = False  # call jax.distributed.initialize() for multi-host runs
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.val_size = 85_750 // 10
+  config.eval.test_size = 85_750
+  config.eval.batch_size = 512
+  config.eval.val_seed_offset = 1_000_003
+  config.eval.test_seed_offset = 2_000_003
+  config.eval.magnitude_bins = (14.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 26.0)
+
+  config.ckpt = ml_collections.ConfigDict()
+  config.ckpt.max_to_keep = 3
+  config.ckpt.every = 500
+
+  if variant == 'cpu':
+    config.train.batch_size = 32
+    config.train.num_steps = 600
+    config.train.log_every = 10
+    config.train.eval_every = 100
+    config.ckpt.every = 100
+    config.eval.val_size = 512
+    config.eval.test_size = 2_048
+    config.eval.batch_size = 256
+  elif variant == 'smoke':
+    config.sim.max_steps = 6
+    config.model.filters = 8
+    config.model.dense = 32
+    config.model.lstm_size = 16
+    config.train.batch_size = 14
+    config.train.num_steps = 2
+    config.train.log_every = 1
+    config.train.eval_every = 1
+    config.ckpt.every = 1
+    config.eval.val_size = 28
+    config.eval.test_size = 28
+    config.eval.batch_size = 14
+  return config
