@@ -36,8 +36,8 @@ def _survey():
   s.mjd_start = 57070.0
   # Nights (days after mjd_start) and the number of g epochs per night (drawn in [lo, hi]).
   s.nights = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0, 10.0, 20.0, 25.0)
-  s.epochs_per_night = ((3, 5), (4, 6), (4, 7), (2, 4), (2, 3), (4, 5), (1, 2), (1, 2), (1, 2),
-                        (1, 2), (1, 2))
+  s.epochs_per_night = ((3, 4), (4, 6), (4, 7), (0, 2), (1, 3), (4, 6), (1, 2), (0, 1), (1, 2),
+                        (0, 1), (0, 1))
   s.epoch_spacing_hours = 1.6
   s.moon_sky_adu = ((10.0, 560.0), (20.0, 1750.0))  # (night, sky ADU) on moonlit nights
   # Quantiles (5, 50, 95 %) that the built-in model reproduces.

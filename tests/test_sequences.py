@@ -1,0 +1,71 @@
+"""Sec. 3.1 on hand-made light curves: detection, windows, eq. 4, stacks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rcnn_jax import sequences
+
+
+def test_first_detection_on_hand_made_curve():
+  mag = jnp.array([25., 24.9, 24., 23.5, 22., 21., 23., 26.])
+  lim = jnp.full(8, 23.6)
+  assert int(sequences.first_detection(mag, lim, 8)) == 3
+  # a detection beyond the field's real epochs does not count
+  assert int(sequences.first_detection(mag, lim, 3)) == 8
+  assert int(sequences.first_detection(jnp.full(8, 30.), lim, 8)) == 8
+  # per-epoch limits matter
+  lim2 = lim.at[2].set(24.5)
+  assert int(sequences.first_detection(mag, lim2, 8)) == 2
+
+
+def test_sequence_start_requires_pre_detection_images():
+  start, ok = sequences.sequence_start(jnp.int32(7), 20, 5, 3)
+  assert int(start) == 2 and bool(ok)
+  _, ok = sequences.sequence_start(jnp.int32(4), 20, 5, 3)  # too early
+  assert not bool(ok)
+  _, ok = sequences.sequence_start(jnp.int32(20), 20, 5, 3)  # never detected
+  assert not bool(ok)
+  _, ok = sequences.sequence_start(jnp.int32(18), 20, 5, 3)  # start 13, 7 images left
+  assert bool(ok)
+
+
+def test_window_masks_and_counts():
+  idx, ev, sm = sequences.window(jnp.int32(10), 25, 20, 3)
+  assert idx.shape == (22,) and ev.shape == (22,) and sm.shape == (20,)
+  assert int(ev.sum()) == 15  # epochs 10..24
+  assert int(sm.sum()) == 13 == int(sequences.num_steps(10, 25, 20, 3))
+  assert int(idx.max()) == 24  # clamped to the last real epoch
+  assert list(np.asarray(sm[:13])) == [True] * 13 and not bool(sm[13:].any())
+  _, _, sm = sequences.window(jnp.int32(0), 29, 20, 3)
+  assert int(sm.sum()) == 20  # capped at N_d = 20
+
+
+def test_eq4_zero_point_invariance():
+  """A source of fixed magnitude gives the same preprocessed counts at any zero point."""
+  mag, t_exp, sky = 20.0, 86.0, 120.0
+  zps = jnp.array([24.8, 25.0, 25.2])
+  adu = t_exp * 10**(0.4 * (zps - mag))  # eq. 1
+  raw = sky + adu[:, None, None] * jnp.ones((3, 2, 2)) / 4.0
+  proc = sequences.preprocess(raw, jnp.full(3, sky), zps, 25.1)
+  expected = t_exp * 10**(0.4 * (25.1 - mag)) / 4.0
+  np.testing.assert_allclose(np.asarray(proc), expected, rtol=1e-5)
+
+
+def test_stack_steps_and_time_gaps():
+  x = jnp.arange(6.0)
+  s = sequences.stack_steps(x, 3)
+  np.testing.assert_array_equal(np.asarray(s), [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]])
+  imgs = jnp.arange(6.0)[:, None, None] * jnp.ones((6, 2, 2))
+  st = sequences.stack_steps(imgs, 3)
+  assert st.shape == (4, 2, 2, 3)
+  np.testing.assert_array_equal(np.asarray(st[2, 0, 0]), [2, 3, 4])
+  g = sequences.time_gaps(jnp.array([10., 10.5, 11., 13.]), 2)
+  np.testing.assert_allclose(np.asarray(g), [[0, .5], [.5, 1.], [1., 3.]])
+
+
+def test_functions_work_under_vmap_and_jit():
+  mags = jnp.array([[25., 22., 22.], [22., 22., 22.]])
+  det = jax.jit(jax.vmap(sequences.first_detection, in_axes=(0, None, None)))(
+      mags, jnp.full(3, 23.), 3)
+  assert list(np.asarray(det)) == [1, 0]
