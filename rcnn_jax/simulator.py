@@ -179,6 +179,7 @@ def simulate_object(key, label, sim: Simulator):
       'sky_adu': sky,
       'seeing_arcsec': seeing,
       'exp_time_s': exp_time,
+      'limmag5': surv.limmag5[field, idx],
       'gain': gain,
       'read_noise_e': read_noise,
       'source_flux_adu': source_adu,

@@ -1,0 +1,140 @@
+"""Benchmarks: one JSON object per line (name, value, unit, config), also saved to --out.
+
+    python -m rcnn_jax.bench [simulate|train|inference ...] [--batch 32] [--steps 20]
+
+``simulate``: stamps/s of the jitted simulator (after compilation), and its compile time.
+``train``: sequences/s of the full training step (simulation included) for the paper's
+architecture (Table 3) at --batch sequences of --steps steps, and its compile time.
+``inference``: new images/s of the incremental (alert-broker) mode, batched across objects.
+With no name, all of them run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import hits
+from rcnn_jax import utils
+
+_BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
+_SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
+_OBJECTS = flags.DEFINE_integer('objects', 1024, 'Objects updated per call (inference).')
+_ITERS = flags.DEFINE_integer('iters', 5, 'Timed iterations (best and median are reported).')
+_CONFIG_ARG = flags.DEFINE_string('config_arg', 'paper', 'configs/hits.py variant.')
+_OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
+
+_RESULTS = []
+
+
+def _hardware():
+  return {'backend': jax.default_backend(), 'devices': jax.device_count(),
+          'cpu_count': os.cpu_count(), 'machine': platform.machine(),
+          'processor': _cpu_name(), 'jax': jax.__version__}
+
+
+def _cpu_name():
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def emit(name, value, unit, **extra):
+  rec = {'name': name, 'value': round(float(value), 3), 'unit': unit, **extra,
+         'hardware': _hardware()}
+  _RESULTS.append(rec)
+  print(json.dumps(rec), flush=True)
+
+
+def _time(fn, iters):
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return min(times), float(np.median(times))
+
+
+def bench_simulate(config):
+  from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+  sim = sim_lib.build_simulator(config)
+  b = _SIM_BATCH.value
+  fn = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, b)['images'])
+  key = jax.random.key(0)
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(key))
+  compile_s = time.perf_counter() - t0
+  i = [0]
+
+  def call():
+    i[0] += 1
+    return fn(jax.random.fold_in(key, i[0]))
+
+  best, med = _time(call, _ITERS.value)
+  stamps = b * sim.num_images
+  cfg = {'batch': b, 'images_per_object': sim.num_images, 'stamp_size': sim.stamp_size,
+         'psf': sim.psf_kind, 'poisson': sim.poisson}
+  emit('simulate', stamps / med, 'stamps_per_s', best=round(stamps / best, 1), config=cfg,
+       compile_s=round(compile_s, 2))
+
+
+def bench_train(config):
+  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  config.train.batch_size = _BATCH.value
+  config.sim.max_steps = _STEPS.value
+  mesh = train.make_mesh()
+  sim, model, tx = train.build(config)
+  state = train.init_state(config, sim, model, tx, mesh)
+  step = train.make_train_step(config, sim, model, tx, mesh)
+  root = jax.random.key(0)
+  t0 = time.perf_counter()
+  state, m = step(state, root)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  holder = [state]
+
+  def call():
+    holder[0], m = step(holder[0], root)
+    return m
+
+  best, med = _time(call, _ITERS.value)
+  cfg = {'batch': _BATCH.value, 'steps': _STEPS.value, 'n_w': sim.n_w,
+         'model': config.model.kind, 'conv_impl': config.model.conv_impl,
+         'filters': config.model.filters, 'lstm_size': config.model.lstm_size}
+  emit(f'train_{config.model.kind}', _BATCH.value / med, 'sequences_per_s',
+       best=round(_BATCH.value / best, 2), config=cfg, compile_s=round(compile_s, 2))
+
+
+BENCHES = {'simulate': bench_simulate, 'train': bench_train}
+
+
+def main(argv):
+  names = argv[1:] or list(BENCHES)
+  for n in names:
+    if n not in BENCHES:
+      raise utils.UserError(f'unknown benchmark {n!r}; choose from {", ".join(BENCHES)}')
+  for n in names:
+    BENCHES[n](hits.get_config(_CONFIG_ARG.value))
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in _RESULTS)
+
+
+if __name__ == '__main__':
+  utils.run(main)

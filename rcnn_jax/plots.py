@@ -1,0 +1,112 @@
+"""Figures: simulated examples (paper Fig. 2-3)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def _stretch(img):
+  """asinh stretch around the median, scaled by a robust noise estimate."""
+  med = np.median(img)
+  mad = 1.4826 * np.median(np.abs(img - med)) + 1e-6
+  return np.arcsinh((img - med) / (3 * mad))
+
+
+def plot_examples(data, path, num_stamps=11):
+  """One example sequence per class: light curve above, raw stamps (sky included) below."""
+  names = [str(n) for n in data['class_names']]
+  fig = plt.figure(figsize=(num_stamps * 1.1, len(names) * 2.5))
+  outer = fig.add_gridspec(len(names), 1, hspace=0.55)
+  for c, name in enumerate(names):
+    idx = np.flatnonzero(data['label'] == c)
+    if not len(idx):
+      continue
+    i = idx[0]
+    valid = data['epoch_valid'][i]
+    t = data['mjd'][i][valid] - data['mjd'][i][0]
+    inner = outer[c].subgridspec(2, num_stamps, height_ratios=(1.3, 1), hspace=0.1, wspace=0.05)
+    ax = fig.add_subplot(inner[0, :])
+    ax.plot(t, data['source_flux_adu'][i][valid], 'o-', ms=3, label='point source')
+    if data['has_host'][i]:
+      ax.plot(t, data['host_flux_adu'][i][valid], 's--', ms=2, label='host in stamp')
+    ax.set_ylabel('ADU', fontsize=7)
+    ax.tick_params(labelsize=6)
+    mag = data['magnitude'][i]
+    ax.set_title(f'{name}  (mag {mag:.2f}{", host" if data["has_host"][i] else ""}; '
+                 f'{int(data["mask"][i].sum())} steps)', fontsize=8, loc='left')
+    ax.legend(fontsize=6, loc='upper right')
+    ax.set_xlabel('days since first image', fontsize=6, labelpad=0)
+    epochs = np.flatnonzero(valid)
+    pick = epochs[np.linspace(0, len(epochs) - 1, min(num_stamps, len(epochs))).astype(int)]
+    for j, e in enumerate(pick):
+      a = fig.add_subplot(inner[1, j])
+      a.imshow(_stretch(data['raw_adu'][i][e]), cmap='gray', origin='lower')
+      a.set_xticks([])
+      a.set_yticks([])
+      a.set_title(f'{data["mjd"][i][e] - data["mjd"][i][0]:.1f} d', fontsize=5, pad=1)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+
+
+_LABELS = {'rcnn': 'RCNN (images)', 'lc': 'light-curve classifier'}
+
+
+def plot_evaluation(results, out_dir):
+  """Fig. 5 (accuracy/recall vs steps, accuracy vs magnitude) and Fig. 6-7 (confusion) per model,
+  side by side when two results are given. Returns the written paths."""
+  import os  # pylint: disable=g-import-not-at-top
+  n = len(results)
+  fig, axes = plt.subplots(n, 3, figsize=(15, 4.2 * n), squeeze=False)
+  for r, m in enumerate(results):
+    label = _LABELS.get(m['model'], m['model'])
+    steps = np.arange(1, len(m['accuracy_by_step']) + 1)
+    acc = np.array(m['accuracy_by_step'], dtype=float)
+    ax = axes[r, 0]
+    ax.plot(steps, acc, 'k-o', ms=3, label='simulated test')
+    ax.set(xlabel='number of inputs (steps)', ylabel='accuracy', ylim=(0, 1.02),
+           title=f'{label}: accuracy')
+    ax.axhline(1 / len(m['class_names']), ls=':', c='gray', label='chance')
+    ax.legend(fontsize=7)
+    ax = axes[r, 1]
+    for name, rec in m['recall_by_step'].items():
+      ax.plot(steps, np.array(rec, dtype=float), '-', label=name)
+    ax.set(xlabel='number of inputs (steps)', ylabel='recall', ylim=(0, 1.02),
+           title=f'{label}: recall per class')
+    ax.legend(fontsize=6, ncol=2)
+    ax = axes[r, 2]
+    mb = m['accuracy_by_magnitude']
+    edges = np.array(mb['bin_edges'])
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for s, a in zip(mb['steps'], mb['accuracy']):
+      ax.plot(centres, np.array(a, dtype=float), '-o', ms=3, label=f'{s} steps')
+    ax.set(xlabel='magnitude', ylabel='accuracy', ylim=(0, 1.02),
+           title=f'{label}: accuracy vs magnitude')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  p1 = os.path.join(out_dir, 'fig5_accuracy.png')
+  fig.savefig(p1, dpi=110)
+  plt.close(fig)
+
+  fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 5.8), squeeze=False)
+  for r, m in enumerate(results):
+    ax = axes[0, r]
+    conf = np.array(m['confusion'])
+    names = m['class_names']
+    ax.imshow(conf, cmap='Blues', vmin=0, vmax=1)
+    for i in range(len(names)):
+      for j in range(len(names)):
+        ax.text(j, i, f'{conf[i, j]:.2f}', ha='center', va='center', fontsize=7,
+                color='white' if conf[i, j] > 0.6 else 'black')
+    ax.set_xticks(range(len(names)), names, rotation=45, ha='right', fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(xlabel='predicted label', ylabel='true label',
+           title=f'{_LABELS.get(m["model"], m["model"])}: step {m["confusion_step"]}')
+  fig.tight_layout()
+  p2 = os.path.join(out_dir, 'fig6_confusion.png')
+  fig.savefig(p2, dpi=110)
+  plt.close(fig)
+  return [p1, p2]

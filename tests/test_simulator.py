@@ -1,0 +1,154 @@
+"""The composed simulator: shapes, masks, balance, determinism, jit/vmap and the physics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import simulator as sim_lib
+
+B = 70
+
+
+@pytest.fixture(scope='module')
+def sim_and_batch():
+  config = hits.get_config('paper')
+  config.sim.psf.kind = 'gaussian'
+  sim = sim_lib.build_simulator(config)
+  fn = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, B))
+  batch = jax.device_get(fn(jax.random.key(3)))
+  return sim, fn, batch
+
+
+def test_shapes_and_masks(sim_and_batch):
+  sim, _, b = sim_and_batch
+  t, e, n_w = sim.max_steps, sim.num_images, sim.n_w
+  assert b['images'].shape == (B, t, 21, 21, n_w) and b['images'].dtype == np.float32
+  assert b['time_gaps'].shape == (B, t, n_w)
+  assert b['mask'].shape == (B, t) and b['mask'].dtype == bool
+  assert b['raw_adu'].shape == (B, e, 21, 21)
+  for k in ('t_days', 'zero_point', 'sky_adu', 'seeing_arcsec', 'exp_time_s',
+            'source_flux_adu', 'host_flux_adu'):
+    assert b[k].shape == (B, e), k
+  for k in ('label', 'gain', 'magnitude', 'has_host'):
+    assert b[k].shape == (B,), k
+  steps = b['mask'].sum(1)
+  assert steps.min() >= 1 and steps.max() <= t
+  # masks are a prefix, and an epoch is valid iff some valid step uses it
+  assert np.all(np.diff(b['mask'].astype(int), axis=1) <= 0)
+  np.testing.assert_array_equal(b['epoch_valid'].sum(1), steps + n_w - 1)
+  assert np.all(b['seeing_arcsec'][b['epoch_valid']] <= 2.0)
+  # padded steps carry nothing
+  assert np.all(b['images'][~b['mask']] == 0)
+
+
+def test_exact_class_balance(sim_and_batch):
+  _, _, b = sim_and_batch
+  np.testing.assert_array_equal(np.bincount(b['label'], minlength=7), [B // 7] * 7)
+
+
+def test_determinism_and_key_dependence(sim_and_batch):
+  _, fn, b = sim_and_batch
+  again = jax.device_get(fn(jax.random.key(3)))
+  for k in b:
+    np.testing.assert_array_equal(b[k], again[k], err_msg=k)
+  other = jax.device_get(fn(jax.random.key(4)))
+  assert not np.array_equal(b['raw_adu'], other['raw_adu'])
+
+
+def test_vmap_over_keys_equals_separate_calls(sim_and_batch):
+  sim, fn, _ = sim_and_batch
+  keys = jax.random.split(jax.random.key(11), 2)
+  both = jax.jit(jax.vmap(lambda k: sim_lib.simulate_batch(k, sim, B)['images']))(keys)
+  np.testing.assert_allclose(np.asarray(both[1]), np.asarray(fn(keys[1])['images']),
+                             rtol=1e-6, atol=1e-3)
+
+
+def test_offset_batches_are_slices_of_the_global_batch(sim_and_batch):
+  sim, _, b = sim_and_batch
+  part = jax.device_get(sim_lib.simulate_batch(jax.random.key(3), sim, 14, offset=28))
+  np.testing.assert_array_equal(part['label'], b['label'][28:42])
+  np.testing.assert_allclose(part['raw_adu'], b['raw_adu'][28:42], rtol=1e-6)
+
+
+def test_eq4_preprocessing_of_outputs(sim_and_batch):
+  _, _, b = sim_and_batch
+  scale = 10**((b['zero_point_ref'][:, None] - b['zero_point']) / 2.5)
+  proc = (b['raw_adu'] - b['sky_adu'][..., None, None]) * scale[..., None, None]
+  np.testing.assert_allclose(b['images'][:, :, :, :, 0][b['mask']], proc[:, :-2][b['mask']],
+                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(b['images'][:, :, :, :, 2][b['mask']], proc[:, 2:][b['mask']],
+                             rtol=1e-5, atol=1e-3)
+
+
+def test_time_gaps_are_from_the_first_image(sim_and_batch):
+  _, _, b = sim_and_batch
+  np.testing.assert_allclose(b['time_gaps'][:, 0, 0], 0.0)
+  expect = b['t_days'][:, 1] - b['t_days'][:, 0]
+  np.testing.assert_allclose(b['time_gaps'][:, 0, 1], expect, rtol=1e-5, atol=1e-5)
+  g = b['time_gaps'][..., 0]
+  assert np.all(np.diff(g, axis=1)[b['mask'][:, 1:]] >= 0)
+
+
+def test_transients_detected_after_five_images(sim_and_batch):
+  sim, _, b = sim_and_batch
+  for i in np.flatnonzero(np.isin(b['label'], sim.transient_ids)):
+    flux = b['source_flux_adu'][i]
+    with np.errstate(divide='ignore'):
+      mag = b['zero_point'][i] - 2.5 * np.log10(flux / b['exp_time_s'][i])
+    detected = (mag < b['limmag5'][i]) & b['epoch_valid'][i]
+    assert np.argmax(detected) == sim.pre_detection, i
+
+
+def test_class_specific_sources(sim_and_batch):
+  sim, _, b = sim_and_batch
+  names = list(sim.class_names)
+  ev = b['epoch_valid']
+  gal = b['label'] == names.index('Galaxy')
+  assert np.all(b['source_flux_adu'][gal] == 0) and np.all(b['has_host'][gal])
+  assert np.all(b['host_flux_adu'][gal][ev[gal]] > 0)
+  ast = b['label'] == names.index('Asteroid')
+  assert np.all(((b['source_flux_adu'][ast] > 0) & ev[ast]).sum(1) == 1)
+  nv = b['label'] == names.index('NonVariable')
+  f = np.where(ev[nv], b['source_flux_adu'][nv] / b['exp_time_s'][nv]
+               / 10**(0.4 * b['zero_point'][nv]), np.nan)
+  np.testing.assert_allclose(np.nanmax(f, 1), np.nanmin(f, 1), rtol=1e-4)
+  assert np.all(b['host_flux_adu'][~b['has_host']] == 0)
+
+
+def test_flux_in_stamp_and_saturation(sim_and_batch):
+  _, _, b = sim_and_batch
+  ev = b['epoch_valid']
+  net = (b['raw_adu'] - b['sky_adu'][..., None, None]).sum((-2, -1))
+  true = b['source_flux_adu'] + b['host_flux_adu']
+  sat = b['raw_adu'].max((-2, -1)) >= 0.999 * np.asarray(b['raw_adu'].max())
+  noise = np.sqrt(441 * (b['sky_adu'] / 3.7 + 10) + true / 3.7) * 3
+  bright = ev & (true > 20 * noise) & ~sat
+  # Gaussian PSF of FWHM <= 2" loses < 1.5 % outside 21x21; point sources are central.
+  ratio = net[bright] / true[bright]
+  assert bright.sum() > 50
+  assert 0.96 < np.median(ratio) < 1.01
+  assert np.all(np.abs(net - true)[ev & ~sat] < np.maximum(noise, 0.06 * true)[ev & ~sat])
+
+
+def test_saturation_cap():
+  config = hits.get_config('smoke')
+  sim = sim_lib.build_simulator(config)
+  b = jax.device_get(jax.jit(lambda k: sim_lib.simulate_batch(k, sim, 28))(jax.random.key(0)))
+  assert np.all(b['raw_adu'].max((-2, -1)) <= b['raw_adu'].max() + 0)
+  sat = np.asarray(sim.survey.saturation_adu)[b['ccd']]
+  assert np.all(b['raw_adu'] <= sat[:, None, None, None] + 1e-3)
+
+
+def test_host_fractions_and_shared_nd_distribution():
+  config = hits.get_config('paper')
+  sim = sim_lib.build_simulator(config)
+  n = 7 * 200
+  b = jax.device_get(jax.jit(lambda k: sim_lib.simulate_batch(k, sim, n)['has_host'])(
+      jax.random.key(5)))
+  labels = np.arange(n) % 7
+  sn = b[labels == 0].mean()
+  other = b[np.isin(labels, [1, 2, 3, 4, 6])].mean()
+  assert abs(sn - 0.5) < 4 * np.sqrt(0.25 / 200)
+  assert abs(other - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 1000)

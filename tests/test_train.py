@@ -1,0 +1,152 @@
+"""Training: end to end, checkpoints, resume, NaN stop, recompilation, multi-device."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(l) for l in f]
+  return {r['step']: r['train_loss'] for r in rows if 'train_loss' in r}
+
+
+def _params(workdir, step):
+  config = train.load_config(workdir)
+  mesh = train.make_mesh()
+  sim, model, tx = train.build(config)
+  target = train.init_state(config, sim, model, tx, mesh)
+  latest, _ = train.checkpoint_managers(workdir, config)
+  return train.restore_state(latest, step, target)
+
+
+def test_two_step_run_writes_and_restores_checkpoint(tmp_path):
+  config = hits.get_config('smoke')
+  wd = str(tmp_path / 'run')
+  final = train.train_and_evaluate(config, wd, progress=False)
+  assert final['step'] == 2 and np.isfinite(final['train_loss'])
+  assert np.isfinite(final['val_loss']) and 0 <= final['val_accuracy'] <= 1
+  assert os.path.exists(os.path.join(wd, 'config.json'))
+  assert os.path.exists(os.path.join(wd, 'best.json'))
+  assert any(p.name.startswith('events') for p in (tmp_path / 'run' / 'tb').iterdir())
+  state = _params(wd, 2)
+  assert int(state.step) == 2
+  # The restored parameters are the trained ones, not a fresh init.
+  fresh = train.init_state(config, *train.build(config), train.make_mesh())
+  diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                      state.params, fresh.params)
+  assert max(jax.tree.leaves(diff)) > 0
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  config = hits.get_config('smoke')
+  config.train.num_steps = 4
+  config.train.eval_every = 2
+  a = str(tmp_path / 'a')
+  train.train_and_evaluate(config, a, progress=False)
+  b = str(tmp_path / 'b')
+  config.train.num_steps = 2
+  train.train_and_evaluate(config, b, progress=False)
+  config.train.num_steps = 4
+  train.train_and_evaluate(config, b, progress=False)  # resumes at step 2
+  la, lb = _losses(a), _losses(b)
+  assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
+  for s in la:
+    assert la[s] == lb[s], (s, la[s], lb[s])
+  pa, pb = _params(a, 4), _params(b, 4)
+  jax.tree.map(np.testing.assert_array_equal, pa.params, pb.params)
+
+
+def test_different_config_in_existing_workdir_is_refused(tmp_path):
+  config = hits.get_config('smoke')
+  config.train.num_steps = 1
+  wd = str(tmp_path / 'w')
+  train.train_and_evaluate(config, wd, progress=False)
+  config.train.learning_rate = 0.5
+  with pytest.raises(Exception, match='different config'):
+    train.train_and_evaluate(config, wd, progress=False)
+  assert train.load_config(wd).train.learning_rate != 0.5
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = hits.get_config('smoke')
+  config.train.num_steps = 3
+  config.train.learning_rate = float('nan')
+  wd = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError, match='non-finite training loss at step 2'):
+    train.train_and_evaluate(config, wd, progress=False)
+  state = _params(wd, 1)
+  leaves = jax.tree.leaves(state.params)
+  assert int(state.step) == 1 and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_train_step_traces_once():
+  config = hits.get_config('smoke')
+  mesh = train.make_mesh()
+  sim, model, tx = train.build(config)
+  state = train.init_state(config, sim, model, tx, mesh)
+  step = train.make_train_step(config, sim, model, tx, mesh)
+  key = jax.random.key(0)
+  for _ in range(3):
+    state, m = step(state, key)
+  jax.block_until_ready(m)
+  assert step.trace_count[0] == 1
+
+
+def _run(args, env_extra=None, timeout=600):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+  return subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_cli_override_reaches_model(tmp_path):
+  wd = tmp_path / 'cli'
+  r = _run(['-m', 'rcnn_jax.train', '--config', 'configs/hits.py:smoke', '--workdir', str(wd),
+            '--config.model.lstm_size=12', '--config.train.num_steps=1'])
+  assert r.returncode == 0, r.stderr[-2000:]
+  saved = train.load_config(str(wd))
+  assert saved.model.lstm_size == 12
+  state = _params(str(wd), 1)
+  shapes = [np.shape(x) for x in jax.tree.leaves(state.params)]
+  assert any(12 in s for s in shapes) and not any(16 in s for s in shapes)
+
+
+_MULTI = r'''
+import json, sys, jax
+sys.path.insert(0, '.')
+from configs import hits
+from rcnn_jax import train
+config = hits.get_config('smoke')
+mesh = train.make_mesh()
+sim, model, tx = train.build(config)
+state = train.init_state(config, sim, model, tx, mesh)
+step = train.make_train_step(config, sim, model, tx, mesh)
+out = []
+for _ in range(2):
+  state, m = step(state, jax.random.key(0))
+  out.append(float(m['loss']))
+print(json.dumps({'devices': jax.device_count(), 'losses': out}))
+'''
+
+
+def test_four_devices_match_one_device():
+  res = {}
+  for n in (1, 4):
+    r = _run(['-c', _MULTI.replace("'smoke')", "'smoke'); config.train.batch_size = 28")],
+             {'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}',
+              'JAX_PLATFORMS': 'cpu'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res[n] = json.loads(r.stdout.strip().splitlines()[-1])
+  assert res[4]['devices'] == 4 and res[1]['devices'] == 1
+  np.testing.assert_allclose(res[4]['losses'], res[1]['losses'], rtol=2e-4)
