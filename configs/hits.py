@@ -62,7 +62,8 @@ def _sim():
   s.transient_classes = ('Supernova', 'Asteroid')
   s.host_fraction_supernova = 0.5
   s.host_fraction_other = 0.05
-  s.max_redraws = 200
+  s.max_redraws = 256  # attempts per object before giving up (then the last draw is used)
+  s.redraw_batch = 16  # attempts evaluated in parallel per round
   s.poisson = True  # exact Poisson draws; False uses the Gaussian approximation
 
   s.psf = ml_collections.ConfigDict()
@@ -72,11 +73,32 @@ def _sim():
 
   s.galaxy = ml_collections.ConfigDict()
   s.galaxy.mag_range = (16.5, 23.5)
+  s.galaxy.count_slope_dex = 0.35  # galaxy counts N(<m) ~ 10^(0.35 m) in g
+  # SDSS-like size-magnitude relation of disks (half-light radius) and its scatter.
+  s.galaxy.r_disk_arcsec_at_19 = 2.5
+  s.galaxy.size_mag_slope = -0.15  # d log10 r / dm
+  s.galaxy.r_disk_scatter_dex = 0.2
+  s.galaxy.r_disk_clip_arcsec = (0.3, 8.0)
+  s.galaxy.bulge_to_disk_radius = 0.4
+  s.galaxy.q_disk_range = (0.2, 1.0)
+  s.galaxy.q_bulge_range = (0.6, 1.0)
+  s.galaxy.bulge_frac_beta = (1.2, 3.0)  # B/T ~ Beta(a, b): mostly disk-dominated
 
   s.lightcurves = ml_collections.ConfigDict()
   s.lightcurves.m_cutoff = 22.8
   s.lightcurves.m_cutoff_rrlyrae = 21.5
-  s.lightcurves.template_path = ''  # optional user template table (see lightcurves.py)
+  s.lightcurves.mag_range = (14.0, 26.0)  # support of Fig. 1's distribution
+  s.lightcurves.count_slope_dex = 0.3  # exponential star-count law, d log10 N / dm
+  s.lightcurves.ia_fraction = 0.5  # of simulated supernovae
+  s.lightcurves.ia_absmag_sigma = 0.15
+  s.lightcurves.ii_absmag = (-16.8, 1.0)  # mean and scatter (Richardson et al. 2014)
+  # Redshift ranges: beyond them no SN reaches HiTS's limiting magnitudes (~24.5 at best).
+  s.lightcurves.z_max = 0.8
+  s.lightcurves.z_max_ii = 0.4
+  s.lightcurves.num_z = 48
+  s.lightcurves.phase_step = 1.0  # days, Ia template grid
+  s.lightcurves.rrc_fraction = 0.25
+  s.lightcurves.contact_fraction = 0.5
   return s
 
 

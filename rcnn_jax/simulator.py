@@ -14,6 +14,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rcnn_jax import lightcurves
 from rcnn_jax import photometry
@@ -40,7 +41,8 @@ class Simulator:
   moffat_beta: float = flax.struct.field(pytree_node=False, default=3.0)
   galaxy_config: Any = flax.struct.field(pytree_node=False, default=None)
   poisson: bool = flax.struct.field(pytree_node=False, default=True)
-  max_redraws: int = flax.struct.field(pytree_node=False, default=200)
+  max_redraws: int = flax.struct.field(pytree_node=False, default=256)
+  redraw_batch: int = flax.struct.field(pytree_node=False, default=16)
 
   @property
   def num_classes(self) -> int:
@@ -76,7 +78,8 @@ def build_simulator(config) -> Simulator:
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
       moffat_beta=float(sc.psf.moffat_beta), galaxy_config=sc.galaxy.to_dict(),
-      poisson=bool(sc.poisson), max_redraws=int(sc.max_redraws))
+      poisson=bool(sc.poisson), max_redraws=int(sc.max_redraws),
+      redraw_batch=int(sc.redraw_batch))
 
 
 def _draw_schedule(key, label, sim: Simulator):
@@ -97,38 +100,59 @@ def _draw_schedule(key, label, sim: Simulator):
     mag, ref = lightcurves.sample_magnitudes(klc, label, t, n, lcm)
     ghost_class = jnp.asarray(sim.transient_ids)[
         jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
-    ghost, _ = lightcurves.sample_magnitudes(kg, ghost_class, t, n, lcm)
+    ghost, _ = lightcurves.sample_magnitudes(kg, ghost_class, t, n, lcm, sim.transient_ids)
     det = sequences.first_detection(jnp.where(is_transient, mag, ghost), surv.limmag5[field], n)
     start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
     return ok, (field, ccd, mag, ref, start)
 
+  # Attempts run in parallel rounds of ``redraw_batch`` (wide vector work instead of a long
+  # scalar loop); the first accepted attempt in key order wins, so the result is a pure
+  # function of the key.
+  r = sim.redraw_batch
+
+  def round_(k):
+    oks, outs = jax.vmap(attempt)(jax.random.split(k, r))
+    first = jnp.argmax(oks)
+    return oks.any(), jax.tree.map(lambda x: x[first], outs)
+
   def cond(state):
     i, _, ok, _ = state
-    return (~ok) & (i < sim.max_redraws)
+    return (~ok) & (i * r < sim.max_redraws)
 
   def body(state):
     i, k, _, _ = state
     k, sub = jax.random.split(k)
-    ok, out = attempt(sub)
+    ok, out = round_(sub)
     return i + 1, k, ok, out
 
   k0, key = jax.random.split(key)
-  ok, out = attempt(k0)
+  ok, out = round_(k0)
   _, _, ok, out = jax.lax.while_loop(cond, body, (jnp.int32(1), key, ok, out))
   return out
 
 
+def _dihedral_tables(size):
+  """Pixel permutations [8, size * size] of the 4 rotations, each with and without mirroring."""
+  grid = np.arange(size * size).reshape(size, size)
+  return np.stack([np.rot90(np.flip(grid, -1) if m else grid, r).reshape(-1)
+                   for m in (False, True) for r in range(4)])
+
+
 def _dihedral(images, k):
-  """Applies one of the 8 rotations/mirrorings of the square to [..., H, W] images."""
-  ops = [lambda x, r=r, m=m: jnp.rot90(jnp.flip(x, -1) if m else x, r, axes=(-2, -1))
-         for m in (False, True) for r in range(4)]
-  return jax.lax.switch(k, ops, images)
+  """Applies symmetry ``k`` (0..7) of the square to [..., H, W] images by one gather."""
+  h, w = images.shape[-2:]
+  perm = jnp.asarray(_dihedral_tables(h))[k]
+  return images.reshape(images.shape[:-2] + (h * w,))[..., perm].reshape(images.shape)
 
 
-def simulate_object(key, label, sim: Simulator):
-  """One labelled sequence: model inputs, raw stamps and the truth behind them."""
+def simulate_object(key, label, has_host, sim: Simulator):
+  """One labelled sequence before hosts and noise: the point source on sky, and the truth.
+
+  The host galaxy (when ``has_host``) is sampled here but rendered by ``_add_hosts`` for the
+  batch's hosts only; mirroring/rotation and noise are applied at batch level too.
+  """
   surv = sim.survey
-  k_sched, k_host, k_gal, k_off, k_ctr, k_noise, k_rot = jax.random.split(key, 7)
+  k_sched, k_gal, k_off, k_ctr, k_noise, k_rot = jax.random.split(key, 6)
   field, ccd, mag, ref_mag, start = _draw_schedule(k_sched, label, sim)
   n = surv.num_epochs[field]
   idx, epoch_valid, step_mask = sequences.window(start, n, sim.max_steps, sim.n_w)
@@ -144,7 +168,6 @@ def simulate_object(key, label, sim: Simulator):
   fwhm_px = seeing / surv.pixel_scale
 
   is_galaxy = label == sim.galaxy_id
-  has_host = is_galaxy | jax.random.bernoulli(k_host, sim.host_fraction[label])
   gal = render.sample_galaxy(k_gal, sim.galaxy_config, surv.pixel_scale)
   dx, dy = jax.random.uniform(k_ctr, (2,), minval=-0.5, maxval=0.5)
   ox, oy = render.sample_host_offset(k_off, gal, surv.pixel_scale)
@@ -153,25 +176,21 @@ def simulate_object(key, label, sim: Simulator):
   gy = jnp.where(is_galaxy, dy, dy - oy)
 
   source_adu = jnp.where(epoch_valid, render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
-  host_total = jnp.where(has_host, render.mag_to_adu(gal.mag, zp, exp_time), 0.0)
+  host_total = jnp.where(has_host & epoch_valid, render.mag_to_adu(gal.mag, zp, exp_time), 0.0)
 
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
   psf = jax.vmap(lambda w: render.psf_stamp(w, dx, dy, size, kind, beta, sim.psf_bank))(fwhm_px)
-  galaxy = jax.vmap(lambda w: render.galaxy_stamp(gal, w, gx, gy, size, kind, beta,
-                                                  surv.pixel_scale, sim.psf_bank))(fwhm_px)
-  noiseless = (source_adu[:, None, None] * psf + host_total[:, None, None] * galaxy
-               + sky[:, None, None])
-  raw = render.add_noise(k_noise, noiseless, gain, read_noise, saturation, sim.poisson)
-  raw = _dihedral(raw, jax.random.randint(k_rot, (), 0, 8))
-  raw = jnp.where(epoch_valid[:, None, None], raw, sky[:, None, None])
-
-  proc = sequences.preprocess(raw, sky, zp, zp_ref)
   return {
-      'images': sequences.stack_steps(proc, sim.n_w),
+      'noiseless': source_adu[:, None, None] * psf + sky[:, None, None],
+      'galaxy': gal,
+      'galaxy_center': jnp.stack([gx, gy]),
+      'fwhm_px': fwhm_px,
+      'host_total_adu': host_total,
+      'rotation': jax.random.randint(k_rot, (), 0, 8),
+      'noise_key': jax.random.key_data(k_noise),
       'time_gaps': sequences.time_gaps(t, sim.n_w),
       'mask': step_mask,
       'label': label.astype(jnp.int32),
-      'raw_adu': raw,
       't_days': t,
       'epoch_valid': epoch_valid,
       'zero_point': zp,
@@ -182,13 +201,87 @@ def simulate_object(key, label, sim: Simulator):
       'limmag5': surv.limmag5[field, idx],
       'gain': gain,
       'read_noise_e': read_noise,
+      'saturation_adu': saturation,
       'source_flux_adu': source_adu,
-      'host_flux_adu': host_total * galaxy.sum(axis=(-2, -1)),
       'magnitude': jnp.where(is_galaxy, gal.mag, ref_mag),
       'has_host': has_host,
       'field': field,
       'ccd': ccd,
   }
+
+
+_GOLDEN = 0.6180339887498949
+
+
+def assign_hosts(key, index, sim: Simulator):
+  """Which objects have a host: a low-discrepancy (golden-ratio) sequence per class.
+
+  Object ``i`` (class c = i % C, rank j = i // C within its class) has a host when
+  frac(j * phi + u_c) < host_fraction[c], with u_c uniform from the batch key. Every class
+  then gets its host fraction to within a few objects in any window of indices, which bounds
+  the number of hosts in a batch (``max_hosts``) so only those galaxies are rendered.
+  """
+  labels = index % sim.num_classes
+  u = jax.random.uniform(jax.random.fold_in(key, 0x686F7374), (sim.num_classes,))
+  phase = jnp.mod((index // sim.num_classes).astype(jnp.float32) * _GOLDEN + u[labels], 1.0)
+  return phase < sim.host_fraction[labels]
+
+
+def max_hosts(sim: Simulator, batch_size: int) -> int:
+  """Static bound on the hosts among ``batch_size`` consecutive indices (see assign_hosts)."""
+  per_class = -(-batch_size // sim.num_classes)
+  frac = np.asarray(jax.device_get(sim.host_fraction))
+  bound = int(np.sum(np.minimum(np.ceil(per_class * frac) + np.where(frac > 0, 3, 0),
+                                per_class)))
+  return min(batch_size, bound)
+
+
+def _add_hosts(objects, sim: Simulator):
+  """Renders the host galaxies of the objects that have one and adds them (batch level)."""
+  b = objects['label'].shape[0]
+  m = max_hosts(sim, b)
+  has_host = objects['has_host']
+  # Hosts first (stable), then the m first are rendered; beyond the bound nothing is dropped
+  # silently: has_host is cleared for any object that could not be rendered.
+  order = jnp.argsort(~has_host, stable=True)[:m]
+  rendered = jnp.zeros((b,), bool).at[order].set(True) & has_host
+  gal = jax.tree.map(lambda x: x[order], objects['galaxy'])
+  centre = objects['galaxy_center'][order]
+  fwhm = objects['fwhm_px'][order]
+  size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
+  one = lambda g, c, f: jax.vmap(lambda w: render.galaxy_stamp(
+      g, w, c[0], c[1], size, kind, beta, sim.survey.pixel_scale, sim.psf_bank))(f)
+  stamps = jax.vmap(one)(gal, centre, fwhm) * rendered[order][:, None, None, None]
+  host = objects['host_total_adu'][order][:, :, None, None] * stamps
+  out = dict(objects)
+  out['noiseless'] = objects['noiseless'].at[order].add(host)
+  out['host_flux_adu'] = jnp.zeros_like(objects['host_total_adu']).at[order].set(
+      host.sum(axis=(-2, -1)))
+  out['has_host'] = rendered
+  out['noiseless'] = jax.vmap(_dihedral)(out['noiseless'], out['rotation'])
+  for k in ('galaxy', 'galaxy_center', 'fwhm_px', 'host_total_adu', 'rotation'):
+    del out[k]
+  return out
+
+
+def _observe(objects, sim: Simulator):
+  """Batch level: CCD noise on the noiseless stamps, then eq. 4 and the n_w stacks.
+
+  Noise is drawn per object from its own key (so a batch split across devices is the same
+  batch), outside the per-object vmap so that ``render.add_noise`` can branch once per batch.
+  """
+  out = dict(objects)
+  noiseless = out.pop('noiseless')
+  keys = jax.random.wrap_key_data(out.pop('noise_key'))
+  per = lambda x: x[:, None, None, None]
+  raw = render.add_noise_batch(keys, noiseless, per(out['gain']), per(out['read_noise_e']),
+                               per(out['saturation_adu']), sim.poisson)
+  sky = out['sky_adu']
+  raw = jnp.where(out['epoch_valid'][..., None, None], raw, sky[..., None, None])
+  proc = sequences.preprocess(raw, sky, out['zero_point'], out['zero_point_ref'][:, None])
+  out['images'] = jax.vmap(lambda p: sequences.stack_steps(p, sim.n_w))(proc)
+  out['raw_adu'] = raw
+  return out
 
 
 def photometry_features(batch, sim: Simulator):
@@ -198,7 +291,7 @@ def photometry_features(batch, sim: Simulator):
   """
   def per_image(raw, sky, seeing, gain, rn):
     return photometry.optimal_flux(raw - sky, seeing / sim.survey.pixel_scale, sky, gain, rn,
-                                   sim.psf_kind, sim.moffat_beta)
+                                   sim.psf_kind, sim.moffat_beta, sim.psf_bank)
 
   lead = batch['raw_adu'].shape[:-3]
   e = batch['raw_adu'].shape[-3]
@@ -219,9 +312,13 @@ def photometry_features(batch, sim: Simulator):
 
 def simulate_indices(key, sim: Simulator, index):
   """Objects with global indices ``index`` [B]: keys fold_in(key, i), labels i % num_classes."""
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # legacy uint32 keys
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
   labels = (index % sim.num_classes).astype(jnp.int32)
-  return jax.vmap(simulate_object, in_axes=(0, 0, None))(keys, labels, sim)
+  hosts = assign_hosts(key, index, sim)
+  objects = jax.vmap(simulate_object, in_axes=(0, 0, 0, None))(keys, labels, hosts, sim)
+  return _observe(_add_hosts(objects, sim), sim)
 
 
 def simulate_batch(key, sim: Simulator, batch_size: int, offset=0):

@@ -1,0 +1,365 @@
+"""Sec. 2.3: magnitudes to ADU (eq. 1), pixel-integrated PSFs, host galaxies, sky and CCD noise.
+
+Profiles are Gaussian mixtures, so that every pixel integral and every convolution is closed
+form and cheap inside jit:
+
+* The Moffat PSF (and any circular profile) is fitted once, on the host, by non-negative least
+  squares as a sum of circular Gaussians in units of its FWHM; a Gaussian PSF is one component.
+  A circular Gaussian integrates over a pixel exactly as a product of erf differences.
+* Exponential disks and de Vaucouleurs bulges are mixtures fitted to the Sersic profile down to
+  1e-3 effective radii, so the bulge's central cusp keeps its flux; convolution with the PSF
+  mixture adds covariances, and the pixel integral of these wide elliptical Gaussians adds the
+  box's variance (1/12 px^2 per axis) — accurate to well below 1 % once a PSF is included.
+* A user PSF bank (npz: ``psf`` [K, S, S], ``fwhm_arcsec`` [K]) is shifted and convolved in
+  Fourier space.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import optimize
+from scipy import special
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+def mag_to_adu(mag, zero_point, exp_time):
+  """Eq. 1 inverted: m = zp - 2.5 log10(ADU / T)  =>  ADU = T 10^((zp - m) / 2.5); +inf -> 0."""
+  return jnp.where(jnp.isfinite(mag), exp_time * 10.0**((zero_point - mag) / 2.5), 0.0)
+
+
+def adu_to_mag(adu, zero_point, exp_time):
+  """Eq. 1."""
+  return zero_point - 2.5 * jnp.log10(adu / exp_time)
+
+
+# --------------------------------------------------------------------------- mixture fits
+
+
+def _fit_mixture(profile, r, num, sigma_range):
+  """``num`` circular unit-flux Gaussians approximating a unit-flux profile(r).
+
+  Weights and widths are fitted jointly (in logs, so both stay positive) to the flux per
+  annulus and to the enclosed flux, so the mixture conserves flux where the flux is.
+  Returns (weights, sigmas), float32.
+  """
+  area = 2.0 * np.pi * r * np.gradient(r)
+  sc = np.sqrt(area)
+  target = profile(r)
+  enclosed = np.cumsum(target * area)
+
+  def model(p):
+    s = np.exp(p[num:])
+    return (np.exp(-0.5 * (r[:, None] / s)**2) / (2.0 * np.pi * s**2)) @ np.exp(p[:num])
+
+  def residual(p):
+    m = model(p)
+    return np.concatenate([(m - target) * sc, 0.3 * (np.cumsum(m * area) - enclosed)])
+
+  log_s = np.linspace(np.log(sigma_range[0]), np.log(sigma_range[1]), num)
+  s = np.exp(log_s)
+  basis = np.exp(-0.5 * (r[:, None] / s)**2) / (2.0 * np.pi * s**2)
+  w0, _ = optimize.nnls(basis * sc[:, None], target * sc, maxiter=10_000)
+  p0 = np.concatenate([np.log(np.maximum(w0, 1e-4)), log_s])
+  p = optimize.least_squares(residual, p0, max_nfev=20_000).x
+  w, s = np.exp(p[:num]), np.exp(p[num:])
+  order = np.argsort(s)
+  return (w[order] / w.sum()).astype(np.float32), s[order].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def moffat_mixture(beta: float, num: int = 4):
+  """Moffat(beta) with FWHM 1 as ``num`` Gaussians: (weights, sigmas in FWHM units).
+
+  Four components keep the enclosed flux within 0.05 % of the Moffat's at every radius.
+  """
+  alpha = 1.0 / (2.0 * np.sqrt(2.0**(1.0 / beta) - 1.0))
+  profile = lambda r: (beta - 1.0) / (np.pi * alpha**2) * (1.0 + (r / alpha)**2)**(-beta)
+  r = np.concatenate([np.linspace(0, 1, 400, endpoint=False), np.geomspace(1, 30, 800)])
+  return _fit_mixture(profile, r, num, (0.25, 3.0))
+
+
+def sersic_b(n):
+  return special.gammaincinv(2.0 * n, 0.5)
+
+
+@functools.lru_cache(maxsize=8)
+def sersic_mixture(n: float, r_max: float = 8.0):
+  """Sersic(n), r_e = 1, truncated at r_max r_e, as Gaussians: (weights, sigmas in r_e).
+
+  3 components for the exponential (n = 1), 6 for de Vaucouleurs (n = 4), whose narrowest
+  component (0.006 r_e) holds the central cusp's flux: enclosed flux within 0.25 % and
+  0.6 % of the profile's at every radius.
+  """
+  b = sersic_b(n)
+  rr = np.geomspace(1e-5, r_max, 6000)
+  raw = lambda r: np.exp(-b * (r**(1.0 / n) - 1.0)) * (r <= r_max)
+  total = np.trapezoid(2 * np.pi * rr * raw(rr), rr)
+  profile = lambda r: raw(r) / total
+  r = np.concatenate([np.geomspace(1e-5, 0.05, 400), np.linspace(0.05, r_max, 1500)])
+  num, lo = (3, 0.1) if n < 2 else (6, 0.002)
+  return _fit_mixture(profile, r, num, (lo, 2.0))
+
+
+def psf_mixture(kind: str, beta: float, num: int = 4):
+  """(weights, sigmas in FWHM units) of the PSF model (``num`` components for a Moffat)."""
+  if kind == 'gaussian':
+    return np.ones(1, np.float32), np.full(1, 1.0 / FWHM_PER_SIGMA, np.float32)
+  if kind in ('moffat', 'bank'):  # bank: the mixture is used only by photometry's fallback
+    return moffat_mixture(float(beta), num)
+  raise ValueError(f"config.sim.psf.kind must be 'moffat', 'gaussian' or 'bank', got {kind!r}")
+
+
+# --------------------------------------------------------------------------- PSF stamps
+
+
+def _pixel_edges(size):
+  return jnp.arange(size + 1, dtype=jnp.float32) - size / 2.0  # centre of the stamp at 0
+
+
+def _erf_cells(center, sigma, size):
+  """Fraction of a 1-D unit Gaussian N(center, sigma) in each of ``size`` unit pixels."""
+  edges = _pixel_edges(size)
+  c = jax.scipy.special.erf((edges[:, None] - center) / (jnp.sqrt(2.0) * sigma))
+  return 0.5 * (c[1:] - c[:-1])  # [size, K]
+
+
+def gaussian_mixture_stamp(weights, sigmas_px, dx, dy, size):
+  """Pixel-integrated circular Gaussian mixture centred at (dx, dy) px from the stamp centre."""
+  fx = _erf_cells(dx, sigmas_px, size)  # [W, K]
+  fy = _erf_cells(dy, sigmas_px, size)  # [H, K]
+  return jnp.einsum('yk,xk,k->yx', fy, fx, weights)
+
+
+def psf_stamp(fwhm_px, dx, dy, size, kind='moffat', beta=3.0, psf_bank=None):
+  """Unit-flux PSF of FWHM ``fwhm_px`` at sub-pixel offset (dx, dy): fraction of flux per pixel.
+
+  Pixels are integrated exactly (per mixture component); flux beyond the stamp is lost, as on
+  a real CCD, so the stamp sums to slightly less than 1 for wide PSFs.
+  """
+  if kind == 'bank':
+    return bank_psf(psf_bank, fwhm_px, dx, dy, size)
+  w, s = psf_mixture(kind, beta)
+  return gaussian_mixture_stamp(jnp.asarray(w), jnp.asarray(s) * fwhm_px, dx, dy, size)
+
+
+# --------------------------------------------------------------------------- PSF bank
+
+
+@flax.struct.dataclass
+class PSFBank:
+  psf_ft: jnp.ndarray    # [K, N, N//2+1] Fourier transform of each (centred, unit-sum) PSF
+  fwhm_px: jnp.ndarray   # [K] (arcsec / pixel scale is applied by the caller's units)
+  size: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def load_psf_bank(path, pixel_scale=0.263) -> PSFBank:
+  """Reads an npz with ``psf`` [K, S, S] and ``fwhm_arcsec`` [K] (never unpickled)."""
+  if not path:
+    raise ValueError("config.sim.psf.kind is 'bank' but config.sim.psf.bank_path is empty")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: PSF bank not found')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      psf, fwhm = np.asarray(f['psf'], np.float64), np.asarray(f['fwhm_arcsec'], np.float64)
+  except KeyError as e:
+    raise ValueError(f'{path}: PSF bank lacks {e.args[0]!r} (needs psf and fwhm_arcsec)') from e
+  except (ValueError, OSError) as e:
+    raise ValueError(f'{path}: cannot read PSF bank ({str(e).splitlines()[0]})') from e
+  if psf.ndim != 3 or psf.shape[1] != psf.shape[2] or fwhm.shape != (psf.shape[0],):
+    raise ValueError(f'{path}: psf must be [K, S, S] and fwhm_arcsec [K], got {psf.shape} '
+                     f'and {fwhm.shape}')
+  if not (np.isfinite(psf).all() and np.isfinite(fwhm).all()) or (psf.sum((1, 2)) <= 0).any():
+    raise ValueError(f'{path}: PSF bank has non-finite values or an empty PSF')
+  order = np.argsort(fwhm)
+  psf = psf[order] / psf[order].sum((1, 2), keepdims=True)
+  n = psf.shape[1]
+  ft = np.fft.rfft2(np.fft.ifftshift(psf, axes=(1, 2)))
+  return PSFBank(psf_ft=jnp.asarray(ft, jnp.complex64),
+                 fwhm_px=jnp.asarray(fwhm[order] / pixel_scale, jnp.float32), size=n)
+
+
+def _bank_ft(bank: PSFBank, fwhm_px):
+  i = jnp.argmin(jnp.abs(bank.fwhm_px - fwhm_px))
+  return bank.psf_ft[i]
+
+
+def _shift_ft(n, dx, dy):
+  u = jnp.fft.rfftfreq(n)
+  v = jnp.fft.fftfreq(n)
+  return jnp.exp(-2j * jnp.pi * (u[None, :] * dx + v[:, None] * dy))
+
+
+def _crop(img, size):
+  n = img.shape[-1]
+  o = (n - size) // 2
+  return img[..., o:o + size, o:o + size]
+
+
+def bank_psf(bank: PSFBank, fwhm_px, dx, dy, size):
+  """The bank PSF nearest in FWHM, shifted by (dx, dy) px (Fourier shift), cropped to size."""
+  n = bank.size
+  img = jnp.fft.irfft2(_bank_ft(bank, fwhm_px) * _shift_ft(n, dx, dy), s=(n, n))
+  return _crop(jnp.fft.fftshift(img), size)
+
+
+# --------------------------------------------------------------------------- galaxies
+
+
+@flax.struct.dataclass
+class GalaxyParams:
+  mag: jnp.ndarray          # total g magnitude
+  r_disk_px: jnp.ndarray    # effective (half-light) radius of the exponential disk
+  r_bulge_px: jnp.ndarray   # effective radius of the de Vaucouleurs bulge
+  q_disk: jnp.ndarray       # axis ratios
+  q_bulge: jnp.ndarray
+  angle: jnp.ndarray        # position angle (radians)
+  bulge_frac: jnp.ndarray   # B / T
+
+
+def sample_galaxy(key, galaxy_config, pixel_scale) -> GalaxyParams:
+  """SDSS-like disk + bulge: magnitude from galaxy counts, sizes from a size-magnitude law."""
+  c = galaxy_config
+  k = jax.random.split(key, 7)
+  lo, hi = c['mag_range']
+  # Counts N(<m) ~ 10^(slope m): inverse CDF of the truncated exponential.
+  a = c['count_slope_dex'] * np.log(10.0)
+  u = jax.random.uniform(k[0])
+  mag = jnp.log(jnp.exp(a * lo) + u * (jnp.exp(a * hi) - jnp.exp(a * lo))) / a
+  log_r = (np.log10(c['r_disk_arcsec_at_19']) + c['size_mag_slope'] * (mag - 19.0)
+           + c['r_disk_scatter_dex'] * jax.random.normal(k[1]))
+  r_disk = jnp.clip(10.0**log_r, *c['r_disk_clip_arcsec']) / pixel_scale
+  r_bulge = r_disk * c['bulge_to_disk_radius'] * 10.0**(0.15 * jax.random.normal(k[2]))
+  q_disk = jax.random.uniform(k[3], minval=c['q_disk_range'][0], maxval=c['q_disk_range'][1])
+  q_bulge = jax.random.uniform(k[4], minval=c['q_bulge_range'][0], maxval=c['q_bulge_range'][1])
+  angle = jax.random.uniform(k[5], minval=0.0, maxval=np.pi)
+  bulge_frac = jax.random.beta(k[6], *c['bulge_frac_beta'])
+  return GalaxyParams(mag, r_disk, jnp.maximum(r_bulge, 0.3), q_disk, q_bulge, angle, bulge_frac)
+
+
+def sample_host_offset(key, gal: GalaxyParams, pixel_scale):
+  """A supernova's position relative to its host centre (px), drawn from the disk profile."""
+  del pixel_scale
+  k_r, k_t = jax.random.split(key)
+  scale_length = gal.r_disk_px / sersic_b(1.0)
+  r = jax.random.gamma(k_r, 2.0) * scale_length  # p(r) ~ r exp(-r/h): the disk's flux in r
+  theta = jax.random.uniform(k_t, minval=0.0, maxval=2 * np.pi)
+  x, y = r * jnp.cos(theta), gal.q_disk * r * jnp.sin(theta)
+  ca, sa = jnp.cos(gal.angle), jnp.sin(gal.angle)
+  return ca * x - sa * y, sa * x + ca * y
+
+
+def _component_covariances(sigmas, r_e, q, angle):
+  ca, sa = jnp.cos(angle), jnp.sin(angle)
+  rot = jnp.array([[ca, -sa], [sa, ca]])
+  base = rot @ jnp.diag(jnp.array([1.0, q**2])) @ rot.T
+  return (sigmas * r_e)[:, None, None]**2 * base[None]  # [K, 2, 2]
+
+
+def galaxy_mixture(gal: GalaxyParams):
+  """(weights [K], covariances [K, 2, 2] in px^2) of the unconvolved disk + bulge."""
+  wd, sd = sersic_mixture(1.0)
+  wb, sb = sersic_mixture(4.0)
+  cov = jnp.concatenate([
+      _component_covariances(jnp.asarray(sd), gal.r_disk_px, gal.q_disk, gal.angle),
+      _component_covariances(jnp.asarray(sb), gal.r_bulge_px, gal.q_bulge, gal.angle)])
+  w = jnp.concatenate([(1.0 - gal.bulge_frac) * jnp.asarray(wd),
+                       gal.bulge_frac * jnp.asarray(wb)])
+  return w, cov
+
+
+def _elliptical_stamp(weights, cov, gx, gy, size):
+  """Sum_k w_k N(x; (gx, gy), C_k) at pixel centres (C_k must include the pixel box)."""
+  centres = _pixel_edges(size)[:-1] + 0.5
+  x = centres[None, :] - gx
+  y = centres[:, None] - gy
+  a, b, d = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
+  det = a * d - b * b
+  ia, ib, idd = d / det, -b / det, a / det
+  q = (ia[:, None, None] * x**2 + 2 * ib[:, None, None] * x * y + idd[:, None, None] * y**2)
+  norm = weights / (2 * np.pi * jnp.sqrt(det))
+  return jnp.einsum('k,kyx->yx', norm, jnp.exp(-0.5 * q))
+
+
+def galaxy_stamp(gal: GalaxyParams, fwhm_px, gx, gy, size, kind='moffat', beta=3.0,
+                 pixel_scale=0.263, psf_bank=None):
+  """Unit-flux galaxy centred at (gx, gy) px, convolved with the epoch's PSF, pixel-integrated."""
+  del pixel_scale
+  w, cov = galaxy_mixture(gal)
+  box = jnp.eye(2) / 12.0
+  if kind == 'bank':
+    n = psf_bank.size
+    img = _elliptical_stamp(w, cov + box, 0.0, 0.0, n)
+    img_ft = jnp.fft.rfft2(jnp.fft.ifftshift(img))
+    out = jnp.fft.irfft2(img_ft * _bank_ft(psf_bank, fwhm_px) * _shift_ft(n, gx, gy), s=(n, n))
+    return _crop(jnp.fft.fftshift(out), size)
+  # Three PSF components suffice under a galaxy (enclosed flux within 0.2 % of the Moffat's)
+  # and make the 9 x 3 = 27 Gaussians per stamp the simulator's main cost.
+  pw, ps = psf_mixture(kind, beta, 3)
+  ps = jnp.asarray(ps) * fwhm_px
+  # Every (galaxy, PSF) pair of components is one Gaussian: weights multiply, covariances add.
+  ww = (w[:, None] * jnp.asarray(pw)[None]).reshape(-1)
+  cc = (cov[:, None] + (ps**2)[None, :, None, None] * jnp.eye(2) + box).reshape(-1, 2, 2)
+  return _elliptical_stamp(ww, cc, gx, gy, size)
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def _normal16(key, shape):
+  """Standard normals by Box-Muller from 16-bit uniforms (one 32-bit word per pair).
+
+  Three times faster than ``jax.random.normal`` on CPU; the tails are cut at 4.7 sigma, far
+  beyond anything a 21 x 21 stamp's noise can show.
+  """
+  n = int(np.prod(shape))
+  bits = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
+  u1 = ((bits >> 16).astype(jnp.float32) + 0.5) / 65536.0
+  u2 = ((bits & 0xFFFF).astype(jnp.float32) + 0.5) / 65536.0
+  r = jnp.sqrt(-2.0 * jnp.log(u1))
+  theta = (2.0 * np.pi) * u2
+  return jnp.concatenate([r * jnp.cos(theta), r * jnp.sin(theta)])[:n].reshape(shape)
+
+
+def add_noise(key, img_adu, gain, read_noise_e, saturation_adu, poisson=True):
+  """``add_noise_batch`` for one key (see there)."""
+  return add_noise_batch(key[None], img_adu[None], gain, read_noise_e, saturation_adu,
+                         poisson)[0]
+
+
+def add_noise_batch(keys, img_adu, gain, read_noise_e, saturation_adu, poisson=True,
+                    exact_below=100.0):
+  """ADU -> electrons, Poisson per pixel + Gaussian read noise, back to ADU, saturation.
+
+  The sum of Poisson(lambda) electrons and N(0, r^2) read noise is drawn as one normal with
+  its variance lambda + r^2 and, when ``poisson``, the Poisson third cumulant lambda
+  (Cornish-Fisher: x = lambda + s z + lambda (z^2 - 1) / (6 s^2), s^2 = lambda + r^2), whose
+  error is O(1/lambda): below 0.3 % at the faintest sky of any ground-based survey. When any
+  pixel of the batch has fewer than ``exact_below`` electrons, those pixels get exact
+  ``jax.random.poisson`` counts plus read noise (slow on CPU, hence only then).
+  ``keys`` [B] (one per object), images [B, ...]; gain, read noise and saturation broadcast.
+  """
+  shape = img_adu.shape[1:]
+  lam = jnp.maximum(img_adu * gain, 0.0)
+  z = jax.vmap(lambda k: _normal16(k, shape))(keys)
+  s2 = lam + read_noise_e**2
+  s = jnp.sqrt(s2)
+  electrons = lam + s * z
+  if poisson:
+    electrons = electrons + lam * (z * z - 1.0) / (6.0 * s2)
+    small = lam < exact_below
+
+    def exact():
+      counts = jax.vmap(lambda k, l: jax.random.poisson(jax.random.fold_in(k, 1), l))(
+          keys, jnp.where(small, lam, 0.0)).astype(lam.dtype)
+      read = jax.vmap(lambda k: _normal16(jax.random.fold_in(k, 2), shape))(keys)
+      return jnp.where(small, counts + read_noise_e * read, electrons)
+
+    electrons = jax.lax.cond(small.any(), exact, lambda: electrons)
+  return jnp.minimum(electrons / gain, saturation_adu)
