@@ -26,13 +26,16 @@ import numpy as np
 from configs import hits
 from rcnn_jax import utils
 
-_BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
-_SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
-_OBJECTS = flags.DEFINE_integer('objects', 1024, 'Objects updated per call (inference).')
-_ITERS = flags.DEFINE_integer('iters', 5, 'Timed iterations (best and median are reported).')
-_CONFIG_ARG = flags.DEFINE_string('config_arg', 'paper', 'configs/hits.py variant.')
-_OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
+def _define_flags():
+  """Command-line flags, defined only when the module runs as a command."""
+  global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _CONFIG_ARG, _OUT
+  _BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
+  _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
+  _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
+  _OBJECTS = flags.DEFINE_integer('objects', 1024, 'Objects updated per call (inference).')
+  _ITERS = flags.DEFINE_integer('iters', 5, 'Timed iterations (best and median are reported).')
+  _CONFIG_ARG = flags.DEFINE_string('config_arg', 'paper', 'configs/hits.py variant.')
+  _OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
 
 _RESULTS = []
 
@@ -137,4 +140,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   utils.run(main)

@@ -23,9 +23,12 @@ import numpy as np
 from rcnn_jax import train
 from rcnn_jax import utils
 
-_WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
+def _define_flags():
+  """Command-line flags, defined only when the module runs as a command."""
+  global _WORKDIR, _STEP, _OUT
+  _WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
+  _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,4 +197,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   utils.run(main)

@@ -18,11 +18,14 @@ import numpy as np
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_NUM = flags.DEFINE_integer('num', 700, 'Number of objects (classes balanced).')
-_OUT = flags.DEFINE_string('out', None, 'Output .npz path.')
-_PLOT = flags.DEFINE_string('plot', None, 'Optional PNG with example sequences of every class.')
-_CHUNK = flags.DEFINE_integer('chunk', 256, 'Objects simulated per compiled call.')
+def _define_flags():
+  """Command-line flags, defined only when the module runs as a command."""
+  global _CONFIG, _NUM, _OUT, _PLOT, _CHUNK
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  _NUM = flags.DEFINE_integer('num', 700, 'Number of objects (classes balanced).')
+  _OUT = flags.DEFINE_string('out', None, 'Output .npz path.')
+  _PLOT = flags.DEFINE_string('plot', None, 'Optional PNG with example sequences of every class.')
+  _CHUNK = flags.DEFINE_integer('chunk', 256, 'Objects simulated per compiled call.')
 
 # Arrays written, in the order of the README (truth after the model inputs).
 FIELDS = ('images', 'time_gaps', 'mask', 'label', 'raw_adu', 'mjd', 'zero_point', 'sky_adu',
@@ -68,4 +71,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   utils.run(main)

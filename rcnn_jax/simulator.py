@@ -279,7 +279,11 @@ def _observe(objects, sim: Simulator):
   sky = out['sky_adu']
   raw = jnp.where(out['epoch_valid'][..., None, None], raw, sky[..., None, None])
   proc = sequences.preprocess(raw, sky, out['zero_point'], out['zero_point_ref'][:, None])
-  out['images'] = jax.vmap(lambda p: sequences.stack_steps(p, sim.n_w))(proc)
+  step = out['mask'][..., None, None, None]
+  # Padded steps carry nothing (their first images may be real, but the step is not).
+  out['images'] = jnp.where(step, jax.vmap(lambda p: sequences.stack_steps(p, sim.n_w))(proc),
+                            0.0)
+  out['time_gaps'] = jnp.where(out['mask'][..., None], out['time_gaps'], 0.0)
   out['raw_adu'] = raw
   return out
 

@@ -35,9 +35,12 @@ from rcnn_jax import models
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '
-                               '(default: workdirs/<variant>_<model kind>).')
+def _define_flags():
+  """Command-line flags, defined only when the module runs as a command."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '
+                                 '(default: workdirs/<variant>_<model kind>).')
 
 
 @flax.struct.dataclass
@@ -80,7 +83,8 @@ def last_valid(x, mask):
 
 
 def make_mesh():
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def make_simulate_fn(sim, mesh):
@@ -143,8 +147,8 @@ def make_train_step(config, sim, model, tx, mesh):
     metrics = {
         'loss': loss,
         'accuracy': jnp.mean(pred == batch['label']),
-        'grad_norm': optax.global_norm(grads),
-        'param_norm': optax.global_norm(params),
+        'grad_norm': optax.tree.norm(grads),
+        'param_norm': optax.tree.norm(params),
     }
     new_state = TrainState(step=state.step + 1, params=params,
                            batch_stats=updates.get('batch_stats', state.batch_stats),
@@ -324,10 +328,12 @@ def train_and_evaluate(config, workdir, progress=True):
   try:
     for step in bar:
       state, metrics = train_step(state, root)
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics['loss']):
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      # The new parameters too: a NaN update leaves a finite loss for this step.
+      if not all(np.isfinite(metrics[k]) for k in ('loss', 'grad_norm', 'param_norm')):
         raise FloatingPointError(
-            f'non-finite training loss at step {step + 1} (grad norm {metrics["grad_norm"]:.3g},'
+            f'non-finite training loss or update at step {step + 1} (loss {metrics["loss"]:.3g}, '
+            f'grad norm {metrics["grad_norm"]:.3g},'
             f' param norm {metrics["param_norm"]:.3g}); the last good checkpoint '
             f'(step {latest.latest_step()}) in {workdir} is intact')
       n_log += 1
@@ -384,4 +390,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   utils.run(main)

@@ -3,8 +3,15 @@
 import os
 import pathlib
 import sys
+import tempfile
 
 import pytest
+
+# One persistent XLA cache for the whole run (subprocesses inherit it): the same simulator and
+# training step are compiled by many tests, and compilation dominates their time on a CPU.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='rcnn_jax_xla_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

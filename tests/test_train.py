@@ -79,13 +79,29 @@ def test_different_config_in_existing_workdir_is_refused(tmp_path):
   assert train.load_config(wd).train.learning_rate != 0.5
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = hits.get_config('smoke')
   config.train.num_steps = 3
-  config.train.learning_rate = float('nan')
+  real = train.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(state, key):
+      new, m = step(state, key)
+      if int(new.step) == 2:  # a diverging update: NaN parameters, finite loss this step
+        new = new.replace(params=jax.tree.map(lambda x: x * np.nan, new.params))
+        m = dict(m, param_norm=np.nan)
+      return new, m
+
+    return wrapped
+
+  monkeypatch.setattr(train, 'make_train_step', poisoned)
   wd = str(tmp_path / 'nan')
-  with pytest.raises(FloatingPointError, match='non-finite training loss at step 2'):
+  with pytest.raises(FloatingPointError, match='non-finite training loss or update at step 2'):
     train.train_and_evaluate(config, wd, progress=False)
+  latest, _ = train.checkpoint_managers(wd, config)
+  assert latest.all_steps() == [1]  # the NaN state was never saved
   state = _params(wd, 1)
   leaves = jax.tree.leaves(state.params)
   assert int(state.step) == 1 and all(np.isfinite(np.asarray(x)).all() for x in leaves)

@@ -1,0 +1,345 @@
+"""Real image sequences (e.g. HiTS stamps) for classification: reading, checks, eq. 4 inputs.
+
+Host side, numpy only. One file is one object's sequence of raw stamps (ADU, sky included):
+
+- ``.npz``: keys ``stamps`` (T, H, W), ``mjd`` (T,) and optionally ``zero_point``, ``sky_adu``,
+  ``seeing_arcsec`` (T,). Read with ``allow_pickle=False``: pickled content is refused, never
+  unpickled.
+- FITS (``.fits``, ``.fits.gz``, ``.fit``): the primary HDU (or the first image HDU) holds the
+  (T, H, W) cube; a BINTABLE extension (named ``MJD``, else the first table) holds the column
+  ``mjd`` and optionally ``zero_point``, ``sky_adu``, ``seeing_arcsec`` (names case-insensitive).
+  ``write_fits`` writes this layout.
+
+Every problem with a file raises ``BadInput`` with a one-line message ``'{path}: {problem}'``.
+Stamps larger than ``stamp_size`` are centre-cropped: rows ``(H - S) // 2 .. (H - S) // 2 + S``
+and likewise columns, so for odd H and S the centre pixel stays the centre pixel. When the sky is
+not given it is estimated from the cropped stamps' outer 3-pixel ring (``estimate_sky``).
+
+``model_inputs`` applies eq. 4 and the n_w stacking with the simulator's conventions
+(``sequences.preprocess``, ``sequences.stack_steps``, ``sequences.time_gaps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+import zlib
+
+import numpy as np
+
+NPZ_SUFFIXES = ('.npz',)
+FITS_SUFFIXES = ('.fits.gz', '.fits', '.fit')
+SKY_RING = 3  # width in pixels of the border used to estimate the sky
+OPTIONAL_KEYS = ('zero_point', 'sky_adu', 'seeing_arcsec')
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, zipfile.BadZipFile,
+                zlib.error)
+
+
+class BadInput(ValueError):
+  """A file that cannot be used; the message is one line: '{path}: {problem}'."""
+
+  def __init__(self, path, problem):
+    self.path = str(path)
+    self.problem = ' '.join(str(problem).split())
+    super().__init__(f'{self.path}: {self.problem}')
+
+
+@dataclasses.dataclass
+class RealSequence:
+  """One object's sequence: raw stamps (ADU, sky included) and per-epoch metadata."""
+  name: str
+  stamps: np.ndarray
+  mjd: np.ndarray
+  sky_adu: np.ndarray
+  zero_point: np.ndarray | None
+  sky_estimated: bool
+  seeing_arcsec: np.ndarray | None
+
+  @property
+  def num_epochs(self) -> int:
+    """E, the number of images."""
+    return int(self.mjd.shape[0])
+
+
+def _suffix(path) -> str | None:
+  """The known format suffix of ``path`` (lower case), or None."""
+  low = os.fspath(path).lower()
+  for s in NPZ_SUFFIXES + FITS_SUFFIXES:
+    if low.endswith(s):
+      return s
+  return None
+
+
+def _stem(path) -> str:
+  """File name without its format suffix ('a.fits.gz' -> 'a')."""
+  base = os.path.basename(os.fspath(path))
+  s = _suffix(base)
+  return base[:-len(s)] if s else os.path.splitext(base)[0]
+
+
+def _npy_has_objects(path) -> bool:
+  """Whether an .npy payload declares an object dtype (header only, nothing unpickled)."""
+  try:
+    with open(path, 'rb') as f:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        _, _, dtype = np.lib.format.read_array_header_1_0(f)
+      else:
+        _, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return bool(dtype.hasobject)
+  except _READ_ERRORS:
+    return False
+
+
+def _read_npz(path) -> dict:
+  """Raw arrays of an npz archive; pickled or unreadable content -> BadInput."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(4)
+  except OSError as e:
+    raise BadInput(path, f'cannot open ({e.strerror or e})') from None
+  if head[:1] == b'\x80':
+    raise BadInput(path, 'contains pickled data, refused')
+  if head != b'PK\x03\x04':
+    if head.startswith(b'\x93NUM'):
+      if _npy_has_objects(path):
+        raise BadInput(path, 'contains pickled data, refused')
+      raise BadInput(path, 'is a single .npy array, not an npz archive')
+    raise BadInput(path, 'cannot read (not an npz/zip archive, corrupt or truncated)')
+  out = {}
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      for k in z.files:
+        out[k] = np.asarray(z[k])
+  except ValueError as e:
+    if 'pickle' in str(e).lower() or 'object' in str(e).lower():
+      raise BadInput(path, 'contains pickled data, refused') from None
+    raise BadInput(path, f'cannot read (corrupt or truncated npz: {e})') from None
+  except _READ_ERRORS as e:
+    raise BadInput(path, f'cannot read (corrupt or truncated npz: {type(e).__name__}: {e})') from None
+  return out
+
+
+def _read_fits(path) -> dict:
+  """The cube and the per-epoch table columns of a FITS file; unreadable -> BadInput."""
+  from astropy.io import fits  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  out = {}
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      with fits.open(path, memmap=False) as hdus:
+        hdus.verify('silentfix')
+        image = None
+        for h in hdus:
+          if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.data is not None:
+            image = h
+            break
+        tables = [h for h in hdus if isinstance(h, fits.BinTableHDU)]
+        named = [h for h in tables if h.name.upper() == 'MJD']
+        table = (named or tables or [None])[0]
+        if image is not None:
+          out['stamps'] = np.array(image.data)
+        if table is not None and table.data is not None:
+          cols = {c.lower(): c for c in table.columns.names}
+          for key in ('mjd',) + OPTIONAL_KEYS:
+            if key in cols:
+              out[key] = np.array(table.data[cols[key]])
+  except _READ_ERRORS as e:
+    raise BadInput(path, f'cannot read (corrupt or truncated FITS: {type(e).__name__}: {e})') from None
+  return out
+
+
+def write_fits(path, stamps, mjd, zero_point=None, sky_adu=None, seeing_arcsec=None):
+  """Write a sequence as FITS: primary cube (T, H, W) and a BINTABLE 'MJD' of per-epoch columns."""
+  from astropy.io import fits  # pylint: disable=g-import-not-at-top
+  stamps = np.asarray(stamps, np.float32)
+  cols = [fits.Column(name='mjd', format='D', array=np.asarray(mjd, np.float64))]
+  for name, v in (('zero_point', zero_point), ('sky_adu', sky_adu),
+                  ('seeing_arcsec', seeing_arcsec)):
+    if v is not None:
+      cols.append(fits.Column(name=name, format='D', array=np.asarray(v, np.float64)))
+  table = fits.BinTableHDU.from_columns(cols, name='MJD')
+  fits.HDUList([fits.PrimaryHDU(stamps), table]).writeto(path, overwrite=True)
+
+
+def _is_numeric(a) -> bool:
+  """Integer or real floating point (no bool, complex, strings or objects)."""
+  return a.dtype.kind in 'iuf'
+
+
+def _validate(path, raw, stamp_size, n_w):
+  """Checks and converts the raw arrays; returns (stamps, mjd, optional dict)."""
+  for key in ('stamps', 'mjd'):
+    if key not in raw:
+      raise BadInput(path, f"missing key '{key}'")
+  stamps, mjd = np.asarray(raw['stamps']), np.asarray(raw['mjd'])
+  for key, a in (('stamps', stamps), ('mjd', mjd)):
+    if not _is_numeric(a):
+      raise BadInput(path, f"'{key}' has non-numeric dtype {a.dtype}")
+  if stamps.ndim != 3:
+    raise BadInput(path, f"'stamps' must be 3-D (T, H, W), got shape {stamps.shape}")
+  if mjd.ndim != 1:
+    raise BadInput(path, f"'mjd' must be 1-D, got shape {mjd.shape}")
+  t, h, w = stamps.shape
+  if mjd.shape[0] != t:
+    raise BadInput(path, f"'mjd' has {mjd.shape[0]} values for {t} stamps")
+  if h < stamp_size or w < stamp_size:
+    raise BadInput(path, f'stamps are {h}x{w}, smaller than the stamp size {stamp_size}')
+  optional = {}
+  for key in OPTIONAL_KEYS:
+    if key not in raw:
+      continue
+    a = np.asarray(raw[key])
+    if not _is_numeric(a):
+      raise BadInput(path, f"'{key}' has non-numeric dtype {a.dtype}")
+    if a.shape != (t,):
+      raise BadInput(path, f"'{key}' has shape {a.shape}, expected ({t},)")
+    optional[key] = a
+  for key, a in (('stamps', stamps), ('mjd', mjd), ('zero_point', optional.get('zero_point')),
+                 ('sky_adu', optional.get('sky_adu'))):
+    if a is not None and not np.all(np.isfinite(a)):
+      raise BadInput(path, f"'{key}' contains NaN or Inf")
+  mjd = mjd.astype(np.float64)
+  if t > 1 and not np.all(np.diff(mjd) > 0):
+    raise BadInput(path, "'mjd' is not strictly increasing")
+  if t < n_w:
+    raise BadInput(path, f'{t} epochs, fewer than n_w = {n_w}')
+  r0, c0 = (h - stamp_size) // 2, (w - stamp_size) // 2
+  stamps = stamps[:, r0:r0 + stamp_size, c0:c0 + stamp_size].astype(np.float32)
+  return stamps, mjd, optional
+
+
+def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
+  """Read, check and centre-crop one file (npz or FITS); any problem -> BadInput."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise BadInput(path, 'no such file')
+  suffix = _suffix(path)
+  if suffix in NPZ_SUFFIXES:
+    raw = _read_npz(path)
+  elif suffix in FITS_SUFFIXES:
+    raw = _read_fits(path)
+  else:
+    raise BadInput(path, 'unknown format (expected .npz, .fits, .fits.gz or .fit)')
+  stamps, mjd, opt = _validate(path, raw, stamp_size, n_w)
+  zp = opt.get('zero_point')
+  sky = opt.get('sky_adu')
+  seeing = opt.get('seeing_arcsec')
+  return RealSequence(
+      name=_stem(path),
+      stamps=stamps,
+      mjd=mjd,
+      sky_adu=(estimate_sky(stamps) if sky is None else sky.astype(np.float32)),
+      zero_point=None if zp is None else zp.astype(np.float64),
+      sky_estimated=sky is None,
+      seeing_arcsec=None if seeing is None else seeing.astype(np.float64))
+
+
+def expand_inputs(paths) -> list[str]:
+  """Files as given; folders -> their *.npz, *.fits, *.fits.gz, *.fit files, sorted.
+
+  A missing path, or a folder with no such file, raises BadInput.
+  """
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  out = []
+  for p in paths:
+    p = os.fspath(p)
+    if os.path.isdir(p):
+      found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                     if _suffix(f) and os.path.isfile(os.path.join(p, f)))
+      if not found:
+        raise BadInput(p, 'folder has no .npz, .fits, .fits.gz or .fit files')
+      out.extend(found)
+    elif os.path.exists(p):
+      out.append(p)
+    else:
+      raise BadInput(p, 'no such file or folder')
+  return out
+
+
+def load_many(paths, stamp_size=21, n_w=3, fail_fast=False):
+  """(good sequences, one-line error messages) over files and folders; fail_fast re-raises."""
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  seqs, errors = [], []
+  for p in paths:
+    try:
+      files = expand_inputs([p])
+    except BadInput as e:
+      if fail_fast:
+        raise
+      errors.append(str(e))
+      continue
+    for f in files:
+      try:
+        seqs.append(load_sequence(f, stamp_size, n_w))
+      except BadInput as e:
+        if fail_fast:
+          raise
+        errors.append(str(e))
+  return seqs, errors
+
+
+def _clipped_median(x, nsigma=3.0, max_iter=10):
+  """Median of x after iterative nsigma clipping with sigma = 1.4826 * MAD."""
+  keep = x
+  for _ in range(max_iter):
+    med = np.median(keep)
+    sigma = 1.4826 * np.median(np.abs(keep - med))
+    if sigma <= 0:
+      break
+    new = keep[np.abs(keep - med) <= nsigma * sigma]
+    if new.size == keep.size or new.size == 0:
+      break
+    keep = new
+  return np.median(keep)
+
+
+def estimate_sky(stamps) -> np.ndarray:
+  """(T,) float32 sky per image: clipped median of the outer 3-pixel ring (3 sigma, MAD)."""
+  stamps = np.asarray(stamps, np.float64)
+  _, h, w = stamps.shape
+  rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+  edge = np.minimum(np.minimum(rows, h - 1 - rows), np.minimum(cols, w - 1 - cols))
+  ring = edge < SKY_RING
+  return np.array([_clipped_median(s[ring]) for s in stamps], np.float32)
+
+
+def model_inputs(seq: RealSequence, n_w, max_steps=None) -> dict:
+  """Eq. 4 and n_w stacks as the simulator builds them (numpy).
+
+  Returns images (T, S, S, n_w) float32, time_gaps (T, n_w) float32 (days since the first
+  image), mask (T,) bool, mjd_last (T,) float64 (each step's last image; NaN where padded) and
+  num_steps, with T = max_steps when given (truncated or zero-padded), else E - n_w + 1.
+  """
+  e = seq.num_epochs
+  steps = e - n_w + 1
+  if steps < 1:
+    raise ValueError(f'{seq.name}: {e} epochs, fewer than n_w = {n_w}')
+  if max_steps is not None and steps > max_steps:
+    steps = int(max_steps)
+    e = steps + n_w - 1
+  stamps = np.asarray(seq.stamps[:e], np.float64)
+  sky = np.asarray(seq.sky_adu[:e], np.float64)
+  if seq.zero_point is None:
+    scale = np.ones(e)
+  else:
+    zp = np.asarray(seq.zero_point, np.float64)
+    scale = 10.0**((zp[0] - zp[:e]) / 2.5)
+  proc = (stamps - sky[:, None, None]) * scale[:, None, None]
+  mjd = np.asarray(seq.mjd[:e], np.float64)
+  images = np.stack([proc[j:j + steps] for j in range(n_w)], axis=-1).astype(np.float32)
+  gaps = np.stack([(mjd - mjd[0])[j:j + steps] for j in range(n_w)], axis=-1).astype(np.float32)
+  mjd_last = mjd[n_w - 1:n_w - 1 + steps]
+  mask = np.ones(steps, bool)
+  t_out = steps if max_steps is None else int(max_steps)
+  pad = t_out - steps
+  if pad > 0:
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
+    gaps = np.concatenate([gaps, np.zeros((pad, n_w), np.float32)])
+    mjd_last = np.concatenate([mjd_last, np.full(pad, np.nan)])
+    mask = np.concatenate([mask, np.zeros(pad, bool)])
+  return dict(images=images, time_gaps=gaps, mask=mask, mjd_last=mjd_last, num_steps=steps)
