@@ -123,7 +123,64 @@ def bench_train(config):
        best=round(_BATCH.value / best, 2), config=cfg, compile_s=round(compile_s, 2))
 
 
-BENCHES = {'simulate': bench_simulate, 'train': bench_train}
+def bench_inference(config):
+  """Incremental (alert-broker) update of --objects objects, one new image each per call.
+
+  Random initial parameters of the config's model; the timed call includes the host side of
+  ``Classifier.update`` (cropping, eq. 4) and returns the probabilities. float32, then
+  bfloat16 convolutions and dense layers (LSTM in float32) on the same images, with the largest
+  probability difference between the two.
+  """
+  from rcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+  n, iters = _OBJECTS.value, _ITERS.value
+  s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
+  model = models.build_model(config.model, len(config.sim.class_names), n_w)
+  init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)), jnp.zeros((1, 1, n_w)),
+                                      jnp.ones((1, 1), bool)))
+  variables = init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  calls = max(n_w - 1, 1) + iters
+  yy, xx = np.mgrid[:s, :s] - s // 2
+  psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
+  images = (120.0 + rng.uniform(0, 2000.0, (calls, n, 1, 1)) * psf
+            + rng.normal(0.0, 10.0, (calls, n, s, s))).astype(np.float32)
+  mjd = 57070.0 + np.cumsum(rng.uniform(0.04, 2.0, (calls, n)), axis=0)
+  zp = 25.0 + rng.normal(0.0, 0.1, (calls, n))
+  sky = np.full((calls, n), 120.0)
+  probs = {}
+  for dtype in ('float32', 'bfloat16'):
+    clf = predict.Classifier(config, variables['params'], variables['batch_stats'], dtype=dtype)
+    holder = [clf.new_state(n), 0, []]
+
+    def call():
+      i = holder[1]
+      p, holder[0] = clf.update(holder[0], images[i], mjd[i], zp[i], sky[i])
+      holder[1] += 1
+      if i >= n_w - 1:
+        holder[2].append(p)
+      return p
+
+    t0 = time.perf_counter()
+    call()  # compiles; the same jitted call serves every later image
+    compile_s = time.perf_counter() - t0
+    for _ in range(n_w - 2):
+      call()
+    best, med = _time(call, iters)
+    probs[dtype] = np.stack(holder[2])
+    cfg = {'objects': n, 'stamp_size': s, 'n_w': n_w, 'dtype': dtype,
+           'conv_impl': config.model.conv_impl, 'filters': config.model.filters,
+           'lstm_size': config.model.lstm_size}
+    extra = {}
+    if dtype != 'float32':
+      extra['max_abs_prob_diff_vs_float32'] = round(
+          float(np.abs(probs[dtype] - probs['float32']).max()), 6)
+    name = 'inference' if dtype == 'float32' else f'inference_{dtype}'
+    emit(name, n / med, 'images_per_s', best=round(n / best, 1), config=cfg,
+         compile_s=round(compile_s, 2), **extra)
+
+
+BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference}
 
 
 def main(argv):

@@ -110,3 +110,43 @@ def plot_evaluation(results, out_dir):
   fig.savefig(p2, dpi=110)
   plt.close(fig)
   return [p1, p2]
+
+
+def plot_sequence_prediction(path, name, mjd, flux, step_mjd, probs, class_names, images,
+                             num_stamps=16):
+  """Appendix B (Fig. 13-15) for one real sequence: light curve, class probabilities per step
+  and the stamps, on a shared time axis (days since the first image).
+
+  ``flux`` [E] per image (e.g. an aperture sum of the eq. 4 images), ``step_mjd`` [T] the MJD of
+  each step's last image, ``probs`` [T, C], ``images`` [E, S, S] eq. 4 stamps.
+  """
+  mjd = np.asarray(mjd, float)
+  t = mjd - mjd[0]
+  ts = np.asarray(step_mjd, float) - mjd[0]
+  probs = np.asarray(probs, float)
+  k = min(num_stamps, len(mjd))
+  fig = plt.figure(figsize=(max(8.0, 0.8 * k), 7.0))
+  grid = fig.add_gridspec(3, k, height_ratios=(1.2, 1.4, 0.8), hspace=0.35, wspace=0.05)
+  ax = fig.add_subplot(grid[0, :])
+  ax.plot(t, flux, 'ko-', ms=3)
+  ax.set_ylabel('counts (ADU, eq. 4)', fontsize=8)
+  ax.set_title(f'{name}: {len(probs)} steps, first image MJD {mjd[0]:.4f}', fontsize=9,
+               loc='left')
+  ax.tick_params(labelsize=7)
+  ax2 = fig.add_subplot(grid[1, :], sharex=ax)
+  for c, cname in enumerate(class_names):
+    ax2.plot(ts, probs[:, c], '-o', ms=3, label=str(cname))
+  ax2.set(ylim=(-0.02, 1.02))
+  ax2.set_ylabel('class probability', fontsize=8)
+  ax2.set_xlabel('days since first image (each point: a step, at its last image)', fontsize=8)
+  ax2.tick_params(labelsize=7)
+  ax2.legend(fontsize=6, ncol=min(4, len(class_names)), loc='best')
+  pick = np.linspace(0, len(mjd) - 1, k).round().astype(int)
+  for j, e in enumerate(pick):
+    a = fig.add_subplot(grid[2, j])
+    a.imshow(_stretch(images[e]), cmap='gray', origin='lower')
+    a.set_xticks([])
+    a.set_yticks([])
+    a.set_title(f'{t[e]:.1f} d', fontsize=6, pad=1)
+  fig.savefig(path, dpi=100, bbox_inches='tight')
+  plt.close(fig)
