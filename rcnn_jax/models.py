@@ -5,10 +5,12 @@ Both map per-step inputs [B, T, ...], time gaps [B, T, n_w] and a step mask [B, 
 concatenated, an LSTM with a zero initial state scanned over the steps (padded steps leave
 its state unchanged), and a dense softmax layer at every step.
 
-Speed: the convolutions are written as one matmul over 3 x 3 patches ('im2col') on CPU, where
-XLA's native convolution runs at a quarter of the machine's matmul rate, and as
-``lax.conv_general_dilated`` elsewhere ('xla'); ``conv_impl='auto'`` picks by backend. Both
-use the same parameters. The LSTM's input projection is one matmul over all steps; only the
+Speed: on CPU, where XLA's native convolution runs far below the machine's matmul rate, the
+3 x 3 convolutions are matmuls ('rows': one matmul per layer over 1 x 3 row patches that
+yields the three kernel rows' partial outputs at once, summed after a vertical shift; twice as
+fast as full 3 x 3 patches, 'im2col', which moves three times the memory). Elsewhere they are
+``lax.conv_general_dilated`` ('xla'). ``conv_impl='auto'`` picks by backend. All three use
+the same parameters and give the same outputs. The LSTM's input projection is one matmul over all steps; only the
 recurrent matmul runs inside the scan. Batch norm statistics use valid steps only.
 """
 
@@ -22,11 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+CONV_IMPLS = ('rows', 'im2col', 'xla')
+
+
 def resolve_conv_impl(impl: str) -> str:
   if impl == 'auto':
-    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
-  if impl not in ('im2col', 'xla'):
-    raise ValueError(f"config.model.conv_impl must be 'auto', 'im2col' or 'xla', got {impl!r}")
+    return 'rows' if jax.default_backend() == 'cpu' else 'xla'
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}, got "
+                     f'{impl!r}')
   return impl
 
 
@@ -43,12 +49,20 @@ class Conv3x3(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    if resolve_conv_impl(self.impl) == 'im2col':
-      h, w = x.shape[-3], x.shape[-2]
-      p = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)])
+    impl = resolve_conv_impl(self.impl)
+    h, w, f = x.shape[-3], x.shape[-2], self.features
+    pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+    if impl == 'rows':
+      p = jnp.pad(x, pad)
+      rows = jnp.concatenate([p[..., dx:dx + w, :] for dx in range(3)], axis=-1)  # [.., H+2, W, 3C]
+      k = kernel.transpose(1, 2, 0, 3).reshape(3 * c, 3 * f)  # (dx, c) -> (dy, f)
+      z = rows @ k
+      y = sum(z[..., dy:dy + h, :, dy * f:(dy + 1) * f] for dy in range(3))
+    elif impl == 'im2col':
+      p = jnp.pad(x, pad)
       patches = jnp.concatenate([p[..., dy:dy + h, dx:dx + w, :]
                                  for dy in range(3) for dx in range(3)], axis=-1)
-      y = patches @ kernel.reshape(9 * c, self.features)
+      y = patches @ kernel.reshape(9 * c, f)
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -137,6 +137,20 @@ def gaussian_mixture_stamp(weights, sigmas_px, dx, dy, size):
   return jnp.einsum('yk,xk,k->yx', fy, fx, weights)
 
 
+def seeing_to_fwhm_px(seeing_arcsec, pixel_scale, scale=1.0, offset_arcsec=0.0):
+  """The PSF FWHM (px) of an epoch whose conditions table gives ``seeing_arcsec``.
+
+  FWHM = offset_arcsec + scale * seeing, in arcsec, over the pixel scale: a survey's seeing
+  column need not be the FWHM of its stars' PSF (HiTS 2015 stars' Moffat FWHM is ~0.78 of
+  it; ``configs/hits.py``'s values come from ``python -m rcnn_jax.realism --calibrate``). With the
+  defaults (1, 0) it is exactly seeing / pixel_scale. A negative offset is floored at half a
+  pixel. ``scale`` and ``offset_arcsec`` are Python floats (static under jit).
+  """
+  fwhm = (offset_arcsec + scale * seeing_arcsec) / pixel_scale if (
+      scale != 1.0 or offset_arcsec != 0.0) else seeing_arcsec / pixel_scale
+  return jnp.maximum(fwhm, 0.5) if offset_arcsec < 0.0 else fwhm
+
+
 def psf_stamp(fwhm_px, dx, dy, size, kind='moffat', beta=3.0, psf_bank=None):
   """Unit-flux PSF of FWHM ``fwhm_px`` at sub-pixel offset (dx, dy): fraction of flux per pixel.
 

@@ -39,6 +39,9 @@ class Simulator:
   galaxy_id: int = flax.struct.field(pytree_node=False, default=5)
   psf_kind: str = flax.struct.field(pytree_node=False, default='moffat')
   moffat_beta: float = flax.struct.field(pytree_node=False, default=3.0)
+  # PSF FWHM = seeing_offset_arcsec + seeing_scale * table seeing (render.seeing_to_fwhm_px).
+  seeing_scale: float = flax.struct.field(pytree_node=False, default=1.0)
+  seeing_offset_arcsec: float = flax.struct.field(pytree_node=False, default=0.0)
   galaxy_config: Any = flax.struct.field(pytree_node=False, default=None)
   poisson: bool = flax.struct.field(pytree_node=False, default=True)
   max_redraws: int = flax.struct.field(pytree_node=False, default=256)
@@ -77,9 +80,18 @@ def build_simulator(config) -> Simulator:
       pre_detection=int(sc.pre_detection),
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
-      moffat_beta=float(sc.psf.moffat_beta), galaxy_config=sc.galaxy.to_dict(),
+      moffat_beta=float(sc.psf.moffat_beta),
+      seeing_scale=float(sc.psf.get('seeing_scale', 1.0)),
+      seeing_offset_arcsec=float(sc.psf.get('seeing_offset_arcsec', 0.0)),
+      galaxy_config=sc.galaxy.to_dict(),
       poisson=bool(sc.poisson), max_redraws=int(sc.max_redraws),
       redraw_batch=int(sc.redraw_batch))
+
+
+def psf_fwhm_px(seeing_arcsec, sim: Simulator):
+  """The PSF FWHM (px) the simulator renders, and its photometry assumes, at a table seeing."""
+  return render.seeing_to_fwhm_px(seeing_arcsec, sim.survey.pixel_scale, sim.seeing_scale,
+                                  sim.seeing_offset_arcsec)
 
 
 def _draw_schedule(key, label, sim: Simulator):
@@ -165,7 +177,7 @@ def simulate_object(key, label, has_host, sim: Simulator):
   zp_ref = surv.zero_point[field, 0]
   gain, read_noise = surv.gain[ccd], surv.read_noise_e[ccd]
   saturation = surv.saturation_adu[ccd]
-  fwhm_px = seeing / surv.pixel_scale
+  fwhm_px = psf_fwhm_px(seeing, sim)
 
   is_galaxy = label == sim.galaxy_id
   gal = render.sample_galaxy(k_gal, sim.galaxy_config, surv.pixel_scale)
@@ -294,7 +306,7 @@ def photometry_features(batch, sim: Simulator):
   [..., E, H, W] raw stamps -> [..., T, 2 * n_w] features (n_w fluxes, then n_w variances).
   """
   def per_image(raw, sky, seeing, gain, rn):
-    return photometry.optimal_flux(raw - sky, seeing / sim.survey.pixel_scale, sky, gain, rn,
+    return photometry.optimal_flux(raw - sky, psf_fwhm_px(seeing, sim), sky, gain, rn,
                                    sim.psf_kind, sim.moffat_beta, sim.psf_bank)
 
   lead = batch['raw_adu'].shape[:-3]

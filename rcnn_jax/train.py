@@ -105,18 +105,24 @@ def build(config):
 
 def init_state(config, sim, model, tx, mesh) -> TrainState:
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  batch = sim_lib.simulate_batch(jax.random.key(0), sim, 2)
-  x = model_inputs(batch, sim, config.model.kind)
+  # Only the shapes of a batch are needed: nothing is simulated (op by op that takes a minute).
+  shapes = jax.eval_shape(lambda k: _example_inputs(k, sim, config.model.kind),
+                          jax.random.key(0))
+  x, gaps, mask = (jnp.zeros(a.shape, a.dtype) for a in shapes)
 
   @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
   def init(key):
-    variables = model.init({'params': key, 'dropout': key}, x, batch['time_gaps'],
-                           batch['mask'], train=False)
+    variables = model.init({'params': key, 'dropout': key}, x, gaps, mask, train=False)
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
 
   return init(key)
+
+
+def _example_inputs(key, sim, kind):
+  batch = sim_lib.simulate_batch(key, sim, 2)
+  return model_inputs(batch, sim, kind), batch['time_gaps'], batch['mask']
 
 
 def make_train_step(config, sim, model, tx, mesh):

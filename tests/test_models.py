@@ -220,9 +220,10 @@ def test_incremental_steps_equal_whole_sequence(small):
   assert np.abs(np.asarray(c) - whole[:, 1:]).max() > 1e-4
 
 
-def test_conv_implementations_agree():
+@pytest.mark.parametrize('impl', ['im2col', 'rows'])
+def test_conv_implementations_agree(impl):
   x, gaps, mask = _inputs('rcnn')
-  im2col, xla = _small_model('rcnn', 'im2col'), _small_model('rcnn', 'xla')
+  im2col, xla = _small_model('rcnn', impl), _small_model('rcnn', 'xla')
   variables = _init(im2col, x, gaps, mask)
   assert (jax.tree.structure(variables) ==
           jax.tree.structure(jax.eval_shape(lambda: _init(xla, x, gaps, mask))))
@@ -231,7 +232,7 @@ def test_conv_implementations_agree():
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
-@pytest.mark.parametrize('impl', ['im2col', 'xla'])
+@pytest.mark.parametrize('impl', ['rows', 'im2col', 'xla'])
 def test_conv3x3_is_flax_same_convolution(impl):
   """Conv3x3 equals nn.Conv (3 x 3, stride 1, SAME, cross-correlation) with the same weights."""
   rng = np.random.default_rng(3)
