@@ -174,6 +174,13 @@ def evaluate_workdir(workdir, step=None, progress=True):
   return m
 
 
+def _read_jsonl(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -193,6 +200,9 @@ def main(argv):
           f'{m["num_examples"]} simulated test objects')
   from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
   paths = plots.plot_evaluation(results, out)
+  runs = [(m['model'], _read_jsonl(os.path.join(w, 'metrics.jsonl')))
+          for m, w in zip(results, workdirs)]
+  paths.append(plots.plot_learning_curves(runs, os.path.join(out, 'learning_curves.png')))
   print('wrote ' + ', '.join([os.path.join(out, name(m)) for m in results] + paths))
 
 

@@ -114,12 +114,14 @@ class ImageEncoder(nn.Module):
   num_blocks: int = 2
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
     """x [N, H, W, n_w], mask [N] -> [N, features]."""
     bn_mask = mask[:, None, None, None]
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                   epsilon=1e-3,
                                    name=name)
     x = bn('bn_input')(x, mask=jnp.broadcast_to(bn_mask, x.shape))
     for blk in range(self.num_blocks):
@@ -143,13 +145,14 @@ class SequenceClassifier(nn.Module):
   lstm_size: int = 512
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.99
 
   def setup(self):
     if self.kind == 'rcnn':
       self.encoder = ImageEncoder(self.filters, self.convs_per_block, self.num_blocks,
-                                  self.conv_impl, self.dtype)
+                                  self.conv_impl, self.dtype, self.bn_momentum)
     elif self.kind == 'lc':
-      self.input_bn = nn.BatchNorm(momentum=0.99, epsilon=1e-3)
+      self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
     else:
       raise ValueError(f"config.model.kind must be 'rcnn' or 'lc', got {self.kind!r}")
     self.fc = nn.Dense(self.dense, dtype=self.dtype)
@@ -200,11 +203,15 @@ def build_model(model_config, num_classes: int, n_w: int) -> SequenceClassifier:
       raise ValueError(f'config.model.{name} must be >= 1, got {m[name]}')
   if not 0.0 <= float(m.dropout) < 1.0:
     raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}')
+  bn_momentum = float(m.get('bn_momentum', 0.99))
+  if not 0.0 <= bn_momentum < 1.0:
+    raise ValueError(f'config.model.bn_momentum must be in [0, 1), got {bn_momentum}')
   resolve_conv_impl(m.conv_impl)
   return SequenceClassifier(
       num_classes=num_classes, kind=m.kind, filters=int(m.filters),
       convs_per_block=int(m.convs_per_block), num_blocks=int(m.num_blocks), dense=int(m.dense),
-      dropout=float(m.dropout), lstm_size=int(m.lstm_size), conv_impl=m.conv_impl, dtype=dtype)
+      dropout=float(m.dropout), lstm_size=int(m.lstm_size), conv_impl=m.conv_impl, dtype=dtype,
+      bn_momentum=bn_momentum)
 
 
 def count_params(params) -> int:

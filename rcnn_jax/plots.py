@@ -150,3 +150,30 @@ def plot_sequence_prediction(path, name, mjd, flux, step_mjd, probs, class_names
     a.set_title(f'{t[e]:.1f} d', fontsize=6, pad=1)
   fig.savefig(path, dpi=100, bbox_inches='tight')
   plt.close(fig)
+
+
+def plot_learning_curves(runs, path):
+  """Training loss and validation loss/accuracy against step, one line per (label, rows) run.
+
+  ``rows`` are the dicts of a workdir's metrics.jsonl.
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  for label, rows in runs:
+    tr = [(r['step'], r['train_loss']) for r in rows if 'train_loss' in r]
+    va = [(r['step'], r['val_loss'], r['val_accuracy']) for r in rows if 'val_loss' in r]
+    if tr:
+      axes[0].plot(*zip(*tr), '-', alpha=0.6, label=f'{label}: train')
+    if va:
+      s, l, a = zip(*va)
+      axes[0].plot(s, l, 'o-', label=f'{label}: validation')
+      axes[1].plot(s, a, 'o-', label=label)
+  axes[0].set(xlabel='training step', ylabel='loss (summed over steps)', title='loss')
+  axes[1].set(xlabel='training step', ylabel='accuracy at the last step', ylim=(0, 1),
+              title='validation accuracy')
+  axes[1].axhline(1 / 7, ls=':', c='gray', label='chance')
+  for ax in axes:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

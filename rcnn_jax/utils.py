@@ -66,6 +66,8 @@ def run(main):
   from absl import app  # pylint: disable=g-import-not-at-top
 
   def wrapped(argv):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
       return main(argv)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:

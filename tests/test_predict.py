@@ -234,3 +234,32 @@ def test_real_dev_files_classify(classifier, hits_data):
     assert p.shape == (seq.num_epochs - classifier.n_w + 1, classifier.num_classes)
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+def test_evaluate_workdir_counts_each_test_object_once(workdir, tmp_path):
+  """Sec. 4 on the simulated test set, from the workdir alone: every object counted once."""
+  from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
+  config = train.load_config(workdir)
+  config.eval.batch_size = 7 * 3  # 28 objects in 2 batches: the second is padded by 14
+  out = evaluate.predict_test_set(config, *evaluate.restore_for_eval(workdir)[1:4],
+                                  progress=False)
+  n = config.eval.test_size
+  assert out['label'].shape == (n,) and np.bincount(out['label']).tolist() == [n // 7] * 7
+  m = evaluate.evaluate_workdir(workdir, progress=False)
+  assert m['num_examples'] == n and int(np.sum(m['confusion_counts'])) == n
+  assert list(m['recall_by_step']) == list(config.sim.class_names)
+  assert len(m['accuracy_by_step']) == config.sim.max_steps
+  # The test set is not the validation set: same labels (i % 7), different objects.
+  val = jax_magnitudes(config, train.validation_key(config))
+  assert not np.allclose(np.sort(val), np.sort(out['magnitude']))
+  paths = plots.plot_evaluation([m, m], str(tmp_path))
+  assert all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def jax_magnitudes(config, key):
+  import jax  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+  sim = sim_lib.build_simulator(config)
+  b = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, config.eval.test_size))(key)
+  return np.asarray(b['magnitude'])
