@@ -115,11 +115,14 @@ class ImageEncoder(nn.Module):
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
   bn_momentum: float = 0.99
+  input_asinh_scale: float = 0.0
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
     """x [N, H, W, n_w], mask [N] -> [N, features]."""
     bn_mask = mask[:, None, None, None]
+    if self.input_asinh_scale > 0:
+      x = jnp.arcsinh(x / self.input_asinh_scale)
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                    epsilon=1e-3,
                                    name=name)
@@ -146,11 +149,13 @@ class SequenceClassifier(nn.Module):
   conv_impl: str = 'auto'
   dtype: Any = jnp.float32
   bn_momentum: float = 0.99
+  input_asinh_scale: float = 10.0
 
   def setup(self):
     if self.kind == 'rcnn':
       self.encoder = ImageEncoder(self.filters, self.convs_per_block, self.num_blocks,
-                                  self.conv_impl, self.dtype, self.bn_momentum)
+                                  self.conv_impl, self.dtype, self.bn_momentum,
+                                  self.input_asinh_scale)
     elif self.kind == 'lc':
       self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
     else:
@@ -168,7 +173,9 @@ class SequenceClassifier(nn.Module):
       f = self.encoder(x.reshape((b * t,) + x.shape[2:]), m, train)
     else:
       # Fluxes and variances span six decades: asinh compresses them before the batch norm.
-      f = jnp.arcsinh(x.reshape(b * t, -1) / 10.0)
+      f = x.reshape(b * t, -1)
+      if self.input_asinh_scale > 0:
+        f = jnp.arcsinh(f / self.input_asinh_scale)
       f = self.input_bn(f, use_running_average=not train,
                         mask=jnp.broadcast_to(m[:, None], f.shape))
     f = nn.relu(self.fc(f.astype(self.dtype))).astype(jnp.float32)
@@ -206,12 +213,15 @@ def build_model(model_config, num_classes: int, n_w: int) -> SequenceClassifier:
   bn_momentum = float(m.get('bn_momentum', 0.99))
   if not 0.0 <= bn_momentum < 1.0:
     raise ValueError(f'config.model.bn_momentum must be in [0, 1), got {bn_momentum}')
+  asinh = float(m.get('input_asinh_scale', 10.0))
+  if asinh < 0:
+    raise ValueError(f'config.model.input_asinh_scale must be >= 0, got {asinh}')
   resolve_conv_impl(m.conv_impl)
   return SequenceClassifier(
       num_classes=num_classes, kind=m.kind, filters=int(m.filters),
       convs_per_block=int(m.convs_per_block), num_blocks=int(m.num_blocks), dense=int(m.dense),
       dropout=float(m.dropout), lstm_size=int(m.lstm_size), conv_impl=m.conv_impl, dtype=dtype,
-      bn_momentum=bn_momentum)
+      bn_momentum=bn_momentum, input_asinh_scale=asinh)
 
 
 def count_params(params) -> int:

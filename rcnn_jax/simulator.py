@@ -109,13 +109,18 @@ def _draw_schedule(key, label, sim: Simulator):
     field = jax.random.randint(kf, (), 0, surv.num_fields)
     ccd = jax.random.randint(kc, (), 0, surv.num_ccds)
     t, n = surv.t_days[field], surv.num_epochs[field]
-    mag, ref = lightcurves.sample_magnitudes(klc, label, t, n, lcm)
     ghost_class = jnp.asarray(sim.transient_ids)[
         jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
-    ghost, _ = lightcurves.sample_magnitudes(kg, ghost_class, t, n, lcm, sim.transient_ids)
-    det = sequences.first_detection(jnp.where(is_transient, mag, ghost), surv.limmag5[field], n)
+    # Only a transient's curve decides acceptance: the object's own (key klc) for a transient,
+    # a ghost's (key kg) otherwise. The object's own curve is drawn once, after the loop, from
+    # the accepted attempt's klc: the same curve, without drawing all classes per attempt.
+    det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
+                                                 jax.random.key_data(kg)))
+    det_mag, _ = lightcurves.sample_magnitudes(
+        det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids)
+    det = sequences.first_detection(det_mag, surv.limmag5[field], n)
     start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
-    return ok, (field, ccd, mag, ref, start)
+    return ok, (field, ccd, jax.random.key_data(klc), start)
 
   # Attempts run in parallel rounds of ``redraw_batch`` (wide vector work instead of a long
   # scalar loop); the first accepted attempt in key order wins, so the result is a pure
@@ -139,8 +144,11 @@ def _draw_schedule(key, label, sim: Simulator):
 
   k0, key = jax.random.split(key)
   ok, out = round_(k0)
-  _, _, ok, out = jax.lax.while_loop(cond, body, (jnp.int32(1), key, ok, out))
-  return out
+  _, _, ok, (field, ccd, klc, start) = jax.lax.while_loop(cond, body,
+                                                           (jnp.int32(1), key, ok, out))
+  mag, ref = lightcurves.sample_magnitudes(jax.random.wrap_key_data(klc), label,
+                                           surv.t_days[field], surv.num_epochs[field], lcm)
+  return field, ccd, mag, ref, start
 
 
 def _dihedral_tables(size):
