@@ -41,6 +41,7 @@ import numpy as np
 
 from rcnn_jax import models
 from rcnn_jax import realdata
+from rcnn_jax import realism
 from rcnn_jax import sequences
 from rcnn_jax import utils
 
@@ -355,13 +356,6 @@ def eq4_images(seq) -> np.ndarray:
                               np.asarray(seq.sky_adu, np.float64), zp, zp[0])
 
 
-def aperture_flux(images, radius=APERTURE_RADIUS_PX) -> np.ndarray:
-  """[E] sum of each image within ``radius`` pixels of the stamp centre."""
-  h, w = images.shape[-2:]
-  r2 = (np.arange(h)[:, None] - (h - 1) / 2)**2 + (np.arange(w)[None, :] - (w - 1) / 2)**2
-  return (images * (r2 <= radius**2)).sum((-2, -1))
-
-
 def plot_paths(seqs, plot_dir) -> list[str]:
   """DIR/<object>.png per sequence; repeated names get _2, _3, ... instead of overwriting."""
   seen, out = {}, []
@@ -411,8 +405,8 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
     for seq, p, path in zip(seqs, probs, plot_paths(seqs, plot_dir)):
       images = eq4_images(seq)
       plots.plot_sequence_prediction(
-          path, seq.name, seq.mjd, aperture_flux(images), step_mjd(seq, classifier.n_w, len(p)),
-          p, classifier.class_names, images)
+          path, seq.name, seq.mjd, realism.aperture_flux(images, radius=APERTURE_RADIUS_PX),
+          step_mjd(seq, classifier.n_w, len(p)), p, classifier.class_names, images)
     print(f'wrote {len(seqs)} figures to {plot_dir}')
   return 2 if errors else 0
 
