@@ -112,6 +112,7 @@ class Classifier:
     self.params = params
     self.batch_stats = batch_stats
     self.checkpoint_step = None  # set by from_workdir
+    self.encode_chunk = 32  # sequences per image-encoder call (see models.features_in_chunks)
     self._chunk = jax.jit(self._chunk_fn)
     self._update = jax.jit(self._update_fn)
 
@@ -141,8 +142,14 @@ class Classifier:
 
   # Whole sequences ----------------------------------------------------------------------------
 
+  def _step(self, variables, x, time_gaps, mask, carry):
+    """``model.step`` with the image encoder run ``encode_chunk`` sequences at a time."""
+    feats = models.features_in_chunks(self.model, variables, x, time_gaps, mask,
+                                      self.encode_chunk)
+    return self.model.apply(variables, feats, mask, carry, method='recur')
+
   def _chunk_fn(self, variables, x, time_gaps, mask, carry):
-    logits, carry = self.model.apply(variables, x, time_gaps, mask, carry, method='step')
+    logits, carry = self._step(variables, x, time_gaps, mask, carry)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), carry
 
   def classify(self, seqs, batch_size=64, max_steps=None) -> list[np.ndarray]:
@@ -223,7 +230,7 @@ class Classifier:
   def _update_fn(self, variables, carry, window, window_t, probs, image, t, active, ready):
     x = jnp.moveaxis(jnp.concatenate([window, image[:, None]], axis=1), 1, -1)[:, None]
     gaps = jnp.concatenate([window_t, t[:, None]], axis=1)[:, None]
-    logits, carry = self.model.apply(variables, x, gaps, ready[:, None], carry, method='step')
+    logits, carry = self._step(variables, x, gaps, ready[:, None], carry)
     p = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
     probs = jnp.where(ready[:, None], p, probs)
     if self.n_w > 1:

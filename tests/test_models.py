@@ -280,3 +280,64 @@ def test_sequence_loss_by_hand():
   got_u = float(train.sequence_loss(jnp.zeros((3, 4, 7)), jnp.asarray(labels),
                                     jnp.asarray(mask)))
   np.testing.assert_allclose(got_u, np.log(7.0) * mask.sum() / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(3, 9, 7, 20, 6), (2, 6, 5, 32, 64)])
+def test_rows_convolution_gradients_equal_xla(shape):
+  """The hand-written backward pass of 'rows' gives XLA's gradients (input and kernel)."""
+  n, h, w, c, f = shape
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, c, f)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(n, h, w, f)), jnp.float32)
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y, vjp = jax.vjp(models.conv3x3_rows, x, k)
+  y_ref, vjp_ref = jax.vjp(ref, x, k)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+  for ours, theirs in zip(vjp(g), vjp_ref(g)):
+    scale = float(np.abs(theirs).max())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_masked_batch_norm_equals_flax(train):
+  """Variables, outputs, updated statistics and gradients as nn.BatchNorm with a mask."""
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(2.0, 3.0, size=(10, 5, 4, 6)), jnp.float32)
+  mask = jnp.asarray(rng.random(10) < 0.6)
+  ours = models.MaskedBatchNorm(momentum=0.9)
+  ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  bmask = jnp.broadcast_to(mask[:, None, None, None], x.shape)
+  v = ref.init(jax.random.key(0), x, mask=bmask)
+  v = {'params': {'scale': v['params']['scale'] + 0.5, 'bias': v['params']['bias'] - 0.2},
+       'batch_stats': {'mean': jnp.full((6,), 0.3), 'var': jnp.full((6,), 2.0)}}
+  assert (jax.tree.structure(v) == jax.tree.structure(
+      ours.init(jax.random.key(0), x, mask, train)))
+
+  def run(module, **kw):
+    def f(params, x):
+      y, upd = module.apply({**v, 'params': params}, x, mutable=['batch_stats'], **kw)
+      return jnp.sum(jnp.sin(y) * bmask), (y, upd)
+    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(v['params'], x)
+
+  (_, (y1, u1)), g1 = run(ours, mask=mask, train=train)
+  (_, (y2, u2)), g2 = run(ref, mask=bmask)
+  m = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(y1)[m], np.asarray(y2)[m], rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves((u1, g1)), jax.tree.leaves((u2, g2))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if train:  # the statistics moved: the comparison above is not between two constants
+    assert np.abs(np.asarray(u1['batch_stats']['mean']) - 0.3).max() > 1e-3
+
+
+def test_max_pool_equals_flax():
+  rng = np.random.default_rng(7)
+  for hw in [(21, 21), (11, 10)]:
+    x = jnp.asarray(rng.normal(size=(2,) + hw + (3,)), jnp.float32)
+    ref = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+    g = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+    ours_g = jax.vjp(models.max_pool_2x2, x)[1](g)[0]
+    ref_g = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME'), x)[1](g)[0]
+    np.testing.assert_allclose(ours_g, ref_g, rtol=1e-6, atol=1e-6)
