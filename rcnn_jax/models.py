@@ -16,6 +16,7 @@ recurrent matmul runs inside the scan. Batch norm statistics use valid steps onl
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +26,15 @@ import numpy as np
 
 
 CONV_IMPLS = ('rows', 'im2col', 'xla')
+
+
+def resolve_encoder_chunk(chunk: int) -> int:
+  """-1 ('auto'): 32 sequences' steps at a time on the CPU, the whole batch elsewhere."""
+  if chunk == -1:
+    return 32 if jax.default_backend() == 'cpu' else 0
+  if chunk < 0:
+    raise ValueError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
+  return int(chunk)
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -87,22 +97,25 @@ def _conv3x3_rows_fwd(x, kernel):
   return conv3x3_rows(x, kernel), (x, kernel)
 
 
-def _conv3x3_rows_bwd(res, g):
-  x, kernel = res
+def _conv3x3_rows_grads(x, kernel, g):
+  """(dL/dx, dL/dkernel) of ``conv3x3_rows`` for the output cotangent g [N, H, W, F]."""
   c, f = kernel.shape[2], kernel.shape[3]
   g = g.astype(x.dtype)
   # z_dy[r] fed y[r - dy + 1]: the gradient of the three partial outputs, [N, H, W, 3F].
   gz = jnp.concatenate([_vpad(g[..., 1:, :, :], 0, 1), g, _vpad(g[..., :-1, :, :], 1, 0)], -1)
   rows = _row_patches(x)
   kr = _rows_kernel(kernel).astype(x.dtype)
-  m = rows.reshape(-1, 3 * c)
-  dkr = jax.lax.dot_general(m, gz.reshape(-1, 3 * f), (((0,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32)
+  dkr = jax.lax.dot_general(rows.reshape(-1, 3 * c), gz.reshape(-1, 3 * f),
+                            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
   dkernel = dkr.reshape(3, c, 3, f).transpose(2, 0, 1, 3).astype(kernel.dtype)
   drows = _matmul(gz, kr.T)  # [N, H, W, 3C]; block dx came from x[j + dx - 1]
   dx = (drows[..., c:2 * c] + _hpad(drows[..., 1:, :c], 0, 1)
         + _hpad(drows[..., :-1, 2 * c:], 1, 0))
   return dx.astype(x.dtype), dkernel
+
+
+def _conv3x3_rows_bwd(res, g):
+  return _conv3x3_rows_grads(*res, g)
 
 
 conv3x3_rows.defvjp(_conv3x3_rows_fwd, _conv3x3_rows_bwd)
@@ -130,10 +143,14 @@ class Conv3x3(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, params_only: bool = False):
+    """The convolution of x, or with ``params_only`` its (kernel in ``dtype``, bias) for an
+    input shaped like x."""
     c = x.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, c, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    if params_only:
+      return kernel.astype(self.dtype), bias
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     impl = resolve_conv_impl(self.impl)
@@ -161,27 +178,34 @@ class MaskedBatchNorm(nn.Module):
   epsilon: float = 1e-3
 
   @nn.compact
-  def __call__(self, x, mask, train: bool):
+  def __call__(self, x, mask, train: bool, sums=None, affine_only: bool = False):
+    """Normalised x; or with ``affine_only`` the per-channel (a, b) with which a x + b is.
+
+    ``sums``: the per-channel (sum of x, sum of x^2) over valid rows, when already computed
+    (``fused_conv_layer``); x then only gives the shape.
+    """
     feat = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (feat,))
     bias = self.param('bias', nn.initializers.zeros, (feat,))
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((feat,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((feat,), jnp.float32))
     if train:
-      w = mask.astype(jnp.float32).reshape(mask.shape + (1,) * (x.ndim - 1))
+      w = mask.astype(jnp.float32)
       per_row = float(np.prod(x.shape[1:-1]))
-      count = jnp.maximum(jnp.sum(mask.astype(jnp.float32)) * per_row, 1.0)
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.sum(x * w, axis=axes) / count
-      mean2 = jnp.sum(jnp.square(x) * w, axis=axes) / count
-      var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+      count = jnp.maximum(jnp.sum(w) * per_row, 1.0)
+      s1, s2 = _masked_sums(x, w) if sums is None else sums
+      mean = s1 / count
+      var = jnp.maximum(0.0, s2 / count - jnp.square(mean))
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     else:
       mean, var = ra_mean.value, ra_var.value
     a = scale * jax.lax.rsqrt(var + self.epsilon)
-    return x * a + (bias - mean * a)
+    b = bias - mean * a
+    if affine_only:
+      return a, b
+    return x * a + b
 
 
 def max_pool_2x2(x):
@@ -193,6 +217,103 @@ def max_pool_2x2(x):
   s = x.shape
   x = x.reshape(s[:-3] + (s[-3] // 2, 2, s[-2] // 2, 2, s[-1]))
   return x.max(axis=(-4, -2))
+
+
+def _max_pool_2x2_grad(h, pooled, g):
+  """Cotangent of ``max_pool_2x2`` at h: g goes to every position equal to its window's max."""
+  hh, ww = h.shape[-3], h.shape[-2]
+  up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=-3), 2, axis=-2)[..., :hh, :ww, :]
+  return jnp.where(h == up(pooled), up(g), 0.0)
+
+
+def _chunked(fn, chunk, w, *arrays):
+  """fn(w_c, *arrays_c) -> (batched outputs, summed outputs) over chunks of ``chunk`` rows.
+
+  Batched outputs are written into whole-batch buffers, summed ones added up. A chunk whose
+  row weights w [N] are all zero (padding steps only) is skipped: its batched outputs are zero
+  and it adds nothing. The rows are padded to a multiple of ``chunk`` with w = 0.
+  """
+  n = w.shape[0]
+  pad = -n % chunk
+  w, *arrays = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (w,) + arrays]
+  shapes = jax.eval_shape(fn, w[:chunk], *[a[:chunk] for a in arrays])
+  zeros = lambda s: jnp.zeros(s.shape, s.dtype)
+  batched0 = jax.tree.map(lambda s: jnp.zeros((n + pad,) + s.shape[1:], s.dtype), shapes[0])
+  summed0 = jax.tree.map(zeros, shapes[1])
+
+  def body(i, carry):
+    bufs, sums = carry
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
+    wc = take(w)
+    b, s = jax.lax.cond(jnp.any(wc > 0), lambda: fn(wc, *map(take, arrays)),
+                        lambda: jax.tree.map(zeros, shapes))
+    bufs = jax.tree.map(lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * chunk, 0),
+                        bufs, b)
+    return bufs, jax.tree.map(jnp.add, sums, s)
+
+  bufs, sums = jax.lax.fori_loop(0, (n + pad) // chunk, body, (batched0, summed0))
+  return jax.tree.map(lambda b: b[:n], bufs), sums
+
+
+def _masked_sums(y, w):
+  """Per-channel sums of w y and w y^2 over all but the last axis; w [N] row weights."""
+  wb = w.reshape(w.shape + (1,) * (y.ndim - 1))
+  axes = tuple(range(y.ndim - 1))
+  return jnp.sum(y * wb, axis=axes), jnp.sum(jnp.square(y) * wb, axis=axes)
+
+
+def _layer_input(y_prev, a, b, pool):
+  """relu(a y_prev + b), max pooled if ``pool``: (conv input, pre-activation, activation)."""
+  pre = y_prev * a + b
+  h = jax.nn.relu(pre)
+  return (max_pool_2x2(h) if pool else h), pre, h
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def fused_conv_layer(y_prev, a, b, kernel, bias, w, pool, chunk):
+  """One encoder layer over the batch, ``chunk`` rows at a time, in the CPU's caches.
+
+  y_prev [N, H, W, C], the previous convolution's output, goes through its batch norm as the
+  per-channel affine map (a, b), ReLU, and a 2 x 2 max pool if ``pool``; then the 3 x 3 'rows'
+  convolution plus bias. Returns that output y and its per-channel sums of w y and w y^2
+  (w [N]: 1 for valid steps), from which the next batch norm takes its statistics. Only y
+  is written to memory; the backward pass recomputes the rest chunk by chunk as well. Chunks
+  of padding steps only (w = 0) are skipped: their y is 0.
+  """
+  def fn(w, yp):
+    x, _, _ = _layer_input(yp, a, b, pool)
+    y = conv3x3_rows(x.astype(kernel.dtype), kernel) + bias
+    return y, _masked_sums(y, w)
+
+  y, (s1, s2) = _chunked(fn, chunk, w, y_prev)
+  return y, s1, s2
+
+
+def _fused_fwd(y_prev, a, b, kernel, bias, w, pool, chunk):
+  y, s1, s2 = fused_conv_layer(y_prev, a, b, kernel, bias, w, pool, chunk)
+  return (y, s1, s2), (y_prev, a, b, kernel, bias, w, y)
+
+
+def _fused_bwd(pool, chunk, res, cts):
+  y_prev, a, b, kernel, bias, w, y = res
+  gy, gs1, gs2 = cts
+
+  def fn(w, yp, y, gy):
+    wb = w.reshape(w.shape + (1,) * (y.ndim - 1))
+    gt = gy + wb * (gs1 + 2.0 * y * gs2)  # the sums' cotangents reach y too
+    x, pre, h = _layer_input(yp, a, b, pool)
+    dx, dkernel = _conv3x3_rows_grads(x.astype(kernel.dtype), kernel, gt)
+    dh = _max_pool_2x2_grad(h, x, dx) if pool else dx
+    dpre = jnp.where(pre > 0, dh, 0.0)
+    axes = tuple(range(y.ndim - 1))
+    return dpre * a, (jnp.sum(dpre * yp, axis=axes), jnp.sum(dpre, axis=axes), dkernel,
+                      jnp.sum(gt, axis=axes))
+
+  dyp, (da, db, dkernel, dbias) = _chunked(fn, chunk, w, y_prev, y, gy)
+  return dyp, da, db, dkernel, dbias.astype(bias.dtype), jnp.zeros_like(w)
+
+
+fused_conv_layer.defvjp(_fused_fwd, _fused_bwd)
 
 
 class MaskedLSTM(nn.Module):
@@ -242,6 +363,7 @@ class ImageEncoder(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.99
   input_asinh_scale: float = 0.0
+  encoder_chunk: int = 0
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
@@ -249,13 +371,37 @@ class ImageEncoder(nn.Module):
     if self.input_asinh_scale > 0:
       x = jnp.arcsinh(x / self.input_asinh_scale)
     bn = lambda name: MaskedBatchNorm(momentum=self.bn_momentum, epsilon=1e-3, name=name)
+    conv = lambda blk, j: Conv3x3(self.filters, self.conv_impl, self.dtype,
+                                  name=f'conv{blk}_{j}')
     x = bn('bn_input')(x, mask, train)
-    for blk in range(self.num_blocks):
-      for j in range(self.convs_per_block):
-        x = Conv3x3(self.filters, self.conv_impl, self.dtype, name=f'conv{blk}_{j}')(x)
-        x = nn.relu(bn(f'bn{blk}_{j}')(x.astype(jnp.float32), mask, train))
-      x = max_pool_2x2(x)
-    return x.reshape(x.shape[0], -1)
+    chunk = resolve_encoder_chunk(self.encoder_chunk)
+    if chunk <= 0 or resolve_conv_impl(self.conv_impl) != 'rows':
+      for blk in range(self.num_blocks):
+        for j in range(self.convs_per_block):
+          x = conv(blk, j)(x)
+          x = nn.relu(bn(f'bn{blk}_{j}')(x.astype(jnp.float32), mask, train))
+        x = max_pool_2x2(x)
+      return x.reshape(x.shape[0], -1)
+    # The same layers, each after the first one fused with the batch norm, ReLU (and pool)
+    # before it and run over the batch in chunks (fused_conv_layer).
+    # Valid steps first (a stable sort), so that the chunks of padding steps, 43 % of a paper
+    # batch, are whole and skipped; the features go back to their rows at the end.
+    order = jnp.argsort(jnp.logical_not(mask), stable=True)
+    x, mask = x[order], mask[order]
+    layers = [(blk, j) for blk in range(self.num_blocks) for j in range(self.convs_per_block)]
+    w = mask.astype(jnp.float32)
+    y, sums = conv(0, 0)(x).astype(jnp.float32), None
+    for i, (blk, j) in enumerate(layers):
+      a, b = bn(f'bn{blk}_{j}')(y, mask, train, sums=sums, affine_only=True)
+      if i + 1 == len(layers):
+        x = max_pool_2x2(nn.relu(y * a + b))
+        break
+      nblk, nj = layers[i + 1]
+      kernel, bias = conv(nblk, nj)(y, params_only=True)
+      y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, nj == 0, chunk)
+      sums = (s1, s2)
+    x = x.reshape(x.shape[0], -1)
+    return jnp.zeros_like(x).at[order].set(x)
 
 
 class SequenceClassifier(nn.Module):
@@ -272,12 +418,13 @@ class SequenceClassifier(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.99
   input_asinh_scale: float = 10.0
+  encoder_chunk: int = 0
 
   def setup(self):
     if self.kind == 'rcnn':
       self.encoder = ImageEncoder(self.filters, self.convs_per_block, self.num_blocks,
                                   self.conv_impl, self.dtype, self.bn_momentum,
-                                  self.input_asinh_scale)
+                                  self.input_asinh_scale, self.encoder_chunk)
     elif self.kind == 'lc':
       self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
     else:
@@ -339,11 +486,13 @@ def build_model(model_config, num_classes: int, n_w: int) -> SequenceClassifier:
   if asinh < 0:
     raise ValueError(f'config.model.input_asinh_scale must be >= 0, got {asinh}')
   resolve_conv_impl(m.conv_impl)
+  chunk = int(m.get('encoder_chunk', -1))
+  resolve_encoder_chunk(chunk)
   return SequenceClassifier(
       num_classes=num_classes, kind=m.kind, filters=int(m.filters),
       convs_per_block=int(m.convs_per_block), num_blocks=int(m.num_blocks), dense=int(m.dense),
       dropout=float(m.dropout), lstm_size=int(m.lstm_size), conv_impl=m.conv_impl, dtype=dtype,
-      bn_momentum=bn_momentum, input_asinh_scale=asinh)
+      bn_momentum=bn_momentum, input_asinh_scale=asinh, encoder_chunk=chunk)
 
 
 def count_params(params) -> int:

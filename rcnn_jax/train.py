@@ -125,8 +125,12 @@ def _example_inputs(key, sim, kind):
   return model_inputs(batch, sim, kind), batch['time_gaps'], batch['mask']
 
 
-def make_train_step(config, sim, model, tx, mesh):
-  """The jitted step: simulate the batch, forward, backward, Adam. Traced exactly once."""
+def make_train_step(config, sim, model, tx, mesh, all_steps_valid=False):
+  """The jitted step: simulate the batch, forward, backward, Adam. Traced exactly once.
+
+  ``all_steps_valid`` (benchmarks only) treats every step of every sequence as valid, the
+  work of a batch without padding steps, as a fixed-length implementation does.
+  """
   batch_size = config.train.batch_size
   simulate = make_simulate_fn(sim, mesh)
   data = NamedSharding(mesh, P('data'))
@@ -137,6 +141,8 @@ def make_train_step(config, sim, model, tx, mesh):
     k_sim, k_drop = jax.random.split(jax.random.fold_in(root_key, state.step))
     index = jax.lax.with_sharding_constraint(jnp.arange(batch_size, dtype=jnp.int32), data)
     batch = simulate(k_sim, index)
+    if all_steps_valid:
+      batch = {**batch, 'mask': jnp.ones_like(batch['mask'])}
     x = model_inputs(batch, sim, config.model.kind)
     mask = batch['mask'].astype(jnp.float32)
 

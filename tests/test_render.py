@@ -309,3 +309,11 @@ def test_dihedral_symmetries_are_flux_preserving_permutations():
   f = jax.jit(sim_lib._dihedral)
   for k in range(8):
     np.testing.assert_array_equal(np.asarray(f(jnp.asarray(img), jnp.int32(k))), outs[k])
+
+
+def test_sincos_2pi_matches_float64():
+  u = np.linspace(0.0, 1.0, 200_001)
+  c, s = render.sincos_2pi(jnp.asarray(u, jnp.float32))
+  u32 = u.astype(np.float32).astype(np.float64)  # the angles the float32 inputs stand for
+  np.testing.assert_allclose(c, np.cos(2 * np.pi * u32), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(s, np.sin(2 * np.pi * u32), rtol=0, atol=1e-6)
