@@ -137,7 +137,7 @@ def _model(kind='rcnn'):
   m.conv_impl = 'auto'  # 'auto' picks the fastest formulation for the backend
   # Image-encoder layers run over the batch this many steps (stamps) at a time, each fused with
   # the batch norm, ReLU and pool before it, so their activations stay in the CPU's caches:
-  # -1 picks by backend (32 on the CPU, the whole batch on a GPU), 0 turns it off.
+  # -1 picks by backend (16 on the CPU, the whole batch on a GPU), 0 turns it off.
   m.encoder_chunk = -1
   m.dtype = 'float32'
   return m

@@ -29,9 +29,9 @@ CONV_IMPLS = ('rows', 'im2col', 'xla')
 
 
 def resolve_encoder_chunk(chunk: int) -> int:
-  """-1 ('auto'): 32 sequences' steps at a time on the CPU, the whole batch elsewhere."""
+  """-1 ('auto'): 16 sequences' steps at a time on the CPU, the whole batch elsewhere."""
   if chunk == -1:
-    return 32 if jax.default_backend() == 'cpu' else 0
+    return 16 if jax.default_backend() == 'cpu' else 0
   if chunk < 0:
     raise ValueError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
   return int(chunk)
@@ -515,22 +515,3 @@ def table3_param_count(n_w=3, filters=64, convs=3, blocks=2, dense=1024, lstm=51
   total += lstm * classes + classes
   return total
 
-
-def features_in_chunks(model: SequenceClassifier, variables, x, time_gaps, mask,
-                       chunk: int = 32):
-  """``model.features`` in evaluation mode, ``chunk`` sequences at a time (``lax.map``).
-
-  Evaluation-mode batch norm uses the running statistics, so the sequences are independent:
-  running the image encoder on small chunks keeps its activations in the CPU's caches instead
-  of streaming them through memory (1.3x the images/s of one whole-batch call on this
-  project's CPU). The batch is padded to a multiple of ``chunk``; the padding is dropped.
-  """
-  n = x.shape[0]
-  fn = lambda x, g, m: model.apply(variables, x, g, m, False, method='features')
-  if chunk <= 0 or n <= chunk:
-    return fn(x, time_gaps, mask)
-  pad = -n % chunk
-  padded = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (x, time_gaps, mask)]
-  split = [a.reshape((-1, chunk) + a.shape[1:]) for a in padded]
-  f = jax.lax.map(lambda a: fn(*a), tuple(split))
-  return f.reshape((-1,) + f.shape[2:])[:n]

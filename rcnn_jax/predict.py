@@ -112,7 +112,6 @@ class Classifier:
     self.params = params
     self.batch_stats = batch_stats
     self.checkpoint_step = None  # set by from_workdir
-    self.encode_chunk = 32  # sequences per image-encoder call (see models.features_in_chunks)
     self._chunk = jax.jit(self._chunk_fn)
     self._update = jax.jit(self._update_fn)
 
@@ -143,10 +142,7 @@ class Classifier:
   # Whole sequences ----------------------------------------------------------------------------
 
   def _step(self, variables, x, time_gaps, mask, carry):
-    """``model.step`` with the image encoder run ``encode_chunk`` sequences at a time."""
-    feats = models.features_in_chunks(self.model, variables, x, time_gaps, mask,
-                                      self.encode_chunk)
-    return self.model.apply(variables, feats, mask, carry, method='recur')
+    return self.model.apply(variables, x, time_gaps, mask, carry, method='step')
 
   def _chunk_fn(self, variables, x, time_gaps, mask, carry):
     logits, carry = self._step(variables, x, time_gaps, mask, carry)
