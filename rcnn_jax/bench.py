@@ -33,7 +33,7 @@ def _define_flags():
   _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
   _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
   _OBJECTS = flags.DEFINE_integer('objects', 1024, 'Objects updated per call (inference).')
-  _ITERS = flags.DEFINE_integer('iters', 5, 'Timed iterations (best and median are reported).')
+  _ITERS = flags.DEFINE_integer('iters', 10, 'Timed iterations (best and median are reported).')
   _CONFIG_ARG = flags.DEFINE_string('config_arg', 'paper', 'configs/hits.py variant.')
   _OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
 

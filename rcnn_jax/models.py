@@ -229,7 +229,7 @@ def _max_pool_2x2_grad(h, pooled, g):
 def _chunked(fn, chunk, w, *arrays):
   """fn(w_c, *arrays_c) -> (batched outputs, summed outputs) over chunks of ``chunk`` rows.
 
-  Batched outputs are written into whole-batch buffers, summed ones added up. A chunk whose
+  Batched outputs are concatenated over the chunks, summed ones added up. A chunk whose
   row weights w [N] are all zero (padding steps only) is skipped: its batched outputs are zero
   and it adds nothing. The rows are padded to a multiple of ``chunk`` with w = 0.
   """
@@ -238,21 +238,17 @@ def _chunked(fn, chunk, w, *arrays):
   w, *arrays = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (w,) + arrays]
   shapes = jax.eval_shape(fn, w[:chunk], *[a[:chunk] for a in arrays])
   zeros = lambda s: jnp.zeros(s.shape, s.dtype)
-  batched0 = jax.tree.map(lambda s: jnp.zeros((n + pad,) + s.shape[1:], s.dtype), shapes[0])
-  summed0 = jax.tree.map(zeros, shapes[1])
+  split = [a.reshape((-1, chunk) + a.shape[1:]) for a in [w] + arrays]
 
-  def body(i, carry):
-    bufs, sums = carry
-    take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
-    wc = take(w)
-    b, s = jax.lax.cond(jnp.any(wc > 0), lambda: fn(wc, *map(take, arrays)),
+  def body(args):
+    wc = args[0]
+    return jax.lax.cond(jnp.any(wc > 0), lambda: fn(*args),
                         lambda: jax.tree.map(zeros, shapes))
-    bufs = jax.tree.map(lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * chunk, 0),
-                        bufs, b)
-    return bufs, jax.tree.map(jnp.add, sums, s)
 
-  bufs, sums = jax.lax.fori_loop(0, (n + pad) // chunk, body, (batched0, summed0))
-  return jax.tree.map(lambda b: b[:n], bufs), sums
+  # lax.map writes each chunk's outputs in place: no whole-batch buffer to zero first.
+  batched, summed = jax.lax.map(body, tuple(split))
+  return (jax.tree.map(lambda b: b.reshape((-1,) + b.shape[2:])[:n], batched),
+          jax.tree.map(lambda t: t.sum(0), summed))
 
 
 def _masked_sums(y, w):
@@ -262,55 +258,73 @@ def _masked_sums(y, w):
   return jnp.sum(y * wb, axis=axes), jnp.sum(jnp.square(y) * wb, axis=axes)
 
 
-def _layer_input(y_prev, a, b, pool):
-  """relu(a y_prev + b), max pooled if ``pool``: (conv input, pre-activation, activation)."""
+def _layer_input(y_prev, a, b, mode):
+  """a y_prev + b, then ReLU ('relu'), and a max pool ('relu_pool'); 'affine' stops at the
+  affine map (the input batch norm). Returns (conv input, pre-activation, activation)."""
   pre = y_prev * a + b
+  if mode == 'affine':
+    return pre, pre, pre
   h = jax.nn.relu(pre)
-  return (max_pool_2x2(h) if pool else h), pre, h
+  return (max_pool_2x2(h) if mode == 'relu_pool' else h), pre, h
+
+
+def _conv_grads(x, kernel, g):
+  """(dL/dx, dL/dkernel) of the convolution ``_conv`` picks for x."""
+  if x.shape[-1] < 16:
+    _, vjp = jax.vjp(conv3x3_im2col, x, kernel)
+    return vjp(g.astype(jnp.float32))
+  return _conv3x3_rows_grads(x, kernel, g)
+
+
+def _conv(x, kernel):
+  """'rows', or 'im2col' for thin inputs (as Conv3x3)."""
+  return conv3x3_im2col(x, kernel) if x.shape[-1] < 16 else conv3x3_rows(x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def fused_conv_layer(y_prev, a, b, kernel, bias, w, pool, chunk):
+def fused_conv_layer(y_prev, a, b, kernel, bias, w, mode, chunk):
   """One encoder layer over the batch, ``chunk`` rows at a time, in the CPU's caches.
 
-  y_prev [N, H, W, C], the previous convolution's output, goes through its batch norm as the
-  per-channel affine map (a, b), ReLU, and a 2 x 2 max pool if ``pool``; then the 3 x 3 'rows'
-  convolution plus bias. Returns that output y and its per-channel sums of w y and w y^2
-  (w [N]: 1 for valid steps), from which the next batch norm takes its statistics. Only y
-  is written to memory; the backward pass recomputes the rest chunk by chunk as well. Chunks
-  of padding steps only (w = 0) are skipped: their y is 0.
+  y_prev [N, H, W, C], the previous convolution's output (or the input stamps), goes through
+  its batch norm as the per-channel affine map (a, b), then as ``mode`` says ReLU and a 2 x 2
+  max pool (``_layer_input``); then the 3 x 3 convolution plus bias. Returns that output y
+  and its per-channel sums of w y and w y^2 (w [N]: 1 for valid steps), from which the next
+  batch norm takes its statistics. Only y is written to memory; the backward pass recomputes
+  the rest chunk by chunk as well. Chunks of padding steps only (w = 0) are skipped: their
+  y is 0.
   """
   def fn(w, yp):
-    x, _, _ = _layer_input(yp, a, b, pool)
-    y = conv3x3_rows(x.astype(kernel.dtype), kernel) + bias
+    x, _, _ = _layer_input(yp, a, b, mode)
+    y = _conv(x.astype(kernel.dtype), kernel) + bias
     return y, _masked_sums(y, w)
 
   y, (s1, s2) = _chunked(fn, chunk, w, y_prev)
   return y, s1, s2
 
 
-def _fused_fwd(y_prev, a, b, kernel, bias, w, pool, chunk):
-  y, s1, s2 = fused_conv_layer(y_prev, a, b, kernel, bias, w, pool, chunk)
+def _fused_fwd(y_prev, a, b, kernel, bias, w, mode, chunk):
+  y, s1, s2 = fused_conv_layer(y_prev, a, b, kernel, bias, w, mode, chunk)
   return (y, s1, s2), (y_prev, a, b, kernel, bias, w, y)
 
 
-def _fused_bwd(pool, chunk, res, cts):
+def _fused_bwd(mode, chunk, res, cts):
   y_prev, a, b, kernel, bias, w, y = res
   gy, gs1, gs2 = cts
 
   def fn(w, yp, y, gy):
     wb = w.reshape(w.shape + (1,) * (y.ndim - 1))
     gt = gy + wb * (gs1 + 2.0 * y * gs2)  # the sums' cotangents reach y too
-    x, pre, h = _layer_input(yp, a, b, pool)
-    dx, dkernel = _conv3x3_rows_grads(x.astype(kernel.dtype), kernel, gt)
-    dh = _max_pool_2x2_grad(h, x, dx) if pool else dx
-    dpre = jnp.where(pre > 0, dh, 0.0)
+    x, pre, h = _layer_input(yp, a, b, mode)
+    dx, dkernel = _conv_grads(x.astype(kernel.dtype), kernel, gt)
+    dh = _max_pool_2x2_grad(h, x, dx) if mode == 'relu_pool' else dx
+    dpre = dh if mode == 'affine' else jnp.where(pre > 0, dh, 0.0)
     axes = tuple(range(y.ndim - 1))
     return dpre * a, (jnp.sum(dpre * yp, axis=axes), jnp.sum(dpre, axis=axes), dkernel,
                       jnp.sum(gt, axis=axes))
 
   dyp, (da, db, dkernel, dbias) = _chunked(fn, chunk, w, y_prev, y, gy)
-  return dyp, da, db, dkernel, dbias.astype(bias.dtype), jnp.zeros_like(w)
+  return (dyp.astype(y_prev.dtype), da, db, dkernel.astype(kernel.dtype),
+          dbias.astype(bias.dtype), jnp.zeros_like(w))
 
 
 fused_conv_layer.defvjp(_fused_fwd, _fused_bwd)
@@ -373,33 +387,32 @@ class ImageEncoder(nn.Module):
     bn = lambda name: MaskedBatchNorm(momentum=self.bn_momentum, epsilon=1e-3, name=name)
     conv = lambda blk, j: Conv3x3(self.filters, self.conv_impl, self.dtype,
                                   name=f'conv{blk}_{j}')
-    x = bn('bn_input')(x, mask, train)
     chunk = resolve_encoder_chunk(self.encoder_chunk)
     if chunk <= 0 or resolve_conv_impl(self.conv_impl) != 'rows':
+      x = bn('bn_input')(x, mask, train)
       for blk in range(self.num_blocks):
         for j in range(self.convs_per_block):
           x = conv(blk, j)(x)
           x = nn.relu(bn(f'bn{blk}_{j}')(x.astype(jnp.float32), mask, train))
         x = max_pool_2x2(x)
       return x.reshape(x.shape[0], -1)
-    # The same layers, each after the first one fused with the batch norm, ReLU (and pool)
-    # before it and run over the batch in chunks (fused_conv_layer).
-    # Valid steps first (a stable sort), so that the chunks of padding steps, 43 % of a paper
-    # batch, are whole and skipped; the features go back to their rows at the end.
+    # The same layers, each fused with the batch norm, ReLU (and pool) before it and run over
+    # the batch in chunks (fused_conv_layer). Valid steps first (a stable sort), so that the
+    # chunks of padding steps, 43 % of a paper batch, are whole and skipped; the features go
+    # back to their rows at the end.
     order = jnp.argsort(jnp.logical_not(mask), stable=True)
     x, mask = x[order], mask[order]
-    layers = [(blk, j) for blk in range(self.num_blocks) for j in range(self.convs_per_block)]
     w = mask.astype(jnp.float32)
-    y, sums = conv(0, 0)(x).astype(jnp.float32), None
-    for i, (blk, j) in enumerate(layers):
-      a, b = bn(f'bn{blk}_{j}')(y, mask, train, sums=sums, affine_only=True)
-      if i + 1 == len(layers):
-        x = max_pool_2x2(nn.relu(y * a + b))
-        break
-      nblk, nj = layers[i + 1]
-      kernel, bias = conv(nblk, nj)(y, params_only=True)
-      y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, nj == 0, chunk)
-      sums = (s1, s2)
+    layers = [(blk, j) for blk in range(self.num_blocks) for j in range(self.convs_per_block)]
+    y, name, sums, mode = x, 'bn_input', None, 'affine'
+    for blk, j in layers:
+      a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
+      kernel, bias = conv(blk, j)(y, params_only=True)
+      y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, mode, chunk)
+      name, sums = f'bn{blk}_{j}', (s1, s2)
+      mode = 'relu_pool' if j == self.convs_per_block - 1 else 'relu'
+    a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
+    x = max_pool_2x2(nn.relu(y * a + b))
     x = x.reshape(x.shape[0], -1)
     return jnp.zeros_like(x).at[order].set(x)
 
