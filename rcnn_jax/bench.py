@@ -4,7 +4,9 @@
 
 ``simulate``: stamps/s of the jitted simulator (after compilation), and its compile time.
 ``train``: sequences/s of the full training step (simulation included) for the paper's
-architecture (Table 3) at --batch sequences of --steps steps, and its compile time.
+architecture (Table 3) at --batch sequences of --steps steps, and its compile time; then the
+same step with every step of every sequence valid (the work of a fixed-length implementation),
+and the simulation's share of the step (the batch simulated alone).
 ``inference``: new images/s of the incremental (alert-broker) mode, batched across objects.
 With no name, all of them run.
 """
@@ -128,6 +130,22 @@ def bench_train(config):
     name = f'train_{config.model.kind}' + ('_all_steps_valid' if all_valid else '')
     emit(name, _BATCH.value / med, 'sequences_per_s', best=round(_BATCH.value / best, 2),
          config=cfg, compile_s=round(compile_s, 2))
+    if not all_valid:
+      step_med = med
+  # The simulation's share of the step: the same batch simulated alone, jitted.
+  from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+  sim_fn = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, _BATCH.value)['images'])
+  jax.block_until_ready(sim_fn(jax.random.key(1)))
+  i = [1]
+
+  def sim_call():
+    i[0] += 1
+    return sim_fn(jax.random.key(i[0]))
+
+  _, sim_med = _time(sim_call, _ITERS.value)
+  emit('train_simulation_share', 100.0 * sim_med / step_med, 'percent',
+       simulate_ms=round(1e3 * sim_med, 2), step_ms=round(1e3 * step_med, 1),
+       config={'batch': _BATCH.value, 'steps': _STEPS.value})
 
 
 def bench_inference(config):
