@@ -296,9 +296,12 @@ def _elliptical_stamp(weights, cov, gx, gy, size):
   a, b, d = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
   det = a * d - b * b
   ia, ib, idd = d / det, -b / det, a / det
-  q = (ia[:, None, None] * x**2 + 2 * ib[:, None, None] * x * y + idd[:, None, None] * y**2)
   norm = weights / (2 * np.pi * jnp.sqrt(det))
-  return jnp.einsum('k,kyx->yx', norm, jnp.exp(-0.5 * q))
+  # An unrolled sum over the (static) components: XLA fuses it into one elementwise loop with
+  # K exponentials per pixel and no [K, H, W] intermediate (an einsum wrote that to memory
+  # first; a jnp.sum over K became a slow reduction).
+  return sum(norm[k] * jnp.exp(-0.5 * (ia[k] * x**2 + 2 * ib[k] * x * y + idd[k] * y**2))
+             for k in range(weights.shape[0]))
 
 
 def galaxy_stamp(gal: GalaxyParams, fwhm_px, gx, gy, size, kind='moffat', beta=3.0,
