@@ -183,10 +183,10 @@ def get_config(arg=None):
   if variant == 'cpu':
     config.model.bn_momentum = 0.9
     config.train.batch_size = 32
-    config.train.num_steps = 400
+    config.train.num_steps = 1_000
     config.train.log_every = 10
-    config.train.eval_every = 100
-    config.ckpt.every = 100
+    config.train.eval_every = 200
+    config.ckpt.every = 200
     config.eval.val_size = 700
     config.eval.test_size = 2_100
     config.eval.batch_size = 350

@@ -66,7 +66,11 @@ def emit(name, value, unit, **extra):
   print(json.dumps(rec), flush=True)
 
 
-def _time(fn, iters):
+def _time(fn, iters, warmup=3):
+  """(best, median) seconds of ``iters`` calls after ``warmup`` untimed ones (the first calls
+  after compiling also pay for the allocator and the kernel setting up huge pages)."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
   times = []
   for _ in range(iters):
     t0 = time.perf_counter()
@@ -165,7 +169,7 @@ def bench_inference(config):
                                       jnp.ones((1, 1), bool)))
   variables = init(jax.random.key(0))
   rng = np.random.default_rng(0)
-  calls = max(n_w - 1, 1) + iters
+  calls = max(n_w - 1, 1) + iters + 3  # + _time's warm-up calls
   yy, xx = np.mgrid[:s, :s] - s // 2
   psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
   images = (120.0 + rng.uniform(0, 2000.0, (calls, n, 1, 1)) * psf
