@@ -5,8 +5,8 @@ Variants by argument (``--config configs/hits.py:ARG``):
 * ``paper`` (default): Sec. 3.4 of the paper, batch 256, 30,000 steps, RCNN of Table 3.
   For a GPU; roughly 6 h on a GTX 1080 Ti in the paper.
 * ``cpu``: the same simulator and architecture, trained briefly on a 2-core CPU (the README's
-  main command): 400 steps of 32, about 21 minutes on a 2-core AMD EPYC, test accuracy at
-  step 20 about 0.58 for the RCNN and 0.45 for the light-curve classifier (chance 0.14).
+  main command): 1,000 steps of 32, about 20 minutes on a 2-core AMD EPYC, test accuracy at
+  step 20 about 0.59 for the RCNN and 0.61 for the light-curve classifier (chance 0.14).
 * ``smoke``: a tiny network and a few steps, for tests.
 
 Append ``,lc`` (e.g. ``configs/hits.py:cpu,lc``) for the light-curve classifier of Sec. 3.3.

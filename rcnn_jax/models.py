@@ -5,13 +5,17 @@ Both map per-step inputs [B, T, ...], time gaps [B, T, n_w] and a step mask [B, 
 concatenated, an LSTM with a zero initial state scanned over the steps (padded steps leave
 its state unchanged), and a dense softmax layer at every step.
 
-Speed: on CPU, where XLA's native convolution runs far below the machine's matmul rate, the
-3 x 3 convolutions are matmuls ('rows': one matmul per layer over 1 x 3 row patches that
-yields the three kernel rows' partial outputs at once, summed after a vertical shift; twice as
-fast as full 3 x 3 patches, 'im2col', which moves three times the memory). Elsewhere they are
-``lax.conv_general_dilated`` ('xla'). ``conv_impl='auto'`` picks by backend. All three use
-the same parameters and give the same outputs. The LSTM's input projection is one matmul over all steps; only the
-recurrent matmul runs inside the scan. Batch norm statistics use valid steps only.
+Speed (measurements: experiments/speed/README.md). On the CPU the 3 x 3 convolutions are
+matmuls ('rows': one matmul per layer over 1 x 3 row patches that yields the three kernel
+rows' partial outputs at once, summed after a vertical shift; a hand-written backward of two
+plain matmuls; 'im2col' for the 3-channel first layer), and the image encoder runs layer by
+layer over chunks of ``encoder_chunk`` steps, each layer fused with the batch norm, ReLU and
+pool before it (``fused_conv_layer``), with valid steps sorted first so that chunks of padding
+steps are skipped. Elsewhere (GPU) the layers are plain ``lax.conv_general_dilated`` ('xla')
+over the whole batch. ``conv_impl='auto'`` and ``encoder_chunk=-1`` pick by backend; every
+formulation has the same parameters and is tested equal to the plain layers. The LSTM's input
+projection is one matmul over all steps; only the recurrent matmul runs inside the scan. Batch
+norm statistics use valid steps only.
 """
 
 from __future__ import annotations
