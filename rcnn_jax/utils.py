@@ -71,7 +71,7 @@ def hugepage_env(environ, thp_mode: str | None, libc: str):
 
   Why: XLA on the CPU maps a fresh temporary buffer for every call of a jitted function (2.4
   GB for a paper training step), and touching it 4 KiB page by page cost 580,000 page faults,
-  about a third of the step (measured: experiments/speed/README.md). With huge pages it is
+  about a quarter of the step (measured: experiments/speed/README.md). With huge pages it is
   1,000 faults. The tunable is read when a process starts, hence the re-run.
   """
   if libc != 'glibc' or environ.get('RCNN_JAX_HUGEPAGES') == '0':
