@@ -158,10 +158,8 @@ class Conv3x3(nn.Module):
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     impl = resolve_conv_impl(self.impl)
-    if impl == 'rows' and c < 16:
-      impl = 'im2col'
     if impl == 'rows':
-      y = conv3x3_rows(x, kernel)
+      y = _conv(x, kernel)
     elif impl == 'im2col':
       y = conv3x3_im2col(x, kernel)
     else:
@@ -272,17 +270,22 @@ def _layer_input(y_prev, a, b, mode):
   return (max_pool_2x2(h) if mode == 'relu_pool' else h), pre, h
 
 
-def _conv_grads(x, kernel, g):
-  """(dL/dx, dL/dkernel) of the convolution ``_conv`` picks for x."""
-  if x.shape[-1] < 16:
-    _, vjp = jax.vjp(conv3x3_im2col, x, kernel)
-    return vjp(g.astype(jnp.float32))
-  return _conv3x3_rows_grads(x, kernel, g)
+def _thin(x):
+  """Inputs with few channels (the first layer's n_w = 3 stack) go through 'im2col'."""
+  return x.shape[-1] < 16
 
 
 def _conv(x, kernel):
-  """'rows', or 'im2col' for thin inputs (as Conv3x3)."""
-  return conv3x3_im2col(x, kernel) if x.shape[-1] < 16 else conv3x3_rows(x, kernel)
+  """'rows', or 'im2col' for thin inputs."""
+  return conv3x3_im2col(x, kernel) if _thin(x) else conv3x3_rows(x, kernel)
+
+
+def _conv_grads(x, kernel, g):
+  """(dL/dx, dL/dkernel) of ``_conv``."""
+  if _thin(x):
+    _, vjp = jax.vjp(conv3x3_im2col, x, kernel)
+    return vjp(g.astype(jnp.float32))
+  return _conv3x3_rows_grads(x, kernel, g)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
@@ -531,4 +534,3 @@ def table3_param_count(n_w=3, filters=64, convs=3, blocks=2, dense=1024, lstm=51
   total += 4 * lstm * (dense + n_w) + 4 * lstm * lstm + 4 * lstm
   total += lstm * classes + classes
   return total
-

@@ -141,11 +141,8 @@ class Classifier:
 
   # Whole sequences ----------------------------------------------------------------------------
 
-  def _step(self, variables, x, time_gaps, mask, carry):
-    return self.model.apply(variables, x, time_gaps, mask, carry, method='step')
-
   def _chunk_fn(self, variables, x, time_gaps, mask, carry):
-    logits, carry = self._step(variables, x, time_gaps, mask, carry)
+    logits, carry = self.model.apply(variables, x, time_gaps, mask, carry, method='step')
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), carry
 
   def classify(self, seqs, batch_size=64, max_steps=None) -> list[np.ndarray]:
@@ -226,7 +223,7 @@ class Classifier:
   def _update_fn(self, variables, carry, window, window_t, probs, image, t, active, ready):
     x = jnp.moveaxis(jnp.concatenate([window, image[:, None]], axis=1), 1, -1)[:, None]
     gaps = jnp.concatenate([window_t, t[:, None]], axis=1)[:, None]
-    logits, carry = self._step(variables, x, gaps, ready[:, None], carry)
+    logits, carry = self.model.apply(variables, x, gaps, ready[:, None], carry, method='step')
     p = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
     probs = jnp.where(ready[:, None], p, probs)
     if self.n_w > 1:

@@ -85,14 +85,18 @@ def hugepage_env(environ, thp_mode: str | None, libc: str):
           'RCNN_JAX_HUGEPAGES': '0'}
 
 
-def _rerun_with_hugepages():
-  import platform  # pylint: disable=g-import-not-at-top
+def thp_mode() -> str | None:
+  """The kernel's transparent-huge-page setting, or None where there is none."""
   try:
     with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
-      thp = f.read()
+      return f.read()
   except OSError:
-    thp = None
-  env = hugepage_env(os.environ, thp, platform.libc_ver()[0])
+    return None
+
+
+def _rerun_with_hugepages():
+  import platform  # pylint: disable=g-import-not-at-top
+  env = hugepage_env(os.environ, thp_mode(), platform.libc_ver()[0])
   orig = getattr(sys, 'orig_argv', None)
   if env is None or not orig:
     return

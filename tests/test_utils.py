@@ -1,6 +1,7 @@
 """The commands' shared helpers: the huge-page re-run of the CLIs."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -36,14 +37,7 @@ def test_cli_reruns_with_the_tunable_and_its_arguments():
          if k not in ('GLIBC_TUNABLES', 'RCNN_JAX_HUGEPAGES')}
   out = subprocess.run([sys.executable, '-c', code, 'a', 'b c'], env=env, capture_output=True,
                        text=True, check=True).stdout.split(None, 1)
-  expected = utils.hugepage_env(env, _thp(), __import__('platform').libc_ver()[0])
+  expected = utils.hugepage_env(env, utils.thp_mode(), platform.libc_ver()[0])
   assert out[0] == (expected['GLIBC_TUNABLES'] if expected else 'None')
   assert out[1].strip() == "['a', 'b c']"
 
-
-def _thp():
-  try:
-    with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
-      return f.read()
-  except OSError:
-    return None
