@@ -253,8 +253,17 @@ def sample_galaxy(key, galaxy_config, pixel_scale) -> GalaxyParams:
   q_disk = jax.random.uniform(k[3], minval=c['q_disk_range'][0], maxval=c['q_disk_range'][1])
   q_bulge = jax.random.uniform(k[4], minval=c['q_bulge_range'][0], maxval=c['q_bulge_range'][1])
   angle = jax.random.uniform(k[5], minval=0.0, maxval=np.pi)
-  bulge_frac = jax.random.beta(k[6], *c['bulge_frac_beta'])
+  bulge_frac = jnp.interp(jax.random.uniform(k[6]), *_beta_icdf(*c['bulge_frac_beta']))
   return GalaxyParams(mag, r_disk, jnp.maximum(r_bulge, 0.3), q_disk, q_bulge, angle, bulge_frac)
+
+
+@functools.lru_cache(maxsize=8)
+def _beta_icdf(a: float, b: float, num: int = 2049):
+  """(quantiles, x) of Beta(a, b) for inverse-CDF sampling by linear interpolation, with none of
+  ``jax.random.beta``'s rejection loops (a while loop under vmap). The quantiles crowd towards
+  0 and 1 (q = sin^2(pi s / 2), s uniform), where the inverse CDF is steep."""
+  q = np.sin(0.5 * np.pi * np.linspace(0.0, 1.0, num))**2
+  return q.astype(np.float32), special.betaincinv(a, b, q).astype(np.float32)
 
 
 def sample_host_offset(key, gal: GalaxyParams, pixel_scale):
@@ -262,7 +271,9 @@ def sample_host_offset(key, gal: GalaxyParams, pixel_scale):
   del pixel_scale
   k_r, k_t = jax.random.split(key)
   scale_length = gal.r_disk_px / sersic_b(1.0)
-  r = jax.random.gamma(k_r, 2.0) * scale_length  # p(r) ~ r exp(-r/h): the disk's flux in r
+  # p(r) ~ r exp(-r/h), the disk's flux in r: Gamma(2) = the sum of two unit exponentials.
+  u = jax.random.uniform(k_r, (2,), minval=jnp.finfo(jnp.float32).tiny)
+  r = -jnp.log(u[0] * u[1]) * scale_length
   theta = jax.random.uniform(k_t, minval=0.0, maxval=2 * np.pi)
   x, y = r * jnp.cos(theta), gal.q_disk * r * jnp.sin(theta)
   ca, sa = jnp.cos(gal.angle), jnp.sin(gal.angle)

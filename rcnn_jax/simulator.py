@@ -94,60 +94,84 @@ def psf_fwhm_px(seeing_arcsec, sim: Simulator):
                                   sim.seeing_offset_arcsec)
 
 
-def _draw_schedule(key, label, sim: Simulator):
-  """Draws field, CCD and light curve until the object fits Sec. 3.1's window.
+def _attempt(key, label, sim: Simulator):
+  """One draw of field, CCD and light curve: (ok, (field, ccd, light-curve key data, start)).
 
   Transients must be detected with ``pre_detection`` images before; other classes take their
   start (so their N_d) from a transient drawn on the same field, so that N_d follows one
-  distribution for all classes. Redraws keep the classes exactly balanced.
+  distribution for all classes. Only a transient's curve decides acceptance: the object's own
+  (key klc) for a transient, a ghost's (key kg) otherwise. The object's own curve is drawn once,
+  after the redraws, from the accepted attempt's klc: the same curve, without drawing all
+  classes per attempt.
   """
   surv, lcm = sim.survey, sim.lightcurves
   is_transient = jnp.isin(label, jnp.asarray(sim.transient_ids))
+  kf, kc, klc, kg, kgc = jax.random.split(key, 5)
+  field = jax.random.randint(kf, (), 0, surv.num_fields)
+  ccd = jax.random.randint(kc, (), 0, surv.num_ccds)
+  t, n = surv.t_days[field], surv.num_epochs[field]
+  ghost_class = jnp.asarray(sim.transient_ids)[
+      jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
+  det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
+                                               jax.random.key_data(kg)))
+  det_mag, _ = lightcurves.sample_magnitudes(
+      det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids)
+  det = sequences.first_detection(det_mag, surv.limmag5[field], n)
+  start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
+  return ok, (field, ccd, jax.random.key_data(klc), start)
 
-  def attempt(k):
-    kf, kc, klc, kg, kgc = jax.random.split(k, 5)
-    field = jax.random.randint(kf, (), 0, surv.num_fields)
-    ccd = jax.random.randint(kc, (), 0, surv.num_ccds)
-    t, n = surv.t_days[field], surv.num_epochs[field]
-    ghost_class = jnp.asarray(sim.transient_ids)[
-        jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
-    # Only a transient's curve decides acceptance: the object's own (key klc) for a transient,
-    # a ghost's (key kg) otherwise. The object's own curve is drawn once, after the loop, from
-    # the accepted attempt's klc: the same curve, without drawing all classes per attempt.
-    det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
-                                                 jax.random.key_data(kg)))
-    det_mag, _ = lightcurves.sample_magnitudes(
-        det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids)
-    det = sequences.first_detection(det_mag, surv.limmag5[field], n)
-    start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
-    return ok, (field, ccd, jax.random.key_data(klc), start)
 
-  # Attempts run in parallel rounds of ``redraw_batch`` (wide vector work instead of a long
-  # scalar loop); the first accepted attempt in key order wins, so the result is a pure
-  # function of the key.
-  r = sim.redraw_batch
+def _round(key, label, num, sim: Simulator):
+  """``num`` attempts of one object in parallel; the first accepted one in key order wins (the
+  first attempt when none is)."""
+  oks, outs = jax.vmap(lambda k: _attempt(k, label, sim))(jax.random.split(key, num))
+  first = jnp.argmax(oks)
+  return oks.any(), jax.tree.map(lambda x: x[first], outs)
 
-  def round_(k):
-    oks, outs = jax.vmap(attempt)(jax.random.split(k, r))
-    first = jnp.argmax(oks)
-    return oks.any(), jax.tree.map(lambda x: x[first], outs)
 
-  def cond(state):
-    i, _, ok, _ = state
-    return (~ok) & (i * r < sim.max_redraws)
+def _draw_schedules(keys, labels, sim: Simulator):
+  """Sec. 3.1's window for a batch: redraws field, CCD and light curve until each object fits.
+
+  Object i's attempts come in a fixed order from its own key (a first round of
+  ``redraw_batch``, then rounds of ``2 redraw_batch`` from a split chain), and the first
+  accepted one wins, so the result is a pure function of the object's key, whichever batch it is
+  in. The first round runs for every object; later rounds only for the objects still unaccepted
+  (mostly supernovae, 14 % of whose attempts fit in HiTS), gathered into groups of at most an
+  eighth of the batch: a vmapped while loop would run every round for the whole batch.
+  After ``max_redraws`` attempts an object keeps its last round's first attempt.
+  Returns (field, ccd, magnitudes [E], reference magnitude, start) per object.
+  """
+  b = labels.shape[0]
+  r1, r2 = sim.redraw_batch, 2 * sim.redraw_batch
+  group = min(b, max(1, -(-b // 8)))
+  k_first, chain = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+  rounds = lambda k, l, num: jax.vmap(lambda kk, ll: _round(kk, ll, num, sim))(k, l)
+  ok, out = rounds(k_first, labels, r1)
+  count = jnp.full((b,), r1, jnp.int32)
+
+  def pending(ok, count):
+    return ~ok & (count < sim.max_redraws)
 
   def body(state):
-    i, k, _, _ = state
-    k, sub = jax.random.split(k)
-    ok, out = round_(sub)
-    return i + 1, k, ok, out
+    ok, out, chain, count = state
+    need = pending(ok, count)
+    idx = jnp.argsort(~need, stable=True)[:group]  # unaccepted objects first
+    sel = need[idx]
+    nxt, sub = jnp.moveaxis(jax.vmap(jax.random.split)(chain[idx]), 1, 0)
+    ok_i, out_i = rounds(sub, labels[idx], r2)
+    pick = lambda new, old: jnp.where(sel.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    ok = ok.at[idx].set(pick(ok_i, ok[idx]))
+    out = jax.tree.map(lambda o, n: o.at[idx].set(pick(n, o[idx])), out, out_i)
+    chain = chain.at[idx].set(pick(nxt, chain[idx]))
+    count = count.at[idx].add(jnp.where(sel, r2, 0))
+    return ok, out, chain, count
 
-  k0, key = jax.random.split(key)
-  ok, out = round_(k0)
-  _, _, ok, (field, ccd, klc, start) = jax.lax.while_loop(cond, body,
-                                                           (jnp.int32(1), key, ok, out))
-  mag, ref = lightcurves.sample_magnitudes(jax.random.wrap_key_data(klc), label,
-                                           surv.t_days[field], surv.num_epochs[field], lcm)
+  _, (field, ccd, klc, start), _, _ = jax.lax.while_loop(
+      lambda s: pending(s[0], s[3]).any(), body, (ok, out, chain, count))
+  surv = sim.survey
+  mag, ref = jax.vmap(lambda k, l, f: lightcurves.sample_magnitudes(
+      jax.random.wrap_key_data(k), l, surv.t_days[f], surv.num_epochs[f], sim.lightcurves))(
+          klc, labels, field)
   return field, ccd, mag, ref, start
 
 
@@ -165,15 +189,16 @@ def _dihedral(images, k):
   return images.reshape(images.shape[:-2] + (h * w,))[..., perm].reshape(images.shape)
 
 
-def simulate_object(key, label, has_host, sim: Simulator):
+def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   """One labelled sequence before hosts and noise: the point source on sky, and the truth.
 
-  The host galaxy (when ``has_host``) is sampled here but rendered by ``_add_hosts`` for the
-  batch's hosts only; mirroring/rotation and noise are applied at batch level too.
+  ``keys`` [6] are the object's subkeys, ``schedule`` its ``_draw_schedules`` row. The host
+  galaxy (when ``has_host``) is drawn and rendered by ``_add_hosts`` for the batch's hosts only;
+  noise (and, for a bank PSF, a symmetry of the square) is applied at batch level too.
   """
   surv = sim.survey
-  k_sched, k_gal, k_off, k_ctr, k_noise, k_rot = jax.random.split(key, 6)
-  field, ccd, mag, ref_mag, start = _draw_schedule(k_sched, label, sim)
+  _, k_gal, k_off, k_ctr, k_noise, k_rot = keys
+  field, ccd, mag, ref_mag, start = schedule
   n = surv.num_epochs[field]
   idx, epoch_valid, step_mask = sequences.window(start, n, sim.max_steps, sim.n_w)
 
@@ -186,26 +211,17 @@ def simulate_object(key, label, has_host, sim: Simulator):
   gain, read_noise = surv.gain[ccd], surv.read_noise_e[ccd]
   saturation = surv.saturation_adu[ccd]
   fwhm_px = psf_fwhm_px(seeing, sim)
-
-  is_galaxy = label == sim.galaxy_id
-  gal = render.sample_galaxy(k_gal, sim.galaxy_config, surv.pixel_scale)
   dx, dy = jax.random.uniform(k_ctr, (2,), minval=-0.5, maxval=0.5)
-  ox, oy = render.sample_host_offset(k_off, gal, surv.pixel_scale)
-  # The Galaxy class is the galaxy alone, centred; a host sits so the source lies on its profile.
-  gx = jnp.where(is_galaxy, dx, dx - ox)
-  gy = jnp.where(is_galaxy, dy, dy - oy)
 
   source_adu = jnp.where(epoch_valid, render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
-  host_total = jnp.where(has_host & epoch_valid, render.mag_to_adu(gal.mag, zp, exp_time), 0.0)
 
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
   psf = jax.vmap(lambda w: render.psf_stamp(w, dx, dy, size, kind, beta, sim.psf_bank))(fwhm_px)
   return {
       'noiseless': source_adu[:, None, None] * psf + sky[:, None, None],
-      'galaxy': gal,
-      'galaxy_center': jnp.stack([gx, gy]),
+      'galaxy_keys': jax.random.key_data(jnp.stack([k_gal, k_off])),
+      'center': jnp.stack([dx, dy]),
       'fwhm_px': fwhm_px,
-      'host_total_adu': host_total,
       'rotation': jax.random.randint(k_rot, (), 0, 8),
       'noise_key': jax.random.key_data(k_noise),
       'time_gaps': sequences.time_gaps(t, sim.n_w),
@@ -223,7 +239,7 @@ def simulate_object(key, label, has_host, sim: Simulator):
       'read_noise_e': read_noise,
       'saturation_adu': saturation,
       'source_flux_adu': source_adu,
-      'magnitude': jnp.where(is_galaxy, gal.mag, ref_mag),
+      'magnitude': ref_mag,  # a Galaxy's: its galaxy's, set by _add_hosts
       'has_host': has_host,
       'field': field,
       'ccd': ccd,
@@ -265,21 +281,40 @@ def _add_hosts(objects, sim: Simulator):
   # silently: has_host is cleared for any object that could not be rendered.
   order = jnp.argsort(~has_host, stable=True)[:m]
   rendered = jnp.zeros((b,), bool).at[order].set(True) & has_host
-  gal = jax.tree.map(lambda x: x[order], objects['galaxy'])
-  centre = objects['galaxy_center'][order]
-  fwhm = objects['fwhm_px'][order]
+  take = lambda name: objects[name][order]
+  k_gal, k_off = jnp.moveaxis(take('galaxy_keys'), 1, 0)
+  pixel_scale = sim.survey.pixel_scale
+  gal = jax.vmap(lambda k: render.sample_galaxy(k, sim.galaxy_config, pixel_scale))(
+      jax.random.wrap_key_data(k_gal))
+  ox, oy = jax.vmap(lambda k, g: render.sample_host_offset(k, g, pixel_scale))(
+      jax.random.wrap_key_data(k_off), gal)
+  # The Galaxy class is the galaxy alone, centred; a host sits so the source lies on its profile.
+  is_galaxy = take('label') == sim.galaxy_id
+  dx, dy = take('center').T
+  gx, gy = jnp.where(is_galaxy, dx, dx - ox), jnp.where(is_galaxy, dy, dy - oy)
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
-  one = lambda g, c, f: jax.vmap(lambda w: render.galaxy_stamp(
-      g, w, c[0], c[1], size, kind, beta, sim.survey.pixel_scale, sim.psf_bank))(f)
-  stamps = jax.vmap(one)(gal, centre, fwhm) * rendered[order][:, None, None, None]
-  host = objects['host_total_adu'][order][:, :, None, None] * stamps
+  one = lambda g, x, y, f: jax.vmap(lambda w: render.galaxy_stamp(
+      g, w, x, y, size, kind, beta, pixel_scale, sim.psf_bank))(f)
+  stamps = jax.vmap(one)(gal, gx, gy, take('fwhm_px'))
+  on = rendered[order][:, None] & take('epoch_valid')
+  host_total = jnp.where(on, render.mag_to_adu(gal.mag[:, None], take('zero_point'),
+                                               take('exp_time_s')), 0.0)
+  host = host_total[:, :, None, None] * stamps
   out = dict(objects)
   out['noiseless'] = objects['noiseless'].at[order].add(host)
-  out['host_flux_adu'] = jnp.zeros_like(objects['host_total_adu']).at[order].set(
+  out['host_flux_adu'] = jnp.zeros(objects['epoch_valid'].shape, host.dtype).at[order].set(
       host.sum(axis=(-2, -1)))
+  out['magnitude'] = objects['magnitude'].at[order].set(
+      jnp.where(is_galaxy, gal.mag, take('magnitude')))
   out['has_host'] = rendered
-  out['noiseless'] = jax.vmap(_dihedral)(out['noiseless'], out['rotation'])
-  for k in ('galaxy', 'galaxy_center', 'fwhm_px', 'host_total_adu', 'rotation'):
+  if sim.psf_kind == 'bank':
+    # A bank PSF need not be symmetric: a random symmetry of the square augments its
+    # orientations. Stamps with a circular PSF need none: their distribution is already
+    # invariant under the square's symmetries (sub-pixel centre uniform in the pixel, position
+    # angle uniform, host offset drawn in the host's frame, i.i.d. noise), and the per-pixel
+    # gather cost a tenth of the simulator's time.
+    out['noiseless'] = jax.vmap(_dihedral)(out['noiseless'], out['rotation'])
+  for k in ('galaxy_keys', 'center', 'fwhm_px', 'rotation'):
     del out[k]
   return out
 
@@ -338,10 +373,12 @@ def simulate_indices(key, sim: Simulator, index):
   """Objects with global indices ``index`` [B]: keys fold_in(key, i), labels i % num_classes."""
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # legacy uint32 keys
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 6))(index)  # [B, 6]
   labels = (index % sim.num_classes).astype(jnp.int32)
   hosts = assign_hosts(key, index, sim)
-  objects = jax.vmap(simulate_object, in_axes=(0, 0, 0, None))(keys, labels, hosts, sim)
+  schedule = _draw_schedules(keys[:, 0], labels, sim)
+  objects = jax.vmap(simulate_object, in_axes=(0, 0, 0, 0, None))(keys, labels, hosts,
+                                                                   schedule, sim)
   return _observe(_add_hosts(objects, sim), sim)
 
 

@@ -164,6 +164,25 @@ def test_sampled_galaxies_conserve_flux():
     np.testing.assert_allclose((img.sum(1) * c).sum() / img.sum(), -0.2, atol=0.02)
 
 
+def test_bulge_fraction_and_host_offset_distributions():
+  """B/T ~ Beta(bulge_frac_beta) (inverse-CDF table) and a host offset's radius in the disk's
+  frame ~ Gamma(2) scale lengths (the exponential disk's flux per unit radius), by KS tests."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  gc = hits.get_config().sim.galaxy.to_dict()
+  keys = jax.random.split(jax.random.key(9), 4000)
+  gals = jax.jit(jax.vmap(lambda k: render.sample_galaxy(k, gc, 0.263)))(keys)
+  assert stats.kstest(np.asarray(gals.bulge_frac), stats.beta(*gc['bulge_frac_beta']).cdf
+                      ).pvalue > 1e-3
+  ox, oy = jax.jit(jax.vmap(lambda k, g: render.sample_host_offset(k, g, 0.263)))(
+      jax.random.split(jax.random.key(10), 4000), gals)
+  ca, sa = np.cos(np.asarray(gals.angle)), np.sin(np.asarray(gals.angle))
+  x = ca * np.asarray(ox) + sa * np.asarray(oy)  # back into the disk's frame
+  y = (-sa * np.asarray(ox) + ca * np.asarray(oy)) / np.asarray(gals.q_disk)
+  h = np.asarray(gals.r_disk_px) / render.sersic_b(1.0)
+  assert stats.kstest(np.hypot(x, y) / h, stats.gamma(2.0).cdf).pvalue > 1e-3
+  assert stats.kstest(np.asarray(gals.bulge_frac), stats.beta(2.0, 3.0).cdf).pvalue < 1e-6
+
+
 @pytest.mark.parametrize('n', [1.0, 4.0])
 def test_sersic_mixture_enclosed_flux(n):
   """The mixtures follow the Sersic profile they model: Sersic(n), r_e = 1, cut at 8 r_e.

@@ -153,3 +153,45 @@ def test_host_fractions_and_shared_nd_distribution():
   other = b[np.isin(labels, [1, 2, 3, 4, 6])].mean()
   assert abs(sn - 0.5) < 4 * np.sqrt(0.25 / 200)
   assert abs(other - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 1000)
+
+
+def test_redraws_take_the_first_accepted_attempt_in_key_order():
+  """_draw_schedules against a one-object-at-a-time reference of its documented order: a first
+  round of redraw_batch attempts, then rounds of 2 redraw_batch from a split chain, the first
+  accepted attempt winning (the last round's first when max_redraws runs out)."""
+  config = hits.get_config('paper')
+  config.sim.redraw_batch, config.sim.max_redraws = 2, 12  # several rounds, and some give up
+  sim = sim_lib.build_simulator(config)
+  b = 21
+  keys = jax.random.split(jax.random.key(7), b)
+  labels = jnp.arange(b, dtype=jnp.int32) % 7
+  field, ccd, _, _, start = jax.device_get(
+      jax.jit(lambda k, l: sim_lib._draw_schedules(k, l, sim))(keys, labels))
+  attempts = jax.jit(jax.vmap(lambda k, l: sim_lib._attempt(k, l, sim), (0, None)))
+  gave_up = rounds_seen = 0
+  for i in range(b):
+    first, chain = jax.random.split(keys[i])
+    sub, num, count, rounds = first, 2, 2, 1
+    while True:
+      oks, (f, c, _, s) = jax.device_get(attempts(jax.random.split(sub, num), labels[i]))
+      assert oks.shape == (num,)
+      j = int(np.argmax(oks))
+      if oks.any() or count >= 12:
+        break
+      chain, sub = jax.random.split(chain)
+      num, count, rounds = 4, count + 4, rounds + 1
+    gave_up += not oks.any()
+    rounds_seen = max(rounds_seen, rounds)
+    assert (field[i], ccd[i], start[i]) == (f[j], c[j], s[j]), i
+  assert rounds_seen >= 3 and gave_up >= 1  # the test exercised later rounds and the cap
+
+
+def test_galaxy_class_magnitude_is_its_galaxy(sim_and_batch):
+  sim, _, b = sim_and_batch
+  gal = b['label'] == list(sim.class_names).index('Galaxy')
+  total = (b['exp_time_s'] * 10**(0.4 * (b['zero_point'] - b['magnitude'][:, None])))[gal]
+  ev = b['epoch_valid'][gal]
+  assert np.all(np.isfinite(b['magnitude'][gal]))
+  ratio = b['host_flux_adu'][gal][ev] / total[ev]
+  assert np.all((ratio > 0.2) & (ratio <= 1.0 + 1e-5))  # the stamp holds part of the galaxy
+  assert np.median(ratio) > 0.6
