@@ -7,12 +7,14 @@
 architecture (Table 3) at --batch sequences of --steps steps, and its compile time; then the
 same step with every step of every sequence valid (the work of a fixed-length implementation),
 and the simulation's share of the step (the batch simulated alone).
-``inference``: new images/s of the incremental (alert-broker) mode, batched across objects.
+``inference``: new images/s of the incremental (alert-broker) mode, batched across objects, and
+its probabilities' largest difference from full precision (--workdir: a trained model's).
 With no name, all of them run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -30,17 +32,24 @@ from rcnn_jax import utils
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _CONFIG_ARG, _OUT
+  global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _MIN_TIME, _CONFIG_ARG, _OUT, _WORKDIR
   _BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
   _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
   _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
   _OBJECTS = flags.DEFINE_integer('objects', 1024, 'Objects updated per call (inference).')
   _ITERS = flags.DEFINE_integer(
-      'iters', 10, 'Timed calls, at least (and at least 3 s of them; best and median reported).')
+      'iters', 10, 'Timed calls, at least (best and median are reported).')
+  _MIN_TIME = flags.DEFINE_float(
+      'min_time_s', 3.0, 'Timed calls last at least this long, after a warm-up of at least 3 '
+      'calls and two thirds of this time.')
   _CONFIG_ARG = flags.DEFINE_string('config_arg', 'paper', 'configs/hits.py variant.')
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', '', 'inference: the trained RCNN of this training workdir (best checkpoint) '
+      'instead of random initial parameters of the config.')
   _OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
 
 _RESULTS = []
+_REFERENCE_CALLS = 8  # updates of every object compared with the full-precision reference
 
 
 def _hardware():
@@ -67,11 +76,13 @@ def emit(name, value, unit, **extra):
   print(json.dumps(rec), flush=True)
 
 
-def _time(fn, iters, warmup=3, warmup_s=2.0, min_s=3.0):
-  """(best, median, calls): seconds of at least ``iters`` calls and ``min_s`` seconds, after at
-  least ``warmup`` untimed calls and ``warmup_s`` seconds. The first calls after compiling
+def _time(fn, iters, warmup=3):
+  """(best, median, calls): seconds of at least ``iters`` calls lasting --min_time_s, after at
+  least ``warmup`` untimed calls lasting two thirds of that. The first calls after compiling
   also pay for the allocator and the kernel setting up huge pages: a 50 ms simulator call
   takes 1.5-2x longer for its first ten or so."""
+  min_s = _MIN_TIME.value
+  warmup_s = 2.0 * min_s / 3.0
   t_start = time.perf_counter()
   n = 0
   while n < warmup or time.perf_counter() - t_start < warmup_s:
@@ -162,19 +173,27 @@ def bench_train(config):
 def bench_inference(config):
   """Incremental (alert-broker) update of --objects objects, one new image each per call.
 
-  Random initial parameters of the config's model; the timed call includes the host side of
-  ``Classifier.update`` (cropping, eq. 4) and returns the probabilities. float32, then
-  bfloat16 convolutions and dense layers (LSTM in float32) on the same images, with the largest
-  probability difference between the two.
+  Random initial parameters of the config's model, or with --workdir a trained model's; the
+  timed call includes the host side of ``Classifier.update`` (cropping, eq. 4) and returns the
+  probabilities. float32, then bfloat16 convolutions and dense layers (LSTM in float32), each
+  with its largest probability difference from full precision (the plain float32 layers: XLA's
+  convolution over the whole batch) over the first updates of the same image stream.
   """
   from rcnn_jax import models  # pylint: disable=g-import-not-at-top
   from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
   n, iters = _OBJECTS.value, _ITERS.value
+  if _WORKDIR.value:
+    trained = predict.Classifier.from_workdir(_WORKDIR.value)
+    config, params, batch_stats = trained.config, trained.params, trained.batch_stats
+  else:
+    model = models.build_model(config.model, len(config.sim.class_names), config.sim.n_w)
+    s = int(config.sim.stamp_size)
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, config.sim.n_w)),
+                                        jnp.zeros((1, 1, config.sim.n_w)),
+                                        jnp.ones((1, 1), bool)))
+    variables = init(jax.random.key(0))
+    params, batch_stats = variables['params'], variables['batch_stats']
   s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
-  model = models.build_model(config.model, len(config.sim.class_names), n_w)
-  init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)), jnp.zeros((1, 1, n_w)),
-                                      jnp.ones((1, 1), bool)))
-  variables = init(jax.random.key(0))
   rng = np.random.default_rng(0)
   pool = 16  # distinct image sets, cycled: call i observes set i % pool, at MJD 57070 + i + jitter
   yy, xx = np.mgrid[:s, :s] - s // 2
@@ -184,9 +203,8 @@ def bench_inference(config):
   jitter = rng.uniform(0.0, 0.5, (pool, n))
   zp = 25.0 + rng.normal(0.0, 0.1, (pool, n))
   sky = np.full((n,), 120.0)
-  probs = {}
-  for dtype in ('float32', 'bfloat16'):
-    clf = predict.Classifier(config, variables['params'], variables['batch_stats'], dtype=dtype)
+  def run(clf, num_calls=None, timed=False):
+    """Calls clf.update on the image stream; (probabilities from call n_w - 1 on, timing)."""
     holder = [clf.new_state(n), 0, []]
 
     def call():
@@ -201,21 +219,43 @@ def bench_inference(config):
     t0 = time.perf_counter()
     call()  # compiles; the same jitted call serves every later image
     compile_s = time.perf_counter() - t0
-    for _ in range(n_w - 2):
-      call()
-    best, med, calls = _time(call, iters)
-    probs[dtype] = np.stack(holder[2])
+    if timed:
+      for _ in range(n_w - 2):
+        call()
+      timing = _time(call, iters) + (compile_s,)
+      while len(holder[2]) < _REFERENCE_CALLS:  # enough updates to compare (untimed)
+        call()
+    else:
+      for _ in range(num_calls - 1):
+        call()
+      timing = None
+    return np.stack(holder[2]), timing
+
+  probs, timings = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    clf = predict.Classifier(config, params, batch_stats, dtype=dtype)
+    probs[dtype], timings[dtype] = run(clf, timed=True)
+  # Full precision: the plain float32 layers (XLA's convolution over the whole batch, no
+  # Winograd, no chunks), on the stream's first images.
+  ref_config = copy.deepcopy(config)
+  ref_config.model.conv_impl, ref_config.model.encoder_chunk = 'xla', 0
+  ref_clf = predict.Classifier(ref_config, params, batch_stats, dtype='float32')
+  reference, _ = run(ref_clf, num_calls=n_w - 1 + _REFERENCE_CALLS)
+  for dtype in ('float32', 'bfloat16'):
+    best, med, calls, compile_s = timings[dtype]
     cfg = {'objects': n, 'stamp_size': s, 'n_w': n_w, 'dtype': dtype,
            'conv_impl': config.model.conv_impl, 'filters': config.model.filters,
-           'lstm_size': config.model.lstm_size}
-    extra = {}
-    if dtype != 'float32':
-      common = min(len(probs[dtype]), len(probs['float32']))  # the same images, in order
-      extra['max_abs_prob_diff_vs_float32'] = round(
-          float(np.abs(probs[dtype][:common] - probs['float32'][:common]).max()), 6)
+           'lstm_size': config.model.lstm_size,
+           'parameters': f'trained ({_WORKDIR.value})' if _WORKDIR.value else 'random'}
+    ours = probs[dtype][:len(reference)]
+    diff = float(np.abs(ours - reference).max())
+    same_top = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
     name = 'inference' if dtype == 'float32' else f'inference_{dtype}'
     emit(name, n / med, 'images_per_s', best=round(n / best, 1), config=cfg,
-         compile_s=round(compile_s, 2), calls=calls, **extra)
+         compile_s=round(compile_s, 2), calls=calls,
+         max_abs_prob_diff_vs_full_precision=round(diff, 7),
+         top_class_agreement_vs_full_precision=round(same_top, 5),
+         compared_updates=len(reference))
 
 
 BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference}

@@ -135,6 +135,49 @@ def conv3x3_im2col(x, kernel):
   return _matmul(patches, kernel.reshape(9 * c, f).astype(x.dtype))
 
 
+# Winograd F(2 x 2, 3 x 3) (Lavin and Gray 2016): a 2 x 2 output tile from a 4 x 4 input tile,
+# y = A^T [(G g G^T) * (B^T d B)] A, 16 products per tile instead of 36.
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def winograd_kernel(kernel):
+  """[3, 3, C, F] -> G g G^T as [16, C, F] (float32): the kernel side of ``conv3x3_winograd``."""
+  c, f = kernel.shape[2], kernel.shape[3]
+  return jnp.einsum('ia,abcf,jb->ijcf', _WINO_G, kernel.astype(jnp.float32),
+                    _WINO_G).reshape(16, c, f)
+
+
+def conv3x3_winograd(x, kernel, transformed=None):
+  """SAME 3 x 3 convolution (no bias) by Winograd F(2 x 2, 3 x 3), forward only.
+
+  The tile transforms run in float32 and the 16 products as one batched matmul in the kernel's
+  dtype with float32 accumulation: 2.05x fewer multiplications than the direct convolution on
+  a 21 x 21 image (121 tiles of 2 x 2 over 22 x 22), within 1e-6 relative of it. On the CPU it
+  runs the 21 x 21 layers of inference 1.35x faster than 'rows'; on 11 x 11 images, whose tiles
+  waste more and whose matmuls are small, it is slower (experiments/speed/README.md).
+  ``transformed``: ``winograd_kernel(kernel)``, when already computed (once per layer rather
+  than once per chunk).
+  """
+  n, h, w, c = x.shape
+  f = kernel.shape[-1]
+  u = winograd_kernel(kernel) if transformed is None else transformed
+  th, tw = -(-h // 2), -(-w // 2)
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
+  comb = lambda mat, parts: [sum(float(mat[i, a]) * parts[a] for a in range(len(parts))
+                                 if mat[i, a]) for i in range(mat.shape[0])]
+  rows = comb(_WINO_BT, [xp[:, a:a + 2 * th - 1:2] for a in range(4)])  # B^T d, over rows
+  v = jnp.stack([jnp.stack(comb(_WINO_BT, [r[:, :, b:b + 2 * tw - 1:2] for b in range(4)]))
+                 for r in rows])  # [4, 4, N, th, tw, C]
+  m = jax.lax.dot_general(v.reshape(16, -1, c).astype(kernel.dtype), u.astype(kernel.dtype),
+                          (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  m = m.reshape(4, 4, n, th, tw, f)
+  out = comb(_WINO_AT, [m[i] for i in range(4)])  # A^T m, over rows: 2 x [4, N, th, tw, F]
+  y = jnp.stack([jnp.stack(comb(_WINO_AT, [o[j] for j in range(4)]), 3) for o in out], 2)
+  return y.reshape(n, 2 * th, 2 * tw, f)[:, :h, :w]
+
+
 class Conv3x3(nn.Module):
   """3 x 3 convolution, stride 1, SAME padding; kernel [3, 3, C_in, C_out] as nn.Conv's.
 
@@ -280,6 +323,12 @@ def _conv(x, kernel):
   return conv3x3_im2col(x, kernel) if _thin(x) else conv3x3_rows(x, kernel)
 
 
+def _winograd_wins(shape):
+  """Inference convolutions of wide inputs on wide images (C >= 16, H, W >= 16: Table 3's
+  21 x 21 layers after the first) go through Winograd."""
+  return shape[-1] >= 16 and min(shape[-3], shape[-2]) >= 16
+
+
 def _conv_grads(x, kernel, g):
   """(dL/dx, dL/dkernel) of ``_conv``."""
   if _thin(x):
@@ -411,6 +460,9 @@ class ImageEncoder(nn.Module):
     x, mask = x[order], mask[order]
     w = mask.astype(jnp.float32)
     layers = [(blk, j) for blk in range(self.num_blocks) for j in range(self.convs_per_block)]
+    if not train:
+      x = self._eval_chunked(x, w, layers, bn, conv, chunk)
+      return jnp.zeros_like(x).at[order].set(x)
     y, name, sums, mode = x, 'bn_input', None, 'affine'
     for blk, j in layers:
       a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
@@ -422,6 +474,43 @@ class ImageEncoder(nn.Module):
     x = max_pool_2x2(nn.relu(y * a + b))
     x = x.reshape(x.shape[0], -1)
     return jnp.zeros_like(x).at[order].set(x)
+
+
+  def _eval_chunked(self, x, w, layers, bn, conv, chunk):
+    """Evaluation mode (running batch statistics): every layer of a chunk of ``chunk`` stamps
+    before the next chunk, so that its activations stay in the CPU's caches and only the
+    features are written; chunks of padding (w = 0) are skipped. -> [N, features]."""
+    c_in = x.shape[-1]
+    probe = lambda c: jnp.zeros((1, 1, 1, c), jnp.float32)  # only the shapes are read
+    affine = [bn('bn_input')(probe(c_in), None, False, affine_only=True)]
+    kernels, shape = [], x.shape[1:]
+    for blk, j in layers:
+      kernel, bias = conv(blk, j)(probe(c_in), params_only=True)
+      kernels.append((kernel, bias, winograd_kernel(kernel) if _winograd_wins(shape) else None))
+      affine.append(bn(f'bn{blk}_{j}')(probe(self.filters), None, False, affine_only=True))
+      c_in = self.filters
+      shape = shape[:-1] + (c_in,)
+      if j == self.convs_per_block - 1:
+        shape = (-(-shape[0] // 2), -(-shape[1] // 2), c_in)
+
+    def encode(wc, xc):
+      del wc
+      a, b = affine[0]
+      y = xc * a + b
+      for i, (blk, j) in enumerate(layers):
+        kernel, bias, transformed = kernels[i]
+        if transformed is None:
+          y = _conv(y.astype(kernel.dtype), kernel) + bias
+        else:
+          y = conv3x3_winograd(y, kernel, transformed) + bias
+        a, b = affine[i + 1]
+        y = jax.nn.relu(y * a + b)
+        if j == self.convs_per_block - 1:
+          y = max_pool_2x2(y)
+      return y.reshape(y.shape[0], -1), ()
+
+    feats, _ = _chunked(encode, chunk, w, x)
+    return feats
 
 
 class SequenceClassifier(nn.Module):

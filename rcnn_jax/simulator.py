@@ -147,7 +147,9 @@ def _draw_schedules(keys, labels, sim: Simulator):
   k_first, chain = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   rounds = lambda k, l, num: jax.vmap(lambda kk, ll: _round(kk, ll, num, sim))(k, l)
   ok, out = rounds(k_first, labels, r1)
-  count = jnp.full((b,), r1, jnp.int32)
+  # Attempts made so far; derived from ok so that it varies across devices like ok does
+  # (inside the training step's shard_map, a while loop's carry must keep its type).
+  count = jnp.where(ok, r1, r1).astype(jnp.int32)
 
   def pending(ok, count):
     return ~ok & (count < sim.max_redraws)

@@ -380,3 +380,48 @@ def test_chunked_encoder_equals_whole_batch():
   ev = lambda model: jax.jit(lambda v: model.apply(v, x, gaps, mask, train=False))(
       {'params': variables['params'], 'batch_stats': u2['batch_stats']})
   np.testing.assert_allclose(ev(chunked), ev(whole), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 7, 4), (2, 21, 21, 16), (3, 11, 11, 5)])
+def test_winograd_convolution_equals_flax(shape):
+  """conv3x3_winograd (F(2 x 2, 3 x 3), odd and even sizes) equals nn.Conv without bias; with
+  a precomputed kernel transform too, and with bfloat16 products to bfloat16's precision."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 6)), jnp.float32)
+  p = {'params': {'kernel': kernel}}
+  ref = np.asarray(nn.Conv(6, (3, 3), padding='SAME', use_bias=False).apply(p, x))
+  scale = np.abs(ref).max()
+  ours = jax.jit(models.conv3x3_winograd)(x, kernel)
+  assert ours.shape == ref.shape and ours.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(ours), ref, rtol=0, atol=1e-5 * scale)
+  pre = models.conv3x3_winograd(x, kernel, models.winograd_kernel(kernel))
+  np.testing.assert_allclose(np.asarray(pre), ref, rtol=0, atol=1e-5 * scale)
+  half = models.conv3x3_winograd(x, kernel.astype(jnp.bfloat16))
+  err = np.abs(np.asarray(half) - ref).max()
+  assert 1e-5 * scale < err < 2e-2 * scale  # bfloat16 products: coarser, but close
+
+
+def test_eval_encoder_with_winograd_layers_equals_whole_batch():
+  """Evaluation mode of the chunked encoder, whose 21 x 21 layers of 16 filters go through
+  Winograd, equals the plain whole-batch layers, padding chunks skipped."""
+  x, gaps, mask = _inputs('rcnn', seed=6, b=3, t=6)
+  m = hits.get_config('smoke').model
+  m.conv_impl, m.filters = 'rows', 16
+  m.encoder_chunk = 0
+  whole = models.build_model(m, C, N_W)
+  m.encoder_chunk = 4
+  chunked = models.build_model(m, C, N_W)
+  assert models._winograd_wins((21, 21, 16)) and not models._winograd_wins((11, 11, 16))
+  mask = mask.at[2].set(False)  # a whole sequence of padding: skipped chunks
+  variables = _init(whole, x, gaps, mask)
+  rng = np.random.default_rng(7)  # running statistics away from (0, 1)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.asarray(rng.uniform(0.5, 2.0, v.shape) if 'var' in str(path) else
+                                  rng.normal(0.0, 0.2, v.shape), jnp.float32),
+      variables['batch_stats'])
+  v = {'params': variables['params'], 'batch_stats': stats}
+  ev = lambda model: np.asarray(jax.jit(lambda v: model.apply(v, x, gaps, mask))(v))
+  a, b = ev(chunked), ev(whole)
+  assert np.abs(b[mask]).max() > 0.1 and np.abs(b[0] - b[1]).max() > 0.01  # not a dead net
+  np.testing.assert_allclose(a[mask], b[mask], rtol=1e-4, atol=1e-4 * np.abs(b).max())

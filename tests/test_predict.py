@@ -263,3 +263,26 @@ def jax_magnitudes(config, key):
   sim = sim_lib.build_simulator(config)
   b = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, config.eval.test_size))(key)
   return np.asarray(b['magnitude'])
+
+
+def test_bench_inference_on_a_trained_workdir(workdir, tmp_path):
+  """The inference benchmark's JSON: speed, and the float32 mode within 1e-4 of full
+  precision (the plain XLA layers) on the trained model's probabilities."""
+  import json  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'bench.jsonl'
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  r = subprocess.run([sys.executable, '-m', 'rcnn_jax.bench', 'inference', '--workdir', workdir,
+                      '--objects', '16', '--iters', '2', '--min_time_s', '0', '--out', str(out)],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-2000:]
+  recs = {d['name']: d for d in map(json.loads, out.read_text().splitlines())}
+  assert set(recs) == {'inference', 'inference_bfloat16'}
+  for d in recs.values():
+    assert d['unit'] == 'images_per_s' and d['value'] > 0 and d['calls'] >= 2
+    assert d['compared_updates'] == 8 and 0.0 <= d['top_class_agreement_vs_full_precision'] <= 1
+    assert d['config']['parameters'].startswith('trained')
+  assert recs['inference']['max_abs_prob_diff_vs_full_precision'] < 1e-4
+  assert recs['inference_bfloat16']['max_abs_prob_diff_vs_full_precision'] > 0  # coarser
+  bad = subprocess.run([sys.executable, '-m', 'rcnn_jax.bench', 'nonsense', '--out', ''],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and 'unknown benchmark' in bad.stderr.strip().splitlines()[-1]

@@ -21,5 +21,9 @@ mkdir -p "$out"
     echo "peers not run: no $peer_py"
   fi
 } | tee "$out/peers.txt"
+# Inference on a trained RCNN when the main job has made one (precision costs show only there).
+wd=${BENCH_WORKDIR:-workdirs/cpu_rcnn}
+extra=()
+if [ -d "$wd/checkpoints" ]; then extra=(--workdir "$wd"); fi
 .venv/bin/python -m rcnn_jax.bench simulate train inference --batch 32 --steps 20 \
-  --out "$out/latest.jsonl" 2>&1 | grep '^{'
+  "${extra[@]}" --out "$out/latest.jsonl" 2>&1 | grep '^{'
