@@ -64,7 +64,7 @@ def _sim():
   s.host_fraction_supernova = 0.5
   s.host_fraction_other = 0.05
   s.max_redraws = 256  # attempts per object before giving up (then the last draw is used)
-  s.redraw_batch = 16  # attempts evaluated in parallel per round
+  s.redraw_batch = 16  # attempts per object in round 1 (later rounds: 2x, unaccepted only)
   s.poisson = True  # exact Poisson draws; False uses the Gaussian approximation
 
   s.psf = ml_collections.ConfigDict()

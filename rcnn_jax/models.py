@@ -11,11 +11,13 @@ rows' partial outputs at once, summed after a vertical shift; a hand-written bac
 plain matmuls; 'im2col' for the 3-channel first layer), and the image encoder runs layer by
 layer over chunks of ``encoder_chunk`` steps, each layer fused with the batch norm, ReLU and
 pool before it (``fused_conv_layer``), with valid steps sorted first so that chunks of padding
-steps are skipped. Elsewhere (GPU) the layers are plain ``lax.conv_general_dilated`` ('xla')
-over the whole batch. ``conv_impl='auto'`` and ``encoder_chunk=-1`` pick by backend; every
-formulation has the same parameters and is tested equal to the plain layers. The LSTM's input
-projection is one matmul over all steps; only the recurrent matmul runs inside the scan. Batch
-norm statistics use valid steps only.
+steps are skipped. In evaluation mode (running statistics, no layer waits for the batch's) each
+chunk goes through every layer at once, and the 21 x 21 layers use Winograd F(2 x 2, 3 x 3)
+(``conv3x3_winograd``: 2x fewer multiplications; inference only). Elsewhere (GPU) the layers
+are plain ``lax.conv_general_dilated`` ('xla') over the whole batch. ``conv_impl='auto'`` and
+``encoder_chunk=-1`` pick by backend; every formulation has the same parameters and is tested
+equal to the plain layers. The LSTM's input projection is one matmul over all steps; only the
+recurrent matmul runs inside the scan. Batch norm statistics use valid steps only.
 """
 
 from __future__ import annotations

@@ -5,11 +5,8 @@ ops by time (summed over XLA's threads) with their source lines.
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python experiments/speed/inference_profile.py
 """
 import argparse
-import collections
-import glob
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -21,7 +18,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from configs import hits  # pylint: disable=g-import-not-at-top
 from rcnn_jax import models  # pylint: disable=g-import-not-at-top
 from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
-import sim_profile  # pylint: disable=g-import-not-at-top
+import profiling  # pylint: disable=g-import-not-at-top
 
 
 def main():
@@ -48,7 +45,8 @@ def main():
     _, state = clf.update(state, images[i % 4], np.full(n, 57070.0 + i), np.full(n, 25.0),
                           np.full(n, 120.0))
     t_call.append(time.perf_counter() - t0)
-  args_step = (clf._variables(), state.carry, state.window, state.window_t, state.probs,  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  args_step = (clf._variables(), state.carry, state.window, state.window_t, state.probs,
                images[0] - 120.0, np.ones(n, np.float32), np.ones(n, bool), np.ones(n, bool))
   for _ in range(args.calls):
     t0 = time.perf_counter()
@@ -57,27 +55,8 @@ def main():
   med = lambda t: 1e3 * float(np.median(t[n_w + 3:] if len(t) > args.calls else t))
   print(f'update call median {med(t_call):.0f} ms ({n / med(t_call) * 1e3:,.0f} images/s); '
         f'jitted step alone {med(t_step):.0f} ms, best {1e3 * min(t_step):.0f} ms')
-  d = tempfile.mkdtemp()
-  jax.profiler.start_trace(d)
-  reps = 5
-  for _ in range(reps):
-    jax.block_until_ready(clf._update(*args_step))  # pylint: disable=protected-access
-  jax.profiler.stop_trace()
-  data = jax.profiler.ProfileData.from_file(
-      glob.glob(os.path.join(d, '**', '*.xplane.pb'), recursive=True)[0])
-  per_op = collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
-      if line.name == 'python':
-        continue
-      for ev in line.events:
-        if not any(x in ev.name for x in ('ThunkExecutor', 'Threadpool', 'end: ')):
-          per_op[ev.name] += ev.duration_ns / 1e6 / reps
-  hlo = clf._update.lower(*args_step).compile().as_text()  # pylint: disable=protected-access
-  where = sim_profile._source_lines(hlo)  # pylint: disable=protected-access
-  print(f'ops total {sum(per_op.values()):.1f} ms per call (summed over threads)')
-  for name, ms in per_op.most_common(args.top):
-    print(f'{ms:8.2f} ms  {name:36s} {where.get(name, "")}')
+  per_op = profiling.ops_by_time(lambda: clf._update(*args_step))
+  profiling.print_ops(per_op, clf._update.lower(*args_step).compile().as_text(), args.top)
 
 
 if __name__ == '__main__':

@@ -8,20 +8,19 @@ cost (the CLIs set the tunable themselves; this script does not). ``--profile`` 
 steps with jax.profiler and prints the ops by time (summed over XLA's threads).
 """
 import argparse
-import collections
-import glob
 import os
 import resource
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.dirname(__file__))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import hits  # pylint: disable=g-import-not-at-top
 from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+import profiling  # pylint: disable=g-import-not-at-top
 
 
 def _ticks():
@@ -59,24 +58,11 @@ def main():
           f'steal {s1 - s0} ticks', flush=True)
   print(f'median {32 / np.median(times):.1f} sequences/s, best {32 / min(times):.1f}')
   if args.profile:
-    d = tempfile.mkdtemp()
-    jax.profiler.start_trace(d)
-    for _ in range(3):
+    def run():
+      nonlocal state
       state, m = step(state, root)
-      jax.block_until_ready(m)
-    jax.profiler.stop_trace()
-    data = jax.profiler.ProfileData.from_file(
-        glob.glob(os.path.join(d, '**', '*.xplane.pb'), recursive=True)[0])
-    per_op = collections.Counter()
-    for plane in data.planes:
-      for line in plane.lines:
-        if line.name == 'python':
-          continue
-        for ev in line.events:
-          if not any(s in ev.name for s in ('ThunkExecutor', 'Threadpool', 'end: ')):
-            per_op[ev.name] += ev.duration_ns / 1e6 / 3
-    for name, ms in per_op.most_common(30):
-      print(f'{ms:8.1f} ms  {name}')
+      return m
+    profiling.print_ops(profiling.ops_by_time(run, reps=3), top=30)
 
 
 if __name__ == '__main__':
