@@ -203,6 +203,7 @@ def bench_inference(config):
   jitter = rng.uniform(0.0, 0.5, (pool, n))
   zp = 25.0 + rng.normal(0.0, 0.1, (pool, n))
   sky = np.full((n,), 120.0)
+
   def run(clf, num_calls=None, timed=False):
     """Calls clf.update on the image stream; (probabilities from call n_w - 1 on, timing)."""
     holder = [clf.new_state(n), 0, []]

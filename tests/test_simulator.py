@@ -195,3 +195,31 @@ def test_galaxy_class_magnitude_is_its_galaxy(sim_and_batch):
   ratio = b['host_flux_adu'][gal][ev] / total[ev]
   assert np.all((ratio > 0.2) & (ratio <= 1.0 + 1e-5))  # the stamp holds part of the galaxy
   assert np.median(ratio) > 0.6
+
+
+def test_psf_bank_batches_are_rotated_and_mirrored(tmp_path):
+  """With a PSF bank (here elongated along x: no symmetry of its own), stamps get a random
+  symmetry of the square, so point sources come out elongated along x or along y."""
+  yy, xx = np.mgrid[:31, :31] - 15.0
+  fwhm = np.array([0.8, 1.1, 1.4, 1.8])
+  sig = fwhm / 0.263 / 2.3548
+  psf = np.exp(-0.5 * ((xx / (1.6 * sig[:, None, None]))**2 + (yy / sig[:, None, None])**2))
+  path = tmp_path / 'bank.npz'
+  np.savez(path, psf=psf, fwhm_arcsec=fwhm)
+  config = hits.get_config('paper')
+  config.sim.psf.kind, config.sim.psf.bank_path = 'bank', str(path)
+  config.sim.host_fraction_supernova = config.sim.host_fraction_other = 0.0
+  sim = sim_lib.build_simulator(config)
+  b = jax.device_get(jax.jit(lambda k: sim_lib.simulate_batch(k, sim, 56))(jax.random.key(2)))
+  assert np.all(np.isfinite(b['raw_adu']))
+  net = b['raw_adu'] - b['sky_adu'][..., None, None]
+  bright = b['epoch_valid'] & (b['source_flux_adu'] > 3e4) & (b['raw_adu'].max((-2, -1)) <
+                                                              0.99 * b['saturation_adu'][:, None])
+  c = np.arange(21) - 10.0
+  wide_x = []
+  for i, e in zip(*np.nonzero(bright)):
+    img = np.clip(net[i, e], 0, None)
+    vx = (img.sum(0) * c**2).sum() / img.sum() - ((img.sum(0) * c).sum() / img.sum())**2
+    vy = (img.sum(1) * c**2).sum() / img.sum() - ((img.sum(1) * c).sum() / img.sum())**2
+    wide_x.append(vx > vy)
+  assert len(wide_x) > 20 and 0.2 < np.mean(wide_x) < 0.8
