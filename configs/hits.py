@@ -6,7 +6,7 @@ Variants by argument (``--config configs/hits.py:ARG``):
   For a GPU; roughly 6 h on a GTX 1080 Ti in the paper.
 * ``cpu``: the same simulator and architecture, trained briefly on a 2-core CPU (the README's
   main command): 1,000 steps of 32, about 20 minutes on a 2-core AMD EPYC, test accuracy at
-  step 20 about 0.59 for the RCNN and 0.61 for the light-curve classifier (chance 0.14).
+  step 20 about 0.63 for the RCNN and 0.62 for the light-curve classifier (chance 0.14).
 * ``smoke``: a tiny network and a few steps, for tests.
 
 Append ``,lc`` (e.g. ``configs/hits.py:cpu,lc``) for the light-curve classifier of Sec. 3.3.

@@ -462,54 +462,49 @@ class ImageEncoder(nn.Module):
     x, mask = x[order], mask[order]
     w = mask.astype(jnp.float32)
     layers = [(blk, j) for blk in range(self.num_blocks) for j in range(self.convs_per_block)]
-    if not train:
-      x = self._eval_chunked(x, w, layers, bn, conv, chunk)
-      return jnp.zeros_like(x).at[order].set(x)
-    y, name, sums, mode = x, 'bn_input', None, 'affine'
-    for blk, j in layers:
-      a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
-      kernel, bias = conv(blk, j)(y, params_only=True)
-      y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, mode, chunk)
-      name, sums = f'bn{blk}_{j}', (s1, s2)
-      mode = 'relu_pool' if j == self.convs_per_block - 1 else 'relu'
-    a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
-    x = max_pool_2x2(nn.relu(y * a + b))
-    x = x.reshape(x.shape[0], -1)
+    # What precedes each convolution: the input batch norm, then batch norm and ReLU, and a
+    # max pool after a block's last convolution (``_layer_input``); the same after the last.
+    modes = ['affine'] + ['relu_pool' if j == self.convs_per_block - 1 else 'relu'
+                          for _, j in layers]
+    bn_names = ['bn_input'] + [f'bn{blk}_{j}' for blk, j in layers]
+    if train:
+      y, sums = x, None
+      for (blk, j), name, mode in zip(layers, bn_names, modes):
+        a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
+        kernel, bias = conv(blk, j)(y, params_only=True)
+        y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, mode, chunk)
+        sums = (s1, s2)
+      a, b = bn(bn_names[-1])(y, mask, train, sums=sums, affine_only=True)
+      x, _, _ = _layer_input(y, a, b, modes[-1])
+      x = x.reshape(x.shape[0], -1)
+    else:
+      x = self._eval_chunked(x, w, layers, bn_names, modes, bn, conv, chunk)
     return jnp.zeros_like(x).at[order].set(x)
 
-
-  def _eval_chunked(self, x, w, layers, bn, conv, chunk):
+  def _eval_chunked(self, x, w, layers, bn_names, modes, bn, conv, chunk):
     """Evaluation mode (running batch statistics): every layer of a chunk of ``chunk`` stamps
     before the next chunk, so that its activations stay in the CPU's caches and only the
     features are written; chunks of padding (w = 0) are skipped. -> [N, features]."""
-    c_in = x.shape[-1]
     probe = lambda c: jnp.zeros((1, 1, 1, c), jnp.float32)  # only the shapes are read
-    affine = [bn('bn_input')(probe(c_in), None, False, affine_only=True)]
-    kernels, shape = [], x.shape[1:]
-    for blk, j in layers:
-      kernel, bias = conv(blk, j)(probe(c_in), params_only=True)
-      kernels.append((kernel, bias, winograd_kernel(kernel) if _winograd_wins(shape) else None))
-      affine.append(bn(f'bn{blk}_{j}')(probe(self.filters), None, False, affine_only=True))
-      c_in = self.filters
-      shape = shape[:-1] + (c_in,)
-      if j == self.convs_per_block - 1:
-        shape = (-(-shape[0] // 2), -(-shape[1] // 2), c_in)
+    c_in = [x.shape[-1]] + [self.filters] * len(layers)
+    affine = [bn(name)(probe(c), None, False, affine_only=True)
+              for name, c in zip(bn_names, c_in)]
+    kernels = [conv(blk, j)(probe(c), params_only=True) for (blk, j), c in zip(layers, c_in)]
+    # Kernel transforms once per layer, outside the chunk loop (those of layers that do not
+    # use them are dead code to XLA).
+    transformed = [winograd_kernel(k) if c >= 16 else None for (k, _), c in zip(kernels, c_in)]
 
     def encode(wc, xc):
       del wc
-      a, b = affine[0]
-      y = xc * a + b
-      for i, (blk, j) in enumerate(layers):
-        kernel, bias, transformed = kernels[i]
-        if transformed is None:
-          y = _conv(y.astype(kernel.dtype), kernel) + bias
+      y = xc
+      for (a, b), mode, (kernel, bias), u in zip(affine, modes, kernels, transformed):
+        h, _, _ = _layer_input(y, a, b, mode)
+        if _winograd_wins(h.shape):
+          y = conv3x3_winograd(h, kernel, u) + bias
         else:
-          y = conv3x3_winograd(y, kernel, transformed) + bias
-        a, b = affine[i + 1]
-        y = jax.nn.relu(y * a + b)
-        if j == self.convs_per_block - 1:
-          y = max_pool_2x2(y)
-      return y.reshape(y.shape[0], -1), ()
+          y = _conv(h.astype(kernel.dtype), kernel) + bias
+      h, _, _ = _layer_input(y, *affine[-1], modes[-1])
+      return h.reshape(h.shape[0], -1), ()
 
     feats, _ = _chunked(encode, chunk, w, x)
     return feats
