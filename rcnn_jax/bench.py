@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import hits
+from rcnn_jax import config_check
 from rcnn_jax import utils
 
 def _define_flags():
@@ -267,6 +268,7 @@ def main(argv):
   for n in names:
     if n not in BENCHES:
       raise utils.UserError(f'unknown benchmark {n!r}; choose from {", ".join(BENCHES)}')
+  config_check.validate(hits.get_config(_CONFIG_ARG.value))
   for n in names:
     BENCHES[n](hits.get_config(_CONFIG_ARG.value))
   if _OUT.value:

@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn_jax import config_check
 from rcnn_jax import train
 from rcnn_jax import utils
+from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
@@ -124,24 +126,75 @@ def _nan_to_none(x):
 
 
 def restore_for_eval(workdir, step=None):
-  """(config, sim, model, state) from a workdir: the best checkpoint unless ``step`` is given."""
+  """(config, sim, model, state, step) from a workdir: the best checkpoint unless ``step``.
+
+  Reads only (no lock, nothing created). Each restored checkpoint is verified; a damaged best
+  falls back to the same step in ``checkpoints/`` where it is there, else to the newest intact
+  checkpoint, each fallback named in one line on stderr.
+  """
+  if not os.path.isdir(workdir):
+    raise utils.UserError(f'{workdir}: no such workdir')
   config = train.load_config(workdir)
+  config_check.validate(config, strict=False)
   mesh = train.make_mesh()
   sim, model, tx = train.build(config)
   target = train.init_state(config, sim, model, tx, mesh)
-  latest, best = train.checkpoint_managers(workdir, config)
-  if step is None:
-    manager, step = best, best.best_step()
-    if step is None:
-      manager, step = latest, latest.latest_step()
-  else:
-    manager = latest if step in latest.all_steps() else best
-    if step not in manager.all_steps():
-      raise utils.UserError(f'{workdir}: no checkpoint at step {step} (have: '
-                            f'{sorted(set(latest.all_steps()) | set(best.all_steps()))})')
-  if step is None:
-    raise utils.UserError(f'{workdir}: no checkpoint to evaluate')
-  return config, sim, model, train.restore_state(manager, step, target), step
+  latest = train.open_manager(workdir, config, 'latest', read_only=True)
+  best = train.open_manager(workdir, config, 'best', read_only=True)
+  latest_steps = latest.all_steps() if latest is not None else []
+  best_steps = best.all_steps() if best is not None else []
+  from_latest = lambda s: train.restore_state(latest, s, target)
+  from_best = lambda s: train.restore_state(best, s, target)
+  latest_dir = os.path.join(workdir, 'checkpoints')
+  best_dir = os.path.join(workdir, 'best')
+
+  def done(state, s):
+    return config, sim, model, state, s
+
+  if step is not None:
+    tried = []
+    for steps, restore, d in ((latest_steps, from_latest, latest_dir),
+                              (best_steps, from_best, best_dir)):
+      if step in steps:
+        state, why = workdir_lib.try_restore(restore, d, step)
+        if state is not None:
+          if tried:
+            workdir_lib.warn(tried[-1] + f'; using step {step} of {d}')
+          return done(state, step)
+        tried.append(why)
+    if tried:
+      raise utils.UserError(tried[-1] if len(tried) == 1 else ' and '.join(tried))
+    raise utils.UserError(f'{workdir}: no checkpoint at step {step} (have: '
+                          f'{sorted(set(latest_steps) | set(best_steps))})')
+
+  best_step = best.best_step() if best is not None else None
+  if best_step is None:
+    best_step = _best_json_step(workdir)  # best/ unreadable or absent: best.json may name it
+  if best_step is not None and best_step in best_steps:
+    state, why = workdir_lib.try_restore(from_best, best_dir, best_step)
+    if state is not None:
+      return done(state, best_step)
+    more = ('; using the same step in ' + latest_dir if best_step in latest_steps else
+            '; using the newest intact checkpoint in ' + latest_dir)
+    workdir_lib.warn(why + more)
+  if not latest_steps:
+    raise utils.UserError(f'{workdir}: no checkpoint to evaluate' if best_step is None else
+                          f'{workdir}: no intact checkpoint to evaluate')
+  order = sorted(latest_steps, reverse=True)
+  if best_step in latest_steps:  # the best step first, then the newest
+    order = [best_step] + [s for s in order if s != best_step]
+  state, s, _ = workdir_lib.restore_newest_intact(from_latest, latest_dir, order)
+  if s != best_step and best_step is not None:
+    workdir_lib.warn(f'evaluating step {s} of {latest_dir}, not the best step {best_step}')
+  return done(state, s)
+
+
+def _best_json_step(workdir):
+  try:
+    with open(os.path.join(workdir, 'best.json')) as f:
+      return int(json.load(f)['step'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 def predict_test_set(config, sim, model, state, progress=True):
@@ -175,10 +228,8 @@ def evaluate_workdir(workdir, step=None, progress=True):
 
 
 def _read_jsonl(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """metrics.jsonl's rows, one per step and metric set; partial lines skipped with a warning."""
+  return workdir_lib.read_jsonl(path)
 
 
 def main(argv):
@@ -189,9 +240,12 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   if len(workdirs) > 2:
     raise app.UsageError('at most two --workdir (RCNN and light-curve classifier)')
+  for w in workdirs:
+    if not os.path.isdir(w):
+      raise utils.UserError(f'{w}: no such workdir')
   out = _OUT.value or os.path.join(workdirs[0], 'eval')
-  os.makedirs(out, exist_ok=True)
   results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
+  os.makedirs(out, exist_ok=True)
   name = lambda m: f'metrics_{m["model"]}.json' if len(results) > 1 else 'metrics.json'
   for m in results:
     utils.write_json(os.path.join(out, name(m)), m)

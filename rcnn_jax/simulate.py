@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from rcnn_jax import config_check
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
 
@@ -57,6 +58,9 @@ def main(argv):
   if _NUM.value < 1:
     raise app.UsageError('--num must be >= 1')
   config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required')
+  config_check.validate(config)
   data = simulate_to_host(config, _NUM.value, _CHUNK.value)
   out = {k: data[k] for k in FIELDS} | {'class_names': data['class_names']}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

@@ -12,9 +12,11 @@ valid steps, averaged over the batch; Adam. Validation on a fixed, seeded simula
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -31,9 +33,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rcnn_jax import config_check
 from rcnn_jax import models
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
+from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
@@ -221,20 +225,54 @@ def validation_key(config):
 # Checkpoints and the saved config
 
 
-def checkpoint_managers(workdir, config):
-  latest = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.ckpt.max_to_keep, create=True))
-  best = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'best')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['val_loss'],
-                                           best_mode='min', create=True))
-  return latest, best
+_DIRS = {'latest': 'checkpoints', 'best': 'best'}
+
+
+def _manager_options(config, which, read_only):
+  if which == 'latest':
+    opts = dict(max_to_keep=config.ckpt.max_to_keep)
+  else:
+    opts = dict(max_to_keep=1, best_fn=lambda m: m['val_loss'], best_mode='min')
+  if read_only:
+    return ocp.CheckpointManagerOptions(read_only=True, create=False, **opts)
+  # Synchronous saves: a failed save (a full disk) stops the run at that step, not later.
+  return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False, **opts)
+
+
+def checkpoint_managers(workdir, config, read_only=False):
+  """orbax managers of W/checkpoints (the latest ckpt.max_to_keep) and W/best (lowest val loss).
+
+  ``read_only`` (evaluation, prediction) creates nothing and takes no lock.
+  """
+  return tuple(ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, _DIRS[w])),
+                                     options=_manager_options(config, w, read_only))
+               for w in ('latest', 'best'))
+
+
+def open_manager(workdir, config, which, read_only=False):
+  """One manager ('latest' or 'best'), or None with a one-line warning when its folder cannot
+  be read (a garbled checkpoint's metadata fails the manager itself) or, read-only, is absent."""
+  path = os.path.abspath(os.path.join(workdir, _DIRS[which]))
+  if read_only and not os.path.isdir(path):
+    return None
+  try:
+    return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
+  except Exception as e:  # pylint: disable=broad-except
+    workdir_lib.warn(f'{path} cannot be read ({workdir_lib.reason(e)})')
+    return None
 
 
 def restore_state(manager, step, target: TrainState) -> TrainState:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def restore_newest_intact(manager, target, steps=None):
+  """(state, step, damaged steps) from the newest of ``steps`` (default: all) that restores and
+  verifies; each damaged one is named on stderr. UserError when none is intact."""
+  steps = manager.all_steps() if steps is None else steps
+  return workdir_lib.restore_newest_intact(lambda s: restore_state(manager, s, target),
+                                           str(manager.directory), steps)
 
 
 # Fields that may differ when a run is resumed (length of the run, logging cadence).
@@ -256,9 +294,13 @@ def save_config(workdir, config):
   """Writes config.json; refuses to mix a different configuration into an existing run."""
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config.to_json_best_effort())
-  if os.path.exists(path) and os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    with open(path) as f:
-      old = json.load(f)
+  if os.path.exists(path) and workdir_lib.has_checkpoint(workdir):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise utils.UserError(f'{path} cannot be read ({e}) although {workdir} holds checkpoints; '
+                            'restore it or use another --workdir') from None
     a, b = _flatten(old), _flatten(new)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE)
     if diff:
@@ -272,8 +314,11 @@ def load_config(workdir):
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise utils.UserError(f'{workdir}: no config.json (not a training workdir)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise utils.UserError(f'{path} cannot be read ({e})') from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,12 +326,22 @@ def load_config(workdir):
 
 
 class MetricWriter:
-  """TensorBoard event files (train_/val_ prefixes) plus metrics.jsonl for scripts."""
+  """TensorBoard event files (train_/val_ prefixes) plus metrics.jsonl for scripts.
 
-  def __init__(self, workdir):
+  ``resume_step``: the step the run restored; metrics.jsonl keeps its rows up to it and drops
+  the later ones (and a partial last line) that a killed run wrote, so each step has one row.
+  """
+
+  def __init__(self, workdir, resume_step=None):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if resume_step is not None:
+      dropped = workdir_lib.truncate_metrics(self.path, resume_step)
+      if dropped:
+        print(f'{self.path}: dropped {dropped} line(s) after step {resume_step}, written by a '
+              'run that stopped before its next checkpoint', file=sys.stderr)
     self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tb'))
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._jsonl = open(self.path, 'a')
 
   def write(self, step, scalars):
     for k, v in scalars.items():
@@ -297,47 +352,116 @@ class MetricWriter:
 
   def close(self):
     self._tb.close()
-    self._jsonl.close()
+    try:
+      self._jsonl.close()
+    except OSError:
+      pass  # a full disk: the write that failed has been reported
+
+
+# Errors of the file system rather than of the code: they end a run in one line.
+_IO_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG)
+_IO_MESSAGES = ('No space left', 'RESOURCE_EXHAUSTED', 'Disk quota', 'Read-only file system',
+                'Input/output error', 'Permission denied', 'File too large')
+
+
+def _io_error(e: BaseException) -> str | None:
+  """The file-system reason behind ``e`` (its cause chain searched), or None for other errors."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
+      return os.strerror(e.errno)
+    for m in _IO_MESSAGES:
+      if m in str(e):
+        return m if m != 'RESOURCE_EXHAUSTED' else 'No space left on device'
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _save(manager, step, state, **kwargs):
+  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved."""
+  if step in manager.all_steps():
+    return
+  manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+  manager.wait_until_finished()
+
+
+def _restore_for_training(workdir, config, latest, best, target, mesh):
+  """(latest, best, state, best_val): the newest intact checkpoint; damaged newer ones and an
+  unreadable best/ are named and moved to W/damaged/ (nothing deleted)."""
+  state, step, damaged = restore_newest_intact(latest, target)
+  if damaged:
+    for s in damaged:
+      workdir_lib.move_aside(workdir, str(latest.directory), s)
+    latest = open_manager(workdir, config, 'latest')
+  if state is not None:
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+  best_val = _read_best_val(workdir)
+  best_dir = os.path.join(workdir, _DIRS['best'])
+  if best is None or (best.best_step() is not None and workdir_lib.try_restore(
+      lambda s: restore_state(best, s, target), str(best.directory), best.best_step())[1]):
+    why = ('cannot be read' if best is None else
+           f'holds a damaged step {best.best_step()}')
+    for s in workdir_lib.step_dirs(best_dir):
+      workdir_lib.move_aside(workdir, best_dir, s)
+    workdir_lib.warn(f'{best_dir} {why}; the best checkpoint starts anew from this run')
+    best = open_manager(workdir, config, 'best')
+    if best is None:
+      raise utils.UserError(f'{best_dir} cannot be used; move it away or use another --workdir')
+    best_val = None
+  if best.best_step() is None:
+    best_val = None
+  return latest, best, state, (best_val if best_val is not None else float('inf'))
 
 
 def train_and_evaluate(config, workdir, progress=True):
-  """Trains (resuming from the latest checkpoint in ``workdir``); returns the final metrics."""
+  """Trains (resuming from the latest checkpoint in ``workdir``); returns the final metrics.
+
+  Holds the workdir's lock for its whole life; every config value is checked before anything
+  is built or compiled.
+  """
   if config.train.get('distributed', False):
     jax.distributed.initialize()
   mesh = make_mesh()
-  n_dev = mesh.devices.size
-  for name, size in (('train.batch_size', config.train.batch_size),
-                     ('eval.batch_size', config.eval.batch_size)):
-    if size % n_dev:
-      raise utils.UserError(f'config.{name}={size} is not divisible by the {n_dev} devices')
-  os.makedirs(workdir, exist_ok=True)
-  save_config(workdir, config)
+  config_check.validate(config, num_devices=mesh.devices.size)
+  lock = workdir_lib.lock(workdir)
+  try:
+    return _train_locked(config, workdir, mesh, progress)
+  finally:
+    lock.release()
 
+
+def _train_locked(config, workdir, mesh, progress):
+  save_config(workdir, config)
   sim, model, tx = build(config)
   state = init_state(config, sim, model, tx, mesh)
-  latest, best = checkpoint_managers(workdir, config)
-  if latest.latest_step() is not None:
-    state = restore_state(latest, latest.latest_step(), state)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+  latest = open_manager(workdir, config, 'latest')
+  if latest is None:
+    raise utils.UserError(f'{os.path.join(workdir, _DIRS["latest"])} cannot be read; move it '
+                          'away or use another --workdir')
+  best = open_manager(workdir, config, 'best')
+  latest, best, restored, best_val = _restore_for_training(workdir, config, latest, best, state,
+                                                           mesh)
+  if restored is not None:
+    state = restored
   start = int(state.step)
-  best_val = (best.best_step() is not None and
-              _read_best_val(workdir)) or float('inf')
 
   train_step = make_train_step(config, sim, model, tx, mesh)
   eval_step = make_eval_step(config, sim, model, mesh)
   root = jax.random.key(config.seed)
   val_key = validation_key(config)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start)
   n_params = models.count_params(state.params)
-  if start == 0:
-    writer.write(0, {'hparams/num_params': n_params})
 
   total = config.train.num_steps
-  bar = utils.progress(range(start, total), total=total - start, desc='train',
+  bar = utils.progress(range(start, total), total=max(total - start, 0), desc='train',
                        disable=not progress)
   last = {}
   t_log, n_log = time.perf_counter(), 0
+  done = start
   try:
+    if start == 0:
+      writer.write(0, {'hparams/num_params': n_params})
     for step in bar:
       state, metrics = train_step(state, root)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -367,16 +491,20 @@ def train_and_evaluate(config, workdir, progress=True):
         writer.write(done, {'val_loss': val['loss'], 'val_accuracy': val['accuracy']})
         if val['loss'] < best_val:
           best_val = val['loss']
-          best.save(done, args=ocp.args.StandardSave(state), metrics={'val_loss': best_val})
-          best.wait_until_finished()
+          _save(best, done, state, metrics={'val_loss': best_val})
           utils.write_json(os.path.join(workdir, 'best.json'),
                            {'step': done, 'val_loss': best_val, 'val_accuracy': val['accuracy']})
         t_log, n_log = time.perf_counter(), 0
       if done % config.ckpt.every == 0 or done == total:
-        latest.save(done, args=ocp.args.StandardSave(state))
+        _save(latest, done, state)
+  except Exception as e:  # pylint: disable=broad-except
+    why = _io_error(e)
+    if why is None:
+      raise
+    raise utils.UserError(
+        f'writing to {workdir} failed at step {done} ({why}); stopped. The last good checkpoint '
+        f'(step {latest.latest_step()}) is intact') from e
   finally:
-    latest.wait_until_finished()
-    best.wait_until_finished()
     writer.close()
   last['step'] = int(state.step)
   last['num_params'] = n_params
@@ -387,14 +515,20 @@ def _read_best_val(workdir):
   path = os.path.join(workdir, 'best.json')
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return float(json.load(f)['val_loss'])
+  try:
+    with open(path) as f:
+      return float(json.load(f)['val_loss'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    workdir_lib.warn(f'{path} cannot be read ({e}); the best checkpoint counts as unknown')
+    return None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required (e.g. --config configs/hits.py:cpu)')
   workdir = _WORKDIR.value or default_workdir(config)
   print(f'workdir: {workdir}  devices: {jax.device_count()} x {jax.default_backend()}')
   final = train_and_evaluate(config, workdir)

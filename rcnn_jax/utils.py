@@ -29,6 +29,7 @@ def _atomic_write(path, write):
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the group
     with os.fdopen(fd, 'wb') as f:
       write(f)
     os.replace(tmp, path)
@@ -36,6 +37,12 @@ def _atomic_write(path, write):
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def atomic_savez(path, **arrays):
@@ -127,4 +134,53 @@ def run(main):
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing with every bad flag, unknown config field and unreadable config file
+  as one line on stderr and exit status 2 (absl and ml_collections raise tracebacks for the
+  last two)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    rest = flags.FLAGS(argv)
+    for name in list(flags.FLAGS):
+      flag = flags.FLAGS[name]
+      if type(flag).__name__ == '_ConfigFlag':
+        value = flag.value
+        if type(value).__name__ == '_ErrorConfig':  # a config file that failed to load
+          getattr(value, 'seed')  # raises its error
+    return rest
+  except flags.Error as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+    if any(l.startswith('Traceback') for l in lines):  # a config file's own error, at the end
+      lines = [lines[0], lines[-1]]
+    _fail(' '.join(lines)[:400])
+  except (AttributeError, KeyError) as e:
+    _fail(_unknown_field_message(argv, e))
+  except (OSError, SyntaxError, ImportError, ValueError, TypeError) as e:
+    _fail(_config_file_message(e))
+
+
+def _fail(msg):
+  print(f'error: {msg}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_field_message(argv, e):
+  key = str(e).strip('"\'')
+  for arg in argv[1:]:
+    if arg.startswith('--') and '.' in arg.split('=', 1)[0]:
+      path = arg[2:].split('=', 1)[0]
+      if key in path.split('.')[1:]:
+        return f'unknown config field {path} (in {arg}); the config has no field {key!r}'
+  return f'unknown config field {key!r} on the command line'
+
+
+def _config_file_message(e):
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  errno_lines = [l for l in lines if l.startswith('[Errno')]
+  if errno_lines:
+    return 'config file: ' + errno_lines[0]
+  return f'config file: {type(e).__name__}: {" ".join(lines)[:300]}'
+
