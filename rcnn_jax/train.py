@@ -16,6 +16,7 @@ import errno
 import functools
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -350,12 +351,17 @@ class MetricWriter:
                       + '\n')
     self._jsonl.flush()
 
-  def close(self):
-    self._tb.close()
-    try:
-      self._jsonl.close()
-    except OSError:
-      pass  # a full disk: the write that failed has been reported
+  def close(self, raise_errors=True):
+    """Flushes and closes; ``raise_errors=False`` after a failure already being reported."""
+    errors = []
+    for f in (self._tb, self._jsonl):
+      try:
+        f.close()
+      except OSError as e:
+        errors.append(e)
+    if errors and raise_errors:
+      raise utils.UserError(f'writing the logs of {os.path.dirname(self.path)} failed '
+                            f'({errors[0].strerror or errors[0]})') from errors[0]
 
 
 # Errors of the file system rather than of the code: they end a run in one line.
@@ -371,9 +377,12 @@ def _io_error(e: BaseException) -> str | None:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
       return os.strerror(e.errno)
+    code = re.search(r"os_error_code='(\d+)'", str(e))  # TensorStore's wording of an OSError
+    if code and int(code.group(1)) in _IO_ERRNOS:
+      return os.strerror(int(code.group(1)))
     for m in _IO_MESSAGES:
       if m in str(e):
-        return m if m != 'RESOURCE_EXHAUSTED' else 'No space left on device'
+        return 'No space left on device' if m in ('No space left', 'RESOURCE_EXHAUSTED') else m
     e = e.__cause__ or e.__context__
   return None
 
@@ -398,13 +407,16 @@ def _restore_for_training(workdir, config, latest, best, target, mesh):
     state = jax.device_put(state, NamedSharding(mesh, P()))
   best_val = _read_best_val(workdir)
   best_dir = os.path.join(workdir, _DIRS['best'])
-  if best is None or (best.best_step() is not None and workdir_lib.try_restore(
-      lambda s: restore_state(best, s, target), str(best.directory), best.best_step())[1]):
-    why = ('cannot be read' if best is None else
-           f'holds a damaged step {best.best_step()}')
+  why = None
+  if best is None:
+    why = f'{best_dir} cannot be read'
+  elif best.best_step() is not None:
+    why = workdir_lib.try_restore(lambda s: restore_state(best, s, target), str(best.directory),
+                                  best.best_step())[1]
+  if why:
+    workdir_lib.warn(f'{why}; the best checkpoint starts anew from this run')
     for s in workdir_lib.step_dirs(best_dir):
       workdir_lib.move_aside(workdir, best_dir, s)
-    workdir_lib.warn(f'{best_dir} {why}; the best checkpoint starts anew from this run')
     best = open_manager(workdir, config, 'best')
     if best is None:
       raise utils.UserError(f'{best_dir} cannot be used; move it away or use another --workdir')
@@ -459,6 +471,7 @@ def _train_locked(config, workdir, mesh, progress):
   last = {}
   t_log, n_log = time.perf_counter(), 0
   done = start
+  finished = False
   try:
     if start == 0:
       writer.write(0, {'hparams/num_params': n_params})
@@ -497,6 +510,7 @@ def _train_locked(config, workdir, mesh, progress):
         t_log, n_log = time.perf_counter(), 0
       if done % config.ckpt.every == 0 or done == total:
         _save(latest, done, state)
+    finished = True
   except Exception as e:  # pylint: disable=broad-except
     why = _io_error(e)
     if why is None:
@@ -505,7 +519,7 @@ def _train_locked(config, workdir, mesh, progress):
         f'writing to {workdir} failed at step {done} ({why}); stopped. The last good checkpoint '
         f'(step {latest.latest_step()}) is intact') from e
   finally:
-    writer.close()
+    writer.close(raise_errors=finished)
   last['step'] = int(state.step)
   last['num_params'] = n_params
   return last

@@ -132,9 +132,19 @@ def run(main):
       return main(argv)
     except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
       print(f'error: {e}', file=sys.stderr)
+      _quiet_exit()
       sys.exit(2)
 
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _quiet_exit():
+  """After a one-line error, no second report at exit: orbax's failed write futures (a full
+  disk) otherwise print each failed array again when they are collected."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  sys.unraisablehook = lambda *_: None
+  sys.stderr.flush()
 
 
 def _parse_flags(argv):

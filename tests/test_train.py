@@ -166,3 +166,61 @@ def test_four_devices_match_one_device():
     res[n] = json.loads(r.stdout.strip().splitlines()[-1])
   assert res[4]['devices'] == 4 and res[1]['devices'] == 1
   np.testing.assert_allclose(res[4]['losses'], res[1]['losses'], rtol=2e-4)
+
+
+def _raw_rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
+  """SIGKILL between checkpoints, then a rerun: the same final parameters bit for bit as an
+  uninterrupted run, one metrics row per step, and the killed run held the workdir's lock."""
+  from rcnn_jax import utils  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  overrides = {'train.num_steps': 60, 'ckpt.every': 7, 'train.eval_every': 5}
+  config = hits.get_config('smoke')
+  for k, v in overrides.items():
+    section, name = k.split('.')
+    config[section][name] = v
+  a = str(tmp_path / 'a')
+  train.train_and_evaluate(config, a, progress=False)
+
+  b = tmp_path / 'b'
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'rcnn_jax.train', '--config', 'configs/hits.py:smoke', '--workdir',
+       str(b)] + [f'--config.{k}={v}' for k, v in overrides.items()],
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  killed_at, deadline = None, time.time() + 400
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      try:
+        steps = [r['step'] for r in _raw_rows(str(b))]
+      except (OSError, ValueError):
+        steps = []
+      if steps and max(steps) >= 10:
+        with pytest.raises(utils.UserError, match=f'pid {proc.pid}'):
+          workdir_lib.lock(str(b))  # the running training holds the workdir
+        proc.send_signal(signal.SIGKILL)
+        killed_at = max(steps)
+        break
+      time.sleep(0.02)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    _, err = proc.communicate()
+  assert killed_at is not None, err[-2000:]
+  assert killed_at < 60
+  latest, _ = train.checkpoint_managers(str(b), config, read_only=True)
+  assert latest.latest_step() is not None and latest.latest_step() < 60
+  train.train_and_evaluate(config, str(b), progress=False)  # resumes after the kill
+  rows = _raw_rows(str(b))
+  train_steps = [r['step'] for r in rows if 'train_loss' in r]
+  assert train_steps == list(range(1, 61))  # each step once, in order
+  assert [r['step'] for r in rows if 'val_loss' in r] == list(range(5, 61, 5))
+  la, lb = _losses(a), _losses(str(b))
+  assert la == lb
+  jax.tree.map(np.testing.assert_array_equal, _params(a, 60).params, _params(str(b), 60).params)

@@ -1,0 +1,267 @@
+"""Workdirs that survive mistakes: the lock, damaged checkpoints, a full disk, crash-cut logs."""
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import evaluate
+from rcnn_jax import train
+from rcnn_jax import utils
+from rcnn_jax import workdir as workdir_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per workdir
+
+
+_HOLD = '''
+import sys, time
+from rcnn_jax import workdir
+lock = workdir.lock(sys.argv[1])
+print('locked', flush=True)
+time.sleep(300)
+'''
+
+
+def test_second_run_is_refused_while_another_process_holds_the_workdir(tmp_path):
+  wd = tmp_path / 'w'
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD, str(wd)], env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    r = subprocess.run([sys.executable, '-m', 'rcnn_jax.train', '--config',
+                        'configs/hits.py:smoke', '--workdir', str(wd)], env=_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(err) == 1 and f'in use by another training run (pid {holder.pid})' in err[0], err
+    assert not (wd / 'config.json').exists()  # the refused run wrote nothing
+    with pytest.raises(utils.UserError, match=f'pid {holder.pid}'):
+      workdir_lib.lock(str(wd))
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  # SIGKILL leaves no stale lock: the OS dropped it with the process.
+  workdir_lib.lock(str(wd)).release()
+
+
+# ----------------------------------------------------------------------------------------------
+# A workdir counts as holding a run only once it holds a checkpoint
+
+
+def test_failed_first_run_does_not_block_a_corrected_one(tmp_path):
+  wd = str(tmp_path / 'w')
+  config = hits.get_config('smoke')
+  os.makedirs(os.path.join(wd, 'checkpoints'))  # what a run that died before step 1 leaves
+  os.makedirs(os.path.join(wd, 'best'))
+  train.save_config(wd, config)
+  config.train.learning_rate = 1e-2
+  train.save_config(wd, config)  # accepted: no checkpoint yet
+  assert train.load_config(wd).train.learning_rate == 1e-2
+  os.makedirs(os.path.join(wd, 'checkpoints', '1'))
+  config.train.learning_rate = 1e-3
+  with pytest.raises(utils.UserError, match='different config'):
+    train.save_config(wd, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A 3-step smoke run: checkpoints 1, 2, 3 and a best; copied by each test."""
+  config = hits.get_config('smoke')
+  config.train.num_steps = 3
+  wd = str(tmp_path_factory.mktemp('trained') / 'w')
+  train.train_and_evaluate(config, wd, progress=False)
+  mesh = train.make_mesh()
+  target = train.init_state(config, *train.build(config), mesh)
+  return config, wd, target
+
+
+def _copy(trained, tmp_path):
+  config, wd, target = trained
+  dst = str(tmp_path / 'w')
+  shutil.copytree(wd, dst)
+  if os.path.exists(os.path.join(dst, '.lock')):
+    os.remove(os.path.join(dst, '.lock'))
+  return config, dst, target
+
+
+def _truncate_largest_array_file(step_dir):
+  files = glob.glob(os.path.join(step_dir, 'default', 'ocdbt.process_0', 'd', '*'))
+  f = max(files, key=os.path.getsize)
+  os.truncate(f, os.path.getsize(f) // 2)
+  return f
+
+
+def _assert_equal_params(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp_path, capfd):
+  config, wd, target = _copy(trained, tmp_path)
+  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+  intact3 = train.restore_state(latest, 3, target)
+  _truncate_largest_array_file(os.path.join(wd, 'checkpoints', '3'))
+  state, step, damaged = train.restore_newest_intact(latest, target)
+  assert (step, damaged, int(state.step)) == (2, [3], 2)
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'checkpoints/3 is damaged' in err[0] and 'trying step 2' in err[0]
+  # Training resumes from step 2, names and moves the damaged step 3 aside (nothing deleted),
+  # and redoes step 3 bitwise.
+  train.train_and_evaluate(config, wd, progress=False)
+  err = capfd.readouterr().err
+  moved = os.path.join(wd, 'damaged', 'checkpoints_3')
+  assert os.path.isdir(moved) and moved in err
+  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+  assert latest.all_steps() == [1, 2, 3]
+  _assert_equal_params(train.restore_state(latest, 3, target), intact3)
+
+
+def test_truncated_metadata_falls_back_and_evaluate_names_it(trained, tmp_path, capfd):
+  config, wd, target = _copy(trained, tmp_path)
+  best_step = json.load(open(os.path.join(wd, 'best.json')))['step']
+  meta = os.path.join(wd, 'checkpoints', '3', 'default', '_METADATA')
+  os.truncate(meta, 10000)
+  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+  _, step, damaged = train.restore_newest_intact(latest, target)
+  assert (step, damaged) == (2, [3])
+  capfd.readouterr()
+  # An explicit --step of the damaged checkpoint: one line naming it, unless best/ has it.
+  if best_step != 3:
+    with pytest.raises(utils.UserError, match='checkpoints/3 is damaged'):
+      evaluate.restore_for_eval(wd, step=3)
+  # Everything damaged: one clear line.
+  for s in (1, 2):
+    os.truncate(os.path.join(wd, 'checkpoints', str(s), 'default', '_METADATA'), 100)
+  shutil.rmtree(os.path.join(wd, 'best'))
+  with pytest.raises(utils.UserError, match='no intact checkpoint'):
+    evaluate.restore_for_eval(wd)
+
+
+def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_path, capfd):
+  config, wd, target = _copy(trained, tmp_path)
+  best_step = json.load(open(os.path.join(wd, 'best.json')))['step']
+  for f in glob.glob(os.path.join(wd, 'best', str(best_step), '**'), recursive=True):
+    if os.path.isfile(f):
+      b = open(f, 'rb').read()
+      open(f, 'wb').write(bytes(x ^ 0xA5 for x in b))
+  capfd.readouterr()
+  _, _, _, state, step = evaluate.restore_for_eval(wd)
+  assert step == best_step and int(state.step) == best_step
+  latest = train.open_manager(wd, config, 'latest', read_only=True)
+  _assert_equal_params(state, train.restore_state(latest, best_step, target))
+  err = capfd.readouterr().err.strip().splitlines()
+  assert err and all(l.startswith('warning: ') for l in err) and len(err) <= 2, err
+  assert 'best' in err[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk
+
+
+def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(disk)],
+                     capture_output=True, text=True)
+  if r.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {r.stderr.strip()}')
+  try:
+    wd = str(disk / 'w')
+    config = hits.get_config('smoke')
+    config.train.num_steps = 5
+    real = train.make_train_step
+
+    def filling(*args, **kwargs):
+      step = real(*args, **kwargs)
+
+      def wrapped(state, key):
+        new, m = step(state, key)
+        if int(new.step) == 2:  # after checkpoint 1: leave room for the logs, not a checkpoint
+          st = os.statvfs(disk)
+          with open(disk / 'filler', 'wb') as f:
+            f.write(b'\0' * (st.f_bavail * st.f_frsize - 64 * 1024))
+        return new, m
+
+      return wrapped
+
+    monkeypatch.setattr(train, 'make_train_step', filling)
+    with pytest.raises(utils.UserError) as e:
+      train.train_and_evaluate(config, wd, progress=False)
+    msg = str(e.value)
+    assert '\n' not in msg and 'No space left on device' in msg and 'at step 2' in msg, msg
+    assert 'last good checkpoint (step 1) is intact' in msg
+    os.remove(disk / 'filler')
+    rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
+    assert max(r['step'] for r in rows) <= 2  # it stopped at once
+    monkeypatch.setattr(train, 'make_train_step', real)
+    latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+    assert latest.all_steps() == [1]
+    target = train.init_state(config, *train.build(config), train.make_mesh())
+    state, step, damaged = train.restore_newest_intact(latest, target)
+    assert step == 1 and not damaged
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.jsonl after a crash; file modes
+
+
+def test_partial_last_line_is_skipped_with_a_warning(tmp_path, capfd):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 0, "hparams/num_params": 5.0}\n{"step": 1, "train_loss": 2.0}\n'
+                  '{"step": 1, "val_loss": 1.5}\n{"step": 2, "train_lo')
+  rows = evaluate._read_jsonl(str(path))  # pylint: disable=protected-access
+  assert [r['step'] for r in rows] == [0, 1, 1]
+  err = capfd.readouterr().err
+  assert 'skipped 1 unreadable line(s) (line 4' in err
+
+
+def test_resumed_log_keeps_one_row_per_step(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  rows = [{'step': 0, 'hparams/num_params': 5.0}] + [
+      {'step': s, 'train_loss': float(s)} for s in (1, 2, 3, 4)] + [
+      {'step': 2, 'val_loss': 0.5}]
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 5, "tr')
+  assert workdir_lib.truncate_metrics(str(path), 2) == 3  # steps 3, 4 and the partial line
+  kept = workdir_lib.read_jsonl(str(path))
+  assert [(r['step'], sorted(r)) for r in kept] == [
+      (0, ['hparams/num_params', 'step']), (1, ['step', 'train_loss']),
+      (2, ['step', 'train_loss']), (2, ['step', 'val_loss'])]
+  assert workdir_lib.truncate_metrics(str(path), 0) == 4  # a fresh start keeps nothing
+  # An older workdir's duplicated rows read once (the later one wins).
+  path.write_text('{"step": 1, "train_loss": 9.0}\n{"step": 1, "train_loss": 2.0}\n')
+  assert workdir_lib.read_jsonl(str(path)) == [{'step': 1, 'train_loss': 2.0}]
+
+
+def test_files_are_written_with_the_users_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    p = tmp_path / 'x.json'
+    utils.write_json(str(p), {'a': 1})
+    assert (os.stat(p).st_mode & 0o777) == 0o644
+    os.umask(0o077)
+    utils.atomic_write_text(str(tmp_path / 'y.csv'), 'a\n')
+    assert (os.stat(tmp_path / 'y.csv').st_mode & 0o777) == 0o600
+  finally:
+    os.umask(old)
