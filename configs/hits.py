@@ -97,8 +97,21 @@ def _sim():
   s.galaxy.bulge_frac_beta = (1.2, 3.0)  # B/T ~ Beta(a, b): mostly disk-dominated
 
   s.lightcurves = ml_collections.ConfigDict()
+  # Stellar magnitude prior, shared by every stellar class (RR Lyrae, Cepheids, binaries,
+  # non-variables, asteroids) so that magnitude is no class cue the real sky lacks. With
+  # probability bright_weight uniform in bright_range, otherwise Fig. 1's exponential
+  # star-count law times (1 - erf(m - m_cutoff)) / 2. The paper's prior is bright_weight 0 and
+  # m_cutoff_rrlyrae 21.5: a bright variable then leans RR Lyrae 2.5 to 1, and g < 19.5 held
+  # ~5 % of the stars, where every real labelled HiTS development object lies (non-variables
+  # g 18.3-19.4, RR Lyrae median 18.4, binaries 17.3; issue 12), and where the HiTS RR Lyrae
+  # lie: Medina et al. (2018, ApJ 855, 43) found theirs at heliocentric distances of about 10
+  # to 200 kpc, g ~ 0.6 + 5 log10(d / 10 pc) ~ 15.6 to 22, most within 10-60 kpc (g 15.6-19.5).
+  # Half the stars are drawn uniform in 16-20 (16: near saturation at HiTS's zero points;
+  # the bright half gives ~0.12 of the stars per magnitude there).
   s.lightcurves.m_cutoff = 22.8
-  s.lightcurves.m_cutoff_rrlyrae = 21.5
+  s.lightcurves.m_cutoff_rrlyrae = 22.8  # the paper's 21.5 made magnitude an RR Lyrae cue
+  s.lightcurves.bright_weight = 0.5
+  s.lightcurves.bright_range = (16.0, 20.0)
   s.lightcurves.mag_range = (14.0, 26.0)  # support of Fig. 1's distribution
   s.lightcurves.count_slope_dex = 0.3  # exponential star-count law, d log10 N / dm
   s.lightcurves.ia_fraction = 0.5  # of simulated supernovae
@@ -109,8 +122,57 @@ def _sim():
   s.lightcurves.z_max_ii = 0.4
   s.lightcurves.num_z = 48
   s.lightcurves.phase_step = 1.0  # days, Ia template grid
+  # RR Lyrae (Sesar et al. 2010, SDSS Stripe 82, g band; shapes in lightcurves.py): period
+  # (mean, sd) and clip in days, Bailey relation A_g = a0 + slope (P - <P>) +- scatter for
+  # RRab, uniform A_g for RRc, and the shape parameter q (rise 1/2 - asin(q)/pi of a cycle).
   s.lightcurves.rrc_fraction = 0.25
+  s.lightcurves.rrab_period_d = (0.60, 0.06)
+  s.lightcurves.rrab_period_clip_d = (0.43, 0.85)
+  s.lightcurves.rrab_amp_bailey = (1.0, -3.0, 0.15)
+  s.lightcurves.rrab_amp_clip = (0.5, 1.4)
+  s.lightcurves.rrab_q = (0.85, 0.93)  # rise 0.12-0.18; R21 0.43-0.47, R31 0.24-0.29
+  s.lightcurves.rrc_period_d = (0.32, 0.04)
+  s.lightcurves.rrc_period_clip_d = (0.22, 0.45)
+  s.lightcurves.rrc_amp = (0.3, 0.6)
+  s.lightcurves.rrc_q = (0.25, 0.45)  # rise 0.35-0.42; R21 0.12-0.22
+  # Cepheids (Simon & Lee 1981; Hertzsprung progression, Bono et al. 2000): log10 period (d),
+  # g amplitude, shape q (rise 0.23-0.33) with its dip at 10 d, and the bump (a standstill)
+  # at phase slope (10 - P) after maximum light (clipped), for periods in bump_periods_d.
+  s.lightcurves.cepheid_log_period_d = (0.3, 1.6)
+  s.lightcurves.cepheid_amp = (0.4, 1.2)
+  s.lightcurves.cepheid_q = (0.5, 0.75)
+  s.lightcurves.cepheid_q_dip = 0.6
+  s.lightcurves.cepheid_bump_slope = 0.075
+  s.lightcurves.cepheid_bump_phase_clip = (-0.3, 0.35)
+  s.lightcurves.cepheid_bump_periods_d = (6.0, 16.0)
+  s.lightcurves.cepheid_bump_width = 0.05
+  s.lightcurves.cepheid_bump_strength = 0.8  # < 1: the phase slows to 20 % at the standstill
+  # Eclipsing binaries: contact (W UMa; Rucinski 1993, 1997, 2007) or detached (two spheres).
   s.lightcurves.contact_fraction = 0.5
+  s.lightcurves.contact_log_period_d = (-0.43, 0.1)  # log10 P ~ N: median 0.37 d
+  s.lightcurves.contact_period_clip_d = (0.22, 0.6)
+  s.lightcurves.contact_amp = (0.1, 0.8)  # full amplitude, mag
+  s.lightcurves.contact_a1_over_a2 = (0.0, 0.15)  # primary deeper or equal
+  s.lightcurves.contact_oconnell = (-0.03, 0.03)  # b1 / |a2|: maxima within ~0.02 mag
+  s.lightcurves.detached_log_period_d = (-0.3, 1.3)  # log-uniform 0.5-20 d
+  s.lightcurves.detached_mass_msun = (1.5, 3.0)  # M1 + M2
+  s.lightcurves.detached_radius_rsun = (0.8, 2.0)  # R1
+  s.lightcurves.detached_radius_ratio = (0.5, 1.0)  # R2 / R1
+  s.lightcurves.detached_surface_ratio = (0.2, 1.0)  # J = s2 / s1
+  s.lightcurves.detached_max_fractional_radius = 0.34  # inside the Roche lobe (0.38 at q = 1)
+
+  # Variability selection (lightcurves.detectable_variability), applied to every attempt of
+  # these classes inside the simulator like the transient redraw: an attempt is kept when at
+  # least min_epochs of the epochs of its own sequence window deviate from the median flux by
+  # more than k_sigma sigma, sigma = sqrt((F_lim5 / 5 F)^2 + floor^2) relative to the median
+  # flux F (F_lim5: the epoch's 5-sigma limiting flux; floor: epoch-to-epoch calibration, the
+  # 1.2 % flux scatter of the real constant dev stars, issue 12). An empty tuple turns it off.
+  # Fractions kept: python -m rcnn_jax.lightcurves --config configs/hits.py:cpu.
+  s.variability = ml_collections.ConfigDict()
+  s.variability.classes = ('RRLyrae', 'Cepheid', 'EclipsingBinary')
+  s.variability.min_epochs = 2
+  s.variability.k_sigma = 3.0
+  s.variability.floor = 0.012
   return s
 
 

@@ -85,6 +85,24 @@ def accuracy_by_magnitude(pred, labels, mask, magnitude, edges, steps=(1, 5, 10,
   return out
 
 
+def recall_by_magnitude(pred, labels, mask, magnitude, edges, num_classes, step=20):
+  """[C, bins] recall of each class in magnitude bins at ``step`` (last valid step if shorter),
+  NaN where a class has no object in a bin; with the counts [C, bins]."""
+  edges = np.asarray(edges, float)
+  nb = len(edges) - 1
+  b = np.digitize(magnitude, edges) - 1
+  inside = (b >= 0) & (b < nb) & np.isfinite(magnitude)
+  idx = np.minimum(last_valid_index(mask), step - 1)
+  ok = pred[np.arange(len(pred)), idx] == labels
+  counts = np.zeros((num_classes, nb))
+  hits = np.zeros((num_classes, nb))
+  np.add.at(counts, (labels[inside], b[inside]), 1)
+  np.add.at(hits, (labels[inside], b[inside]), ok[inside])
+  recall = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+  return {'bin_edges': edges.tolist(), 'step': int(step), 'recall': recall.tolist(),
+          'count': counts.astype(int).tolist()}
+
+
 def compute_metrics(logits, labels, mask, magnitude, class_names, magnitude_bins,
                     confusion_step=20):
   """All of Sec. 4's simulated-data metrics from per-step logits [N, T, C]."""
@@ -108,6 +126,9 @@ def compute_metrics(logits, labels, mask, magnitude, class_names, magnitude_bins
       'recall_at_confusion_step': {n: float(conf[c, c]) for c, n in enumerate(class_names)},
       'accuracy_by_magnitude': _nan_to_none(accuracy_by_magnitude(pred, labels, mask,
                                                                   magnitude, magnitude_bins)),
+      'recall_by_magnitude': _nan_to_none(dict(
+          recall_by_magnitude(pred, labels, mask, magnitude, magnitude_bins, k,
+                              confusion_step), class_names=list(class_names))),
   }
 
 

@@ -31,7 +31,7 @@ def _define_flags():
 # Arrays written, in the order of the README (truth after the model inputs).
 FIELDS = ('images', 'time_gaps', 'mask', 'label', 'raw_adu', 'mjd', 'zero_point', 'sky_adu',
           'seeing_arcsec', 'exp_time_s', 'gain', 'source_flux_adu', 'host_flux_adu', 'magnitude',
-          'has_host', 'epoch_valid', 'read_noise_e', 'field', 'ccd')
+          'has_host', 'epoch_valid', 'read_noise_e', 'field', 'ccd', 'redshift')
 
 
 def simulate_to_host(config, num: int, chunk: int = 256, seed_offset: int = 0, progress=True):

@@ -46,6 +46,11 @@ class Simulator:
   poisson: bool = flax.struct.field(pytree_node=False, default=True)
   max_redraws: int = flax.struct.field(pytree_node=False, default=256)
   redraw_batch: int = flax.struct.field(pytree_node=False, default=16)
+  # Variability selection (lightcurves.detectable_variability) of these classes' attempts.
+  variable_ids: tuple = flax.struct.field(pytree_node=False, default=())
+  var_min_epochs: int = flax.struct.field(pytree_node=False, default=2)
+  var_k_sigma: float = flax.struct.field(pytree_node=False, default=3.0)
+  var_floor: float = flax.struct.field(pytree_node=False, default=0.012)
 
   @property
   def num_classes(self) -> int:
@@ -67,6 +72,14 @@ def build_simulator(config) -> Simulator:
   unknown = [c for c in sc.transient_classes if c not in names]
   if unknown:
     raise ValueError(f'config.sim.transient_classes: unknown class {unknown[0]!r}')
+  var = sc.get('variability', None)
+  var_classes = tuple(var.classes) if var is not None else ()
+  unknown = [c for c in var_classes if c not in names or c in sc.transient_classes]
+  if unknown:
+    raise ValueError(f'config.sim.variability.classes: {unknown[0]!r} is not a non-transient '
+                     'class of config.sim.class_names')
+  if var_classes and (var.min_epochs < 1 or var.k_sigma <= 0 or var.floor < 0):
+    raise ValueError('config.sim.variability: min_epochs must be >= 1, k_sigma > 0, floor >= 0')
   if sc.n_w < 1 or sc.max_steps < 1 or sc.pre_detection < 0:
     raise ValueError('config.sim: n_w and max_steps must be >= 1 and pre_detection >= 0')
   surv = survey_lib.build_survey(config.survey, min_epochs=sc.pre_detection + sc.n_w)
@@ -85,7 +98,11 @@ def build_simulator(config) -> Simulator:
       seeing_offset_arcsec=float(sc.psf.get('seeing_offset_arcsec', 0.0)),
       galaxy_config=sc.galaxy.to_dict(),
       poisson=bool(sc.poisson), max_redraws=int(sc.max_redraws),
-      redraw_batch=int(sc.redraw_batch))
+      redraw_batch=int(sc.redraw_batch),
+      variable_ids=tuple(names.index(c) for c in var_classes),
+      var_min_epochs=int(var.min_epochs) if var_classes else 2,
+      var_k_sigma=float(var.k_sigma) if var_classes else 3.0,
+      var_floor=float(var.floor) if var_classes else 0.012)
 
 
 def psf_fwhm_px(seeing_arcsec, sim: Simulator):
@@ -94,15 +111,17 @@ def psf_fwhm_px(seeing_arcsec, sim: Simulator):
                                   sim.seeing_offset_arcsec)
 
 
-def _attempt(key, label, sim: Simulator):
-  """One draw of field, CCD and light curve: (ok, (field, ccd, light-curve key data, start)).
+def _attempt_parts(key, label, sim: Simulator):
+  """One draw of field, CCD and light curve: (window ok, variability ok, outputs).
 
   Transients must be detected with ``pre_detection`` images before; other classes take their
   start (so their N_d) from a transient drawn on the same field, so that N_d follows one
-  distribution for all classes. Only a transient's curve decides acceptance: the object's own
-  (key klc) for a transient, a ghost's (key kg) otherwise. The object's own curve is drawn once,
-  after the redraws, from the accepted attempt's klc: the same curve, without drawing all
-  classes per attempt.
+  distribution for all classes: a transient's curve decides the window, the object's own (key
+  klc) for a transient, a ghost's (key kg) otherwise. The variable classes
+  (``sim.variable_ids``) must in addition vary detectably at the epochs of that window
+  (lightcurves.detectable_variability on their own curve from klc, evaluated at the window's
+  epochs only); other classes pass. The object's own curve is drawn once, after the redraws,
+  from the accepted attempt's klc (the same curve: it depends only on the key and the times).
   """
   surv, lcm = sim.survey, sim.lightcurves
   is_transient = jnp.isin(label, jnp.asarray(sim.transient_ids))
@@ -114,11 +133,37 @@ def _attempt(key, label, sim: Simulator):
       jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
   det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
                                                jax.random.key_data(kg)))
-  det_mag, _ = lightcurves.sample_magnitudes(
+  det_mag, _, _ = lightcurves.sample_magnitudes(
       det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids)
   det = sequences.first_detection(det_mag, surv.limmag5[field], n)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
-  return ok, (field, ccd, jax.random.key_data(klc), start)
+  var_ok = jnp.bool_(True)
+  if sim.variable_ids:
+    idx, valid, _ = sequences.window(start, n, sim.max_steps, sim.n_w)
+    own, _, _ = lightcurves.sample_magnitudes(klc, label, t[idx], n, lcm, sim.variable_ids)
+    detectable = lightcurves.detectable_variability(
+        own, surv.limmag5[field, idx], valid, sim.var_min_epochs, sim.var_k_sigma,
+        sim.var_floor)
+    var_ok = ~jnp.isin(label, jnp.asarray(sim.variable_ids)) | detectable
+  return ok, var_ok, (field, ccd, jax.random.key_data(klc), start)
+
+
+def _attempt(key, label, sim: Simulator):
+  """One draw: (accepted, (field, ccd, light-curve key data, start)); see _attempt_parts."""
+  ok, var_ok, out = _attempt_parts(key, label, sim)
+  return ok & var_ok, out
+
+
+def variability_kept_fraction(key, sim: Simulator, num: int = 2000):
+  """Per variable class: the fraction of attempts with a valid window that the variability
+  selection keeps ({class name: fraction}), from ``num`` attempts per class."""
+  out = {}
+  for c in sim.variable_ids:
+    keys = jax.random.split(jax.random.fold_in(key, c), num)
+    ok, var_ok, _ = jax.jit(jax.vmap(lambda k: _attempt_parts(k, jnp.int32(c), sim)))(keys)
+    ok, var_ok = np.asarray(ok), np.asarray(var_ok)
+    out[sim.class_names[c]] = float(var_ok[ok].mean()) if ok.any() else float('nan')
+  return out
 
 
 def _round(key, label, num, sim: Simulator):
@@ -139,7 +184,8 @@ def _draw_schedules(keys, labels, sim: Simulator):
   (mostly supernovae, 14 % of whose attempts fit in HiTS), gathered into groups of at most an
   eighth of the batch: a vmapped while loop would run every round for the whole batch.
   After ``max_redraws`` attempts an object keeps its last round's first attempt.
-  Returns (field, ccd, magnitudes [E], reference magnitude, start) per object.
+  Returns (field, ccd, magnitudes [E], reference magnitude, start, redshift) per object
+  (redshift NaN for classes without one).
   """
   b = labels.shape[0]
   r1, r2 = sim.redraw_batch, 2 * sim.redraw_batch
@@ -171,10 +217,10 @@ def _draw_schedules(keys, labels, sim: Simulator):
   _, (field, ccd, klc, start), _, _ = jax.lax.while_loop(
       lambda s: pending(s[0], s[3]).any(), body, (ok, out, chain, count))
   surv = sim.survey
-  mag, ref = jax.vmap(lambda k, l, f: lightcurves.sample_magnitudes(
+  mag, ref, z = jax.vmap(lambda k, l, f: lightcurves.sample_magnitudes(
       jax.random.wrap_key_data(k), l, surv.t_days[f], surv.num_epochs[f], sim.lightcurves))(
           klc, labels, field)
-  return field, ccd, mag, ref, start
+  return field, ccd, mag, ref, start, z
 
 
 def _dihedral_tables(size):
@@ -378,9 +424,10 @@ def simulate_indices(key, sim: Simulator, index):
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 6))(index)  # [B, 6]
   labels = (index % sim.num_classes).astype(jnp.int32)
   hosts = assign_hosts(key, index, sim)
-  schedule = _draw_schedules(keys[:, 0], labels, sim)
+  *schedule, redshift = _draw_schedules(keys[:, 0], labels, sim)
   objects = jax.vmap(simulate_object, in_axes=(0, 0, 0, 0, None))(keys, labels, hosts,
-                                                                   schedule, sim)
+                                                                   tuple(schedule), sim)
+  objects['redshift'] = redshift.astype(jnp.float32)  # supernovae; NaN for other classes
   return _observe(_add_hosts(objects, sim), sim)
 
 

@@ -50,3 +50,21 @@ def test_padded_steps_never_count():
   assert acc[0] == 1.0 and np.isnan(acc[1]) and np.isnan(acc[2])
   conf, _ = evaluate.confusion_at_step(pred, labels, mask, 2, 3)
   assert conf[0, 0] == 1.0
+
+
+def test_recall_by_magnitude_on_fixed_predictions():
+  # At step 2: predictions [0, 2, 2, 0, 1]; labels [0, 2, 1, 0, 1]; magnitudes in bins 0, 1, 1,
+  # 1, outside.
+  pred = np.array([[0, 0], [1, 2], [2, 2], [1, 0], [1, 1]])
+  labels = np.array([0, 2, 1, 0, 1])
+  mask = np.ones((5, 2), bool)
+  mag = np.array([18.0, 20.0, 20.5, 19.5, 30.0])
+  r = evaluate.recall_by_magnitude(pred, labels, mask, mag, (17, 19, 21), 3, step=2)
+  assert r['count'] == [[1, 1], [0, 1], [0, 1]]
+  np.testing.assert_allclose(np.asarray(r['recall'], float),
+                             [[1.0, 1.0], [np.nan, 0.0], [np.nan, 1.0]])
+  m = evaluate.compute_metrics(np.eye(3)[pred] * 5.0, labels, mask, mag, ['a', 'b', 'c'],
+                               magnitude_bins=(17, 19, 21), confusion_step=1)
+  # at step 1 object 1 (label 2, predicted 1) is wrong and object 3 (label 0, predicted 1) too
+  assert m['recall_by_magnitude']['recall'] == [[1.0, 0.0], [None, 0.0], [None, 0.0]]
+  assert m['recall_by_magnitude']['class_names'] == ['a', 'b', 'c']

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import hits
+from rcnn_jax import lightcurves
 from rcnn_jax import simulator as sim_lib
 
 B = 70
@@ -165,7 +166,7 @@ def test_redraws_take_the_first_accepted_attempt_in_key_order():
   b = 21
   keys = jax.random.split(jax.random.key(7), b)
   labels = jnp.arange(b, dtype=jnp.int32) % 7
-  field, ccd, _, _, start = jax.device_get(
+  field, ccd, _, _, start, _ = jax.device_get(
       jax.jit(lambda k, l: sim_lib._draw_schedules(k, l, sim))(keys, labels))
   attempts = jax.jit(jax.vmap(lambda k, l: sim_lib._attempt(k, l, sim), (0, None)))
   gave_up = rounds_seen = 0
@@ -184,6 +185,36 @@ def test_redraws_take_the_first_accepted_attempt_in_key_order():
     rounds_seen = max(rounds_seen, rounds)
     assert (field[i], ccd[i], start[i]) == (f[j], c[j], s[j]), i
   assert rounds_seen >= 3 and gave_up >= 1  # the test exercised later rounds and the cap
+
+
+def test_variable_classes_vary_detectably_in_their_window(sim_and_batch):
+  """Every RR Lyrae, Cepheid and binary of a batch passes the variability selection at the
+  epochs of its own sequence (recomputed from the fluxes it was rendered with)."""
+  sim, _, b = sim_and_batch
+  assert sim.variable_ids == tuple(sim.class_names.index(c) for c in
+                                   ('RRLyrae', 'Cepheid', 'EclipsingBinary'))
+  sel = np.isin(b['label'], sim.variable_ids)
+  assert sel.sum() == 3 * B // 7
+  with np.errstate(divide='ignore'):
+    mag = b['zero_point'] - 2.5 * np.log10(b['source_flux_adu'] / b['exp_time_s'])
+  for i in np.flatnonzero(sel):
+    ok = lightcurves.detectable_variability(
+        jnp.asarray(mag[i]), jnp.asarray(b['limmag5'][i]), jnp.asarray(b['epoch_valid'][i]),
+        sim.var_min_epochs, sim.var_k_sigma, sim.var_floor)
+    assert bool(ok), i
+  # and a non-variable star would not pass
+  nv = np.flatnonzero(b['label'] == sim.class_names.index('NonVariable'))[0]
+  assert not bool(lightcurves.detectable_variability(
+      jnp.asarray(mag[nv]), jnp.asarray(b['limmag5'][nv]), jnp.asarray(b['epoch_valid'][nv]),
+      sim.var_min_epochs, sim.var_k_sigma, sim.var_floor))
+
+
+def test_redshift_for_supernovae_only(sim_and_batch):
+  sim, _, b = sim_and_batch
+  assert b['redshift'].shape == (B,) and b['redshift'].dtype == np.float32
+  sn = b['label'] == sim.class_names.index('Supernova')
+  assert np.all((b['redshift'][sn] > 0) & (b['redshift'][sn] <= 0.8))
+  assert np.all(np.isnan(b['redshift'][~sn]))
 
 
 def test_galaxy_class_magnitude_is_its_galaxy(sim_and_batch):

@@ -1,0 +1,216 @@
+"""Light-curve physics on dense time grids, the variability selection and the magnitude prior."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import lightcurves as lc
+
+
+@pytest.fixture(scope='module')
+def model():
+  return lc.build_lightcurve_model(hits.get_config('paper').sim)
+
+
+def _curves(model, name, t, num=200, mean=20.0, seed=0):
+  fn = lc.CURVES[name]
+  keys = jax.random.split(jax.random.key(seed), num)
+  mag, ref, z = jax.jit(jax.vmap(lambda k: fn(k, t, t.shape[0], jnp.float32(mean), model)))(
+      keys)
+  return np.asarray(mag, np.float64), np.asarray(ref), np.asarray(z)
+
+
+def _extrema(m):
+  """Indices of local maxima of light (magnitude minima) and minima of light, interior only."""
+  d = np.sign(np.diff(m))
+  nz = d != 0
+  idx = np.flatnonzero(nz)
+  s = d[nz]
+  turn = np.flatnonzero(s[1:] != s[:-1])
+  pos = idx[turn + 1]
+  bright = pos[s[turn] < 0]  # magnitude stops falling: maximum light
+  faint = pos[s[turn] > 0]
+  return bright, faint
+
+
+def _cycle_stats(t, m):
+  """Per cycle between consecutive maxima of light: (rise fraction, minima of light, length)."""
+  bright, faint = _extrema(m)
+  out = []
+  for a, b in zip(bright[:-1], bright[1:]):
+    inside = faint[(faint > a) & (faint < b)]
+    if len(inside):
+      deepest = inside[np.argmax(m[inside])]
+      out.append(((t[b] - t[deepest]) / (t[b] - t[a]), len(inside), t[b] - t[a]))
+  return np.array(out)
+
+
+def test_pulsation_shape_rise_and_single_minimum():
+  phase = np.linspace(-0.5, 3.5, 40001)
+  for q in (0.3, 0.6, 0.9):
+    m = np.asarray(lc.pulsation_shape(jnp.asarray(phase), q), np.float64)
+    np.testing.assert_allclose([m.min(), m.max()], [-0.5, 0.5], atol=1e-4)
+    assert abs(m[5000] + 0.5) < 1e-4  # maximum light at phase 0
+    st = _cycle_stats(phase, m)
+    assert len(st) == 3 and np.all(st[:, 1] == 1)
+    np.testing.assert_allclose(st[:, 0], lc.pulsation_rise_fraction(q), atol=2e-3)
+
+
+def test_rr_lyrae_rise_and_one_minimum_per_cycle(model):
+  t = jnp.linspace(0.0, 3.0, 30001)
+  mag, ref, z = _curves(model, 'RRLyrae', t)
+  assert np.all(np.isnan(z)) and np.all(ref == 20.0)
+  rises, lengths, is_c = [], [], []
+  for m in mag:
+    st = _cycle_stats(np.asarray(t), m)
+    assert len(st) >= 2
+    assert np.all(st[:, 1] == 1)  # one minimum per cycle
+    rises.append(np.median(st[:, 0]))
+    lengths.append(np.median(st[:, 2]))
+    is_c.append(rises[-1] > 0.25)
+  rises, lengths, is_c = map(np.array, (rises, lengths, is_c))
+  # RRab rise in ~0.12-0.18 of a cycle, RRc (near sinusoidal) in 0.35-0.42.
+  assert np.all((rises[~is_c] > 0.10) & (rises[~is_c] < 0.20))
+  assert np.all((rises[is_c] > 0.33) & (rises[is_c] < 0.45))
+  assert 0.15 < is_c.mean() < 0.35  # rrc_fraction 0.25
+  assert 0.55 < np.median(lengths[~is_c]) < 0.65 and 0.28 < np.median(lengths[is_c]) < 0.36
+  amp = np.ptp(mag, 1)
+  assert 0.8 < np.median(amp[~is_c]) < 1.2 and np.all(amp[is_c] < 0.61)
+
+
+def test_cepheid_rise_one_minimum_and_standstill(model):
+  t = jnp.linspace(0.0, 200.0, 40001)
+  mag, _, _ = _curves(model, 'Cepheid', t, num=150)
+  rises, periods = [], []
+  for m in mag:
+    st = _cycle_stats(np.asarray(t), m)
+    assert len(st) >= 2
+    assert np.all(st[:, 1] == 1)  # the bump is a standstill: it adds no minimum
+    rises.append(np.median(st[:, 0]))
+    periods.append(np.median(st[:, 2]))
+  rises, periods = np.array(rises), np.array(periods)
+  away = (periods < 7.0) | (periods > 16.0)
+  assert away.sum() > 50
+  assert 0.2 < np.median(rises[away]) < 0.36  # rise ~0.3 of a cycle at most periods
+  assert np.all(rises < 0.5)
+
+
+def test_standstill_is_monotone_and_slowest_at_its_centre():
+  phase = np.linspace(0.0, 2.0, 20001)
+  psi = np.asarray(lc._standstill_phase(jnp.asarray(phase), 0.3, 0.05, 0.8), np.float64)
+  rate = np.diff(psi) / np.diff(phase)
+  assert np.all(rate > 0)
+  np.testing.assert_allclose(psi[-1] - psi[0], 2.0, atol=1e-4)
+  slow = phase[np.argmin(rate[:10000])]
+  assert abs(slow - 0.3) < 0.005 and rate.min() < 0.3 * np.median(rate)
+
+
+def test_contact_binaries_two_minima_primary_deeper_equal_maxima(model):
+  t = np.linspace(0.0, 3.0, 30001)
+  mag, ref, _ = _curves(model, 'EclipsingBinary', jnp.asarray(t), num=200)
+  contact = np.mean(mag == 20.0, 1) < 0.01  # detached ones are flat outside eclipse
+  assert 0.3 < contact.mean() < 0.7  # contact_fraction 0.5
+  for m in mag[contact]:
+    bright, faint = _extrema(m)
+    assert len(faint) >= 8
+    # two minima per orbit: minima alternate with maxima, the orbit spans two of each
+    order = np.sort(np.concatenate([bright, faint]))
+    kinds = np.isin(order, faint)
+    assert np.all(kinds[1:] != kinds[:-1])
+    depth = m[faint]
+    # alternate minima: one set (the primary) deeper or equal
+    even, odd = depth[0::2], depth[1::2]
+    n = min(len(even), len(odd))
+    diff = even[:n] - odd[:n]
+    assert np.all(diff >= -1e-6) or np.all(diff <= 1e-6)
+    maxima = m[bright]
+    assert np.ptp(maxima) < 0.05  # near-equal maxima (small O'Connell effect)
+    assert 0.08 < np.ptp(m) < 0.9
+    # orbital period within 0.22-0.6 d: four extrema of light-minimum kind every two orbits
+    orbit = 2 * np.median(np.diff(t[faint]))
+    assert 0.2 < orbit < 0.62
+
+
+def test_detached_flat_outside_eclipse_and_width_from_geometry():
+  phase = np.linspace(-0.5, 0.5, 200001)
+  for r1, r2, cos_i, j in ((0.15, 0.1, 0.05, 0.5), (0.05, 0.04, 0.0, 0.9),
+                           (0.2, 0.2, 0.3, 1.0)):
+    f = np.asarray(lc.detached_flux(jnp.asarray(phase), r1, r2, cos_i, j), np.float64)
+    w = lc.eclipse_half_width(r1, r2, cos_i)
+    primary = np.abs(phase) < 0.25
+    ecl = primary & (f < 1.0 - 1e-7)
+    measured = (phase[ecl].max() - phase[ecl].min()) / 2
+    np.testing.assert_allclose(measured, w, rtol=0.01, atol=2e-5)
+    assert np.all(f[np.abs(phase) > w + 1e-4][np.abs(phase[np.abs(phase) > w + 1e-4]) < 0.5
+                                              - w - 1e-4] == 1.0)
+    total = np.pi * (r1**2 + j * r2**2)
+    if cos_i == 0.0 and r2 < r1:  # central transit of star 2 over star 1
+      np.testing.assert_allclose(1 - f.min(), np.pi * r2**2 / total, rtol=1e-3)
+  # Sampled detached binaries: exactly flat (the sampled magnitude) most of the time.
+  config = hits.get_config('paper')
+  config.sim.lightcurves.contact_fraction = 0.0
+  m = lc.build_lightcurve_model(config.sim)
+  mag, ref, _ = _curves(m, 'EclipsingBinary', jnp.linspace(0.0, 40.0, 40001), num=100)
+  flat = np.mean(mag == 20.0, 1)
+  assert np.median(flat) > 0.8 and np.all(mag >= 20.0 - 1e-4), mag.min()
+  assert np.all(ref == 20.0)
+
+
+def test_variability_selection_rejects_constant_keeps_large_amplitude():
+  e = 22
+  valid = jnp.arange(e) < 18
+  lim = jnp.full((e,), 23.5)
+  args = (lim, valid, 2, 3.0, 0.012)
+  const = jnp.full((e,), 19.0)
+  assert not bool(lc.detectable_variability(const, *args))
+  big = 19.0 + 0.5 * jnp.sin(jnp.arange(e) * 1.3)
+  assert bool(lc.detectable_variability(big, *args))
+  # +-1 % about the median: within 3 sigma of the 1.2 % floor (deviations <= 2 %).
+  small = 19.0 + 0.01 * jnp.sign(jnp.sin(jnp.arange(e) * 1.3))
+  assert not bool(lc.detectable_variability(small, *args))
+  # A large amplitude near the limiting magnitude is lost in the noise.
+  faint = 23.3 + 0.3 * jnp.sin(jnp.arange(e) * 1.3)
+  assert not bool(lc.detectable_variability(faint, *args))
+  # Deviations only in padded epochs do not count.
+  pad = const.at[19:].set(17.0)
+  assert not bool(lc.detectable_variability(pad, *args))
+
+
+def test_shared_stellar_prior_covers_bright_magnitudes(model):
+  config = hits.get_config('paper')
+  np.testing.assert_array_equal(np.asarray(model.mag_icdf[0]), np.asarray(model.mag_icdf[1]))
+  q = np.asarray(model.mag_icdf[0])
+  u = np.linspace(0, 1, q.size)
+  frac = lambda lo, hi: np.interp(hi, q, u) - np.interp(lo, q, u)
+  w = config.sim.lightcurves.bright_weight
+  lo, hi = config.sim.lightcurves.bright_range
+  assert frac(lo, hi) >= w  # the uniform part alone puts w there
+  assert frac(17.0, 19.5) > 0.3
+  # The paper's prior (bright_weight 0) had few bright stars.
+  config.sim.lightcurves.bright_weight = 0.0
+  paper = np.asarray(lc.build_lightcurve_model(config.sim).mag_icdf[0])
+  assert np.interp(19.5, paper, u) - np.interp(17.0, paper, u) < 0.1
+
+
+def test_unknown_class_and_bad_prior_are_clear_errors():
+  config = hits.get_config('paper')
+  config.sim.class_names = tuple(config.sim.class_names) + ('Mira',)
+  with pytest.raises(ValueError, match='no light-curve model'):
+    lc.build_lightcurve_model(config.sim)
+  config = hits.get_config('paper')
+  config.sim.lightcurves.bright_weight = 1.5
+  with pytest.raises(ValueError, match='bright_weight'):
+    lc.build_lightcurve_model(config.sim)
+
+
+def test_subset_and_window_give_the_same_curve(model):
+  """A class's curve depends only on (key, class, times): what the variability selection
+  evaluates at the window's epochs is what the object gets."""
+  t = jnp.linspace(0.0, 30.0, 40)
+  key = jax.random.key(5)
+  for c in (1, 2, 3):
+    full, _, _ = lc.sample_magnitudes(key, c, t, 40, model)
+    sub, _, _ = lc.sample_magnitudes(key, c, t[7:29], 40, model, (1, 2, 3))
+    np.testing.assert_allclose(np.asarray(sub), np.asarray(full)[7:29], rtol=1e-6)
