@@ -9,10 +9,14 @@ epochs with seeing at most ``config.survey.max_seeing_arcsec`` (the epochs train
   bright epochs (peak > realism.MIN_PEAK_SIGMA sigma) of the fitted centre (robust std per axis,
   ``astropy.stats.mad_std``, rms of the two axes) and of the flux relative to its median. Each
   real star has two simulated twins at its epochs, conditions and median centre: one with
-  noise only (no registration or calibration error) and one with the configured
-  ``sim.astrometry.centroid_jitter_px`` and ``sim.calibration.zero_point_rms``. The real
-  errors are estimated as sqrt(median(real^2) - median(noise-only^2)) over stars, with a
-  bootstrap over stars; configs/hits.py's defaults come from these.
+  noise only (no registration or calibration error, a fixed centre) and one with the configured
+  ``sim.astrometry`` (per-epoch uniform sub-pixel centres when ``subpixel_per_epoch``, plus
+  ``centroid_jitter_px``) and ``sim.calibration.zero_point_rms``. The real errors are
+  estimated as sqrt(median(real^2) - median(noise-only^2)) over stars (flux; centroid for a
+  fixed centre) and, for per-epoch sub-pixel centres, as sqrt(pooled variance of the real
+  centres - 1/12 - noise variance); uncertainties by a bootstrap over stars. The pooled
+  kurtosis of the centres tells a uniform (-1.2) from a Gaussian (0). configs/hits.py's
+  defaults come from these.
 * Variables (``variable_stats``): for each real RR Lyrae and eclipsing binary of the labelled
   development set, the light curve (epoch magnitudes) and ``num_sim`` simulated curves of the
   same class drawn by the simulator's light-curve model at the real epochs' times, shifted to
@@ -303,9 +307,10 @@ def plot_scatter_and_variables(rows, cal, var_stats, path):
       ax.plot(mags, [r[who][j] for r in rows], mk, color=col, ls='', label=name)
     ax.set(xlabel='g (aperture)', ylabel=lab)
     ax.legend(fontsize=8)
-  axes[0, 0].set_title(f'(a) constant stars: centroid scatter; jitter estimate '
-                       f'{cal["centroid_jitter_px_per_epoch_subpixel"]:.3f} px (per-epoch '
-                       f'sub-pixel), {cal["centroid_jitter_px"]:.3f} (fixed)', fontsize=9)
+  axes[0, 0].set_title(f'(a) centroid scatter of constant stars; jitter '
+                       f'{cal["centroid_jitter_px_per_epoch_subpixel"]:.3f} px\n(with per-epoch '
+                       f'sub-pixel centres; {cal["centroid_jitter_px"]:.3f} px for a fixed one)',
+                       fontsize=10)
   axes[0, 1].set_title(f'(b) flux scatter; zero-point rms estimate {cal["zero_point_rms"]:.4f}')
   ax = axes[0, 2]
   for who, col, _, name in styles:

@@ -18,7 +18,13 @@ typical HiTS gain, read noise and saturation. Both are then measured the same wa
 * peak-to-flux: brightest central pixel over the aperture flux (8 px radius).
 
 Writes ``realism.png`` (stamps, pixel distribution, noise, FWHM, peak-to-flux) and
-``realism.json`` (summary statistics). Nothing in the comparison is fitted to make the two agree;
+``realism.json`` (summary statistics). ``lcstats`` adds, into ``scatter.png`` and
+realism.json's ``jitter_calibration`` / ``constant_star_scatter``, the epoch-to-epoch centroid
+and flux scatter of these stars against simulated twins without and with the configured
+registration and calibration errors (which it measures), and with ``--variables
+../shared/data/hits2015/real_labelled_dev`` the light-curve statistics (amplitude, skewness,
+faint-epoch fraction) of real and simulated RR Lyrae and eclipsing binaries
+(``variable_stats``). Nothing in the comparison is fitted to make the two agree;
 the PSF model itself is calibrated on the same stars by
 
     python -m rcnn_jax.realism --calibrate --data ../shared/data/hits2015/real_nonvariable_dev
@@ -871,7 +877,8 @@ def run(paths, out_dir, config, camera_path=None, seed=None, plot=True, progress
   summary['jitter_calibration']['configured'] = {
       'centroid_jitter_px': float(config.sim.astrometry.centroid_jitter_px),
       'zero_point_rms': float(config.sim.calibration.zero_point_rms)}
-  summary['constant_star_scatter'] = rows
+  summary['constant_star_scatter'] = [{k: v for k, v in r.items() if not k.endswith('_offsets')}
+                                      for r in rows]
   var_stats = {}
   if variables_dir:
     var_stats = lcstats.variable_stats(variables_dir, jax.random.fold_in(key, 2_000_000),
@@ -908,8 +915,12 @@ def main(argv):
     raise utils.UserError(str(e)) from None
   print(format_table(summary))
   j = summary['jitter_calibration']
-  print(f'constant stars ({j["num_stars"]}): centroid jitter {j["centroid_jitter_px"]:.3f} +- '
-        f'{j["centroid_jitter_px_bootstrap_std"]:.3f} px, zero-point rms '
+  print(f'constant stars ({j["num_stars"]}): registration jitter '
+        f'{j["centroid_jitter_px_per_epoch_subpixel"]:.3f} +- '
+        f'{j["centroid_jitter_px_per_epoch_subpixel_bootstrap_std"]:.3f} px with per-epoch '
+        f'sub-pixel centres (centre kurtosis real {j["centre_offset_kurtosis"]["real"]:.2f}, '
+        f'model {j["centre_offset_kurtosis"]["model"]:.2f}), {j["centroid_jitter_px"]:.3f} +- '
+        f'{j["centroid_jitter_px_bootstrap_std"]:.3f} px with a fixed one; zero-point rms '
         f'{j["zero_point_rms"]:.4f} +- {j["zero_point_rms_bootstrap_std"]:.4f} (configured '
         f'{j["configured"]["centroid_jitter_px"]:g}, {j["configured"]["zero_point_rms"]:g}); '
         f'median scatter real/noise/model: centroid ' + '/'.join(
