@@ -18,7 +18,13 @@ typical HiTS gain, read noise and saturation. Both are then measured the same wa
 * peak-to-flux: brightest central pixel over the aperture flux (8 px radius).
 
 Writes ``realism.png`` (stamps, pixel distribution, noise, FWHM, peak-to-flux) and
-``realism.json`` (summary statistics). Nothing in the comparison is fitted to make the two agree;
+``realism.json`` (summary statistics). ``lcstats`` adds, into ``scatter.png`` and
+realism.json's ``jitter_calibration`` / ``constant_star_scatter``, the epoch-to-epoch centroid
+and flux scatter of these stars against simulated twins without and with the configured
+registration and calibration errors (which it measures), and with ``--variables
+../shared/data/hits2015/real_labelled_dev`` the light-curve statistics (amplitude, skewness,
+faint-epoch fraction) of real and simulated RR Lyrae and eclipsing binaries
+(``variable_stats``). Nothing in the comparison is fitted to make the two agree;
 the PSF model itself is calibrated on the same stars by
 
     python -m rcnn_jax.realism --calibrate --data ../shared/data/hits2015/real_nonvariable_dev
@@ -62,7 +68,7 @@ SUMMARY_KEYS = ('num_objects', 'num_epochs', 'num_epochs_fwhm', 'num_seeing_fall
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _CONFIG, _DATA, _OUT, _CAMERA, _SEED, _CALIBRATE
+  global _CONFIG, _DATA, _OUT, _CAMERA, _SEED, _CALIBRATE, _VARIABLES, _NUM_SIM
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   _CONFIG = config_flags.DEFINE_config_file('config', 'configs/hits.py', 'Config file.',
@@ -75,6 +81,10 @@ def _define_flags():
   _CALIBRATE = flags.DEFINE_bool('calibrate', False, 'Fit the PSF (Moffat beta, FWHM vs table '
                                  'seeing) on the real stamps and write psf_calibration.json '
                                  'instead of the comparison.')
+  _VARIABLES = flags.DEFINE_string('variables', None, 'Folder with RRLyrae/ and '
+                                   'EclipsingBinary/ real sequences (real_labelled_dev): '
+                                   'light-curve statistics, real against simulated.')
+  _NUM_SIM = flags.DEFINE_integer('num_sim', 10, 'Simulated curves per real variable.')
 
 
 # --------------------------------------------------------------------------- measurements
@@ -594,7 +604,8 @@ def compare_sequence(seq: realdata.RealSequence, exp_time_s, key, config, camera
   return dict(name=seq.name, mag=mag, sky=sky, zero_point=zp, exp_time_s=np.asarray(exp_time_s),
               seeing=seeing_used, seeing_known=known, sigma=sigma,
               real_stamps=real_d, sim_stamps=sim_d, model_fwhm_px=model_fwhm,
-              real=real, sim=sim, real_mag_epoch=mag_epoch, sim_mag_epoch=sim_mag_epoch)
+              real=real, sim=sim, real_mag_epoch=mag_epoch, sim_mag_epoch=sim_mag_epoch,
+              fwhm_px=fwhm_px, ap_frac=ap_frac)
 
 
 # --------------------------------------------------------------------------- summary
@@ -812,8 +823,16 @@ def plot_realism(records, summary, path, num_objects=4, num_epochs=4):
 # --------------------------------------------------------------------------- command
 
 
-def run(paths, out_dir, config, camera_path=None, seed=None, plot=True, progress=True):
-  """Compares every real sequence in ``paths`` with its simulated twin; writes JSON (+ PNG)."""
+def run(paths, out_dir, config, camera_path=None, seed=None, plot=True, progress=True,
+        variables_dir=None, num_sim=10):
+  """Compares every real sequence in ``paths`` with its simulated twin; writes JSON (+ PNG).
+
+  Also measures the epoch-to-epoch centroid and flux scatter of the (constant) stars against
+  their simulated twins (``lcstats``: 'jitter_calibration' in realism.json) and, with
+  ``variables_dir``, the light-curve statistics of real and simulated variables; both go into
+  ``scatter.png``.
+  """
+  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
   files = realdata.expand_inputs(paths)
   camera = camera_params(config, camera_path)
   bank = None
@@ -852,10 +871,26 @@ def run(paths, out_dir, config, camera_path=None, seed=None, plot=True, progress
       'ratios': 'median over epochs of the per-epoch ratio real / sim',
   }
   summary = summarize(records, settings)
+  rows = [lcstats.twin_scatter(r, jax.random.fold_in(key, 1_000_000 + i), config, camera, bank,
+                               pad_to) for i, r in enumerate(records)]
+  summary['jitter_calibration'] = lcstats.calibrate_jitter(rows)
+  summary['jitter_calibration']['configured'] = {
+      'centroid_jitter_px': float(config.sim.astrometry.centroid_jitter_px),
+      'zero_point_rms': float(config.sim.calibration.zero_point_rms)}
+  summary['constant_star_scatter'] = [{k: v for k, v in r.items() if not k.endswith('_offsets')}
+                                      for r in rows]
+  var_stats = {}
+  if variables_dir:
+    var_stats = lcstats.variable_stats(variables_dir, jax.random.fold_in(key, 2_000_000),
+                                       config, camera, bank, num_sim, progress)
+    summary['variable_stats'] = lcstats.summarize_variables(var_stats)
+    summary['variable_stats_raw'] = var_stats
   os.makedirs(out_dir, exist_ok=True)
   utils.write_json(os.path.join(out_dir, 'realism.json'), summary)
   if plot:
     plot_realism(records, summary, os.path.join(out_dir, 'realism.png'))
+    lcstats.plot_scatter_and_variables(rows, summary['jitter_calibration'], var_stats,
+                                       os.path.join(out_dir, 'scatter.png'))
   return summary, records
 
 
@@ -874,10 +909,27 @@ def main(argv):
     print(f'wrote {path}')
     return
   try:
-    summary, _ = run(_DATA.value, _OUT.value, _CONFIG.value, _CAMERA.value, _SEED.value)
+    summary, _ = run(_DATA.value, _OUT.value, _CONFIG.value, _CAMERA.value, _SEED.value,
+                     variables_dir=_VARIABLES.value, num_sim=_NUM_SIM.value)
   except realdata.BadInput as e:
     raise utils.UserError(str(e)) from None
   print(format_table(summary))
+  j = summary['jitter_calibration']
+  print(f'constant stars ({j["num_stars"]}): registration jitter '
+        f'{j["centroid_jitter_px_per_epoch_subpixel"]:.3f} +- '
+        f'{j["centroid_jitter_px_per_epoch_subpixel_bootstrap_std"]:.3f} px with per-epoch '
+        f'sub-pixel centres (centre kurtosis real {j["centre_offset_kurtosis"]["real"]:.2f}, '
+        f'model {j["centre_offset_kurtosis"]["model"]:.2f}), {j["centroid_jitter_px"]:.3f} +- '
+        f'{j["centroid_jitter_px_bootstrap_std"]:.3f} px with a fixed one; zero-point rms '
+        f'{j["zero_point_rms"]:.4f} +- {j["zero_point_rms_bootstrap_std"]:.4f} (configured '
+        f'{j["configured"]["centroid_jitter_px"]:g}, {j["configured"]["zero_point_rms"]:g}); '
+        f'median scatter real/noise/model: centroid ' + '/'.join(
+            f'{v:.3f}' for v in j['median_centroid_scatter_px'].values()) + ' px, flux ' +
+        '/'.join(f'{v:.4f}' for v in j['median_flux_scatter'].values()))
+  for cls, d in summary.get('variable_stats', {}).items():
+    print(cls + ': ' + '; '.join(f'{n} real {v["real_16_50_84"][1]:.3f} sim '
+                                 f'{v["sim_16_50_84"][1]:.3f} (KS p {v["ks_pvalue"]:.2f})'
+                                 for n, v in d.items() if isinstance(v, dict)))
   print(f'wrote {os.path.join(_OUT.value, "realism.json")} and '
         f'{os.path.join(_OUT.value, "realism.png")}')
 

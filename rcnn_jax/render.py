@@ -249,12 +249,95 @@ def sample_galaxy(key, galaxy_config, pixel_scale) -> GalaxyParams:
   log_r = (np.log10(c['r_disk_arcsec_at_19']) + c['size_mag_slope'] * (mag - 19.0)
            + c['r_disk_scatter_dex'] * jax.random.normal(k[1]))
   r_disk = jnp.clip(10.0**log_r, *c['r_disk_clip_arcsec']) / pixel_scale
-  r_bulge = r_disk * c['bulge_to_disk_radius'] * 10.0**(0.15 * jax.random.normal(k[2]))
+  return _galaxy_shape(k, mag, r_disk, c)
+
+
+def _galaxy_shape(k, mag, r_disk_px, c) -> GalaxyParams:
+  """Bulge, axis ratios, angle and B/T of a galaxy of given magnitude and disk radius; k [7]."""
+  r_bulge = r_disk_px * c['bulge_to_disk_radius'] * 10.0**(0.15 * jax.random.normal(k[2]))
   q_disk = jax.random.uniform(k[3], minval=c['q_disk_range'][0], maxval=c['q_disk_range'][1])
   q_bulge = jax.random.uniform(k[4], minval=c['q_bulge_range'][0], maxval=c['q_bulge_range'][1])
   angle = jax.random.uniform(k[5], minval=0.0, maxval=np.pi)
   bulge_frac = jnp.interp(jax.random.uniform(k[6]), *_beta_icdf(*c['bulge_frac_beta']))
-  return GalaxyParams(mag, r_disk, jnp.maximum(r_bulge, 0.3), q_disk, q_bulge, angle, bulge_frac)
+  return GalaxyParams(mag, r_disk_px, jnp.maximum(r_bulge, 0.3), q_disk, q_bulge, angle,
+                      bulge_frac)
+
+
+@flax.struct.dataclass
+class HostTables:
+  """Host-side tables for ``sample_host_at_redshift`` (pytree leaves)."""
+  z: jnp.ndarray              # [Z] redshift grid
+  dist_mod: jnp.ndarray       # [Z] Planck18 distance modulus
+  arcsec_per_kpc: jnp.ndarray  # [Z] 1 / (angular-diameter distance in kpc per arcsec)
+  lum_icdf: jnp.ndarray       # [Q] L / L* at uniform quantiles (luminosity-weighted Schechter)
+  mstar: jnp.ndarray          # scalar: M* (g) for Planck18's h
+
+
+def build_host_tables(galaxy_config) -> HostTables:
+  """Planck18 distances on a redshift grid and the host luminosity inverse CDF (host side).
+
+  Distances: astropy's Planck18 (Planck Collaboration 2020, VI, Table 2). Luminosities: a
+  Schechter function (Blanton et al. 2003) weighted by L (the SN rate of a galaxy taken as
+  proportional to its luminosity), p(L) ~ L^(alpha + 1) exp(-L / L*): a Gamma(alpha + 2)
+  law in L / L*, truncated to ``host_lum_range``.
+  """
+  from astropy import cosmology  # pylint: disable=g-import-not-at-top
+  c = galaxy_config
+  cosmo = cosmology.Planck18
+  lo, hi, num = c['host_z_grid']
+  if not 0.0 < lo < hi or int(num) < 2:
+    raise ValueError('config.sim.galaxy.host_z_grid must be (min > 0, max > min, num >= 2)')
+  z = np.linspace(float(lo), float(hi), int(num))
+  mu = cosmo.distmod(z).value
+  arcsec_per_kpc = cosmo.arcsec_per_kpc_proper(z).value
+  a = float(c['host_schechter_alpha']) + 2.0
+  if a <= 0:
+    raise ValueError('config.sim.galaxy.host_schechter_alpha must be > -2')
+  l_lo, l_hi = (float(v) for v in c['host_lum_range'])
+  p_lo, p_hi = special.gammainc(a, l_lo), special.gammainc(a, l_hi)
+  q = np.linspace(0.0, 1.0, 2049)
+  lum = special.gammaincinv(a, p_lo + q * (p_hi - p_lo))
+  mstar = float(c['host_schechter_mstar_5logh']) + 5.0 * np.log10(cosmo.h)
+  f = lambda x: jnp.asarray(x, jnp.float32)
+  return HostTables(f(z), f(mu), f(arcsec_per_kpc), f(lum), f(mstar))
+
+
+def host_half_light_kpc(abs_mag_g, c):
+  """Median half-light radius (kpc) of a late-type galaxy of absolute g magnitude, and the
+  scatter of ln R: Shen et al. (2003, MNRAS 343, 978) eq. 18 and Table 1 (SDSS r band)."""
+  m = abs_mag_g - c['host_g_minus_r']
+  a, b, g, m0 = (c[k] for k in ('host_size_alpha', 'host_size_beta', 'host_size_gamma',
+                                'host_size_m0'))
+  log_r = -0.4 * a * m + (b - a) * jnp.log10(1.0 + 10.0**(-0.4 * (m - m0))) + g
+  s1, s2 = c['host_size_sigma_ln']
+  sigma_ln = s2 + (s1 - s2) / (1.0 + 10.0**(-0.8 * (m - m0)))
+  return 10.0**log_r, sigma_ln
+
+
+def sample_host_at_redshift(key, z, galaxy_config, tables: HostTables,
+                            pixel_scale) -> GalaxyParams:
+  """A supernova's host at redshift ``z``: magnitude and size given z, shape as sample_galaxy.
+
+  M_g from the luminosity-weighted Schechter function (``build_host_tables``); apparent
+  m = M + mu(z) + K(z) with K(z) = host_kcorr_per_z z; half-light radius from the Shen et al.
+  size-luminosity relation with its log-normal scatter, in arcsec through the angular-diameter
+  distance, so a host of given luminosity shrinks with redshift (out to z ~ 1.6).
+  """
+  c = galaxy_config
+  k = jax.random.split(key, 7)
+  lum = _from_quantiles(jax.random.uniform(k[0]), tables.lum_icdf)
+  abs_mag = tables.mstar - 2.5 * jnp.log10(lum)
+  mu = jnp.interp(z, tables.z, tables.dist_mod)
+  mag = abs_mag + mu + c['host_kcorr_per_z'] * z
+  r_kpc, sigma_ln = host_half_light_kpc(abs_mag, c)
+  r_kpc = r_kpc * jnp.exp(sigma_ln * jax.random.normal(k[1]))
+  r_arcsec = r_kpc * jnp.interp(z, tables.z, tables.arcsec_per_kpc)
+  r_disk = jnp.clip(r_arcsec, *c['host_r_clip_arcsec']) / pixel_scale
+  return _galaxy_shape(k, mag, r_disk, c)
+
+
+def _from_quantiles(u, icdf):
+  return jnp.interp(u, jnp.linspace(0.0, 1.0, icdf.shape[-1]), icdf)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,6 +30,7 @@ class Simulator:
   lightcurves: Any
   psf_bank: Any
   host_fraction: jnp.ndarray  # [num_classes]
+  host_tables: Any = None  # render.HostTables: supernova hosts given their redshift
   class_names: tuple = flax.struct.field(pytree_node=False, default=())
   stamp_size: int = flax.struct.field(pytree_node=False, default=21)
   n_w: int = flax.struct.field(pytree_node=False, default=3)
@@ -51,6 +52,10 @@ class Simulator:
   var_min_epochs: int = flax.struct.field(pytree_node=False, default=2)
   var_k_sigma: float = flax.struct.field(pytree_node=False, default=3.0)
   var_floor: float = flax.struct.field(pytree_node=False, default=0.012)
+  # Per-epoch registration (px per axis) and calibration (fractional flux) errors.
+  centroid_jitter_px: float = flax.struct.field(pytree_node=False, default=0.0)
+  subpixel_per_epoch: bool = flax.struct.field(pytree_node=False, default=False)
+  zero_point_rms: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @property
   def num_classes(self) -> int:
@@ -86,9 +91,15 @@ def build_simulator(config) -> Simulator:
   host = [sc.host_fraction_supernova if n == 'Supernova' else
           1.0 if n == 'Galaxy' else sc.host_fraction_other for n in names]
   bank = render.load_psf_bank(sc.psf.bank_path) if sc.psf.kind == 'bank' else None
+  jitter = float(sc.astrometry.centroid_jitter_px) if 'astrometry' in sc else 0.0
+  zp_rms = float(sc.calibration.zero_point_rms) if 'calibration' in sc else 0.0
+  if jitter < 0 or zp_rms < 0:
+    raise ValueError('config.sim.astrometry.centroid_jitter_px and '
+                     'config.sim.calibration.zero_point_rms must be >= 0')
+  tables = (render.build_host_tables(sc.galaxy) if 'host_z_grid' in sc.galaxy else None)
   return Simulator(
       survey=surv, lightcurves=lightcurves.build_lightcurve_model(sc), psf_bank=bank,
-      host_fraction=jnp.asarray(host, jnp.float32), class_names=names,
+      host_fraction=jnp.asarray(host, jnp.float32), host_tables=tables, class_names=names,
       stamp_size=int(sc.stamp_size), n_w=int(sc.n_w), max_steps=int(sc.max_steps),
       pre_detection=int(sc.pre_detection),
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
@@ -102,7 +113,10 @@ def build_simulator(config) -> Simulator:
       variable_ids=tuple(names.index(c) for c in var_classes),
       var_min_epochs=int(var.min_epochs) if var_classes else 2,
       var_k_sigma=float(var.k_sigma) if var_classes else 3.0,
-      var_floor=float(var.floor) if var_classes else 0.012)
+      var_floor=float(var.floor) if var_classes else 0.012,
+      centroid_jitter_px=jitter, zero_point_rms=zp_rms,
+      subpixel_per_epoch=bool(sc.astrometry.get('subpixel_per_epoch', False))
+      if 'astrometry' in sc else False)
 
 
 def psf_fwhm_px(seeing_arcsec, sim: Simulator):
@@ -243,6 +257,10 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   ``keys`` [6] are the object's subkeys, ``schedule`` its ``_draw_schedules`` row. The host
   galaxy (when ``has_host``) is drawn and rendered by ``_add_hosts`` for the batch's hosts only;
   noise (and, for a bank PSF, a symmetry of the square) is applied at batch level too.
+  Each epoch's centre is the object's sub-pixel centre (with ``subpixel_per_epoch``, one drawn
+  per epoch, uniform in the pixel, as for stamps cut at the nearest pixel of each epoch's
+  position) plus a registration error N(0, centroid_jitter_px^2) per axis, and its astrophysical flux is scaled by a calibration
+  error exp(N(0, zero_point_rms^2)); the table zero point (used by eq. 4) stays as it is.
   """
   surv = sim.survey
   _, k_gal, k_off, k_ctr, k_noise, k_rot = keys
@@ -260,15 +278,27 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   saturation = surv.saturation_adu[ccd]
   fwhm_px = psf_fwhm_px(seeing, sim)
   dx, dy = jax.random.uniform(k_ctr, (2,), minval=-0.5, maxval=0.5)
+  e = idx.shape[0]
+  jitter = (sim.centroid_jitter_px * jax.random.normal(jax.random.fold_in(k_ctr, 1), (e, 2))
+            if sim.centroid_jitter_px > 0 else jnp.zeros((e, 2)))
+  if sim.subpixel_per_epoch:
+    base = jax.random.uniform(jax.random.fold_in(k_ctr, 3), (e, 2), minval=-0.5, maxval=0.5)
+  else:
+    base = jnp.broadcast_to(jnp.stack([dx, dy]), (e, 2))
+  cx, cy = base[:, 0] + jitter[:, 0], base[:, 1] + jitter[:, 1]
+  factor = (jnp.exp(sim.zero_point_rms * jax.random.normal(jax.random.fold_in(k_ctr, 2), (e,)))
+            if sim.zero_point_rms > 0 else jnp.ones((e,)))
 
-  source_adu = jnp.where(epoch_valid, render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
+  source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
 
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
-  psf = jax.vmap(lambda w: render.psf_stamp(w, dx, dy, size, kind, beta, sim.psf_bank))(fwhm_px)
+  psf = jax.vmap(lambda w, x, y: render.psf_stamp(w, x, y, size, kind, beta, sim.psf_bank))(
+      fwhm_px, cx, cy)
   return {
       'noiseless': source_adu[:, None, None] * psf + sky[:, None, None],
       'galaxy_keys': jax.random.key_data(jnp.stack([k_gal, k_off])),
-      'center': jnp.stack([dx, dy]),
+      'center': jnp.stack([cx, cy], -1),  # [E, 2] per-epoch centre (px from the stamp centre)
+      'flux_factor': factor,  # [E] calibration error of each epoch's astrophysical flux
       'fwhm_px': fwhm_px,
       'rotation': jax.random.randint(k_rot, (), 0, 8),
       'noise_key': jax.random.key_data(k_noise),
@@ -321,7 +351,13 @@ def max_hosts(sim: Simulator, batch_size: int) -> int:
 
 
 def _add_hosts(objects, sim: Simulator):
-  """Renders the host galaxies of the objects that have one and adds them (batch level)."""
+  """Renders the host galaxies of the objects that have one and adds them (batch level).
+
+  A supernova's host (when ``objects['redshift']`` is given, finite and > 0) is drawn given
+  its redshift (``render.sample_host_at_redshift``); every other host from galaxy counts
+  (``render.sample_galaxy``). The host moves with each epoch's registration error and takes its
+  calibration error.
+  """
   b = objects['label'].shape[0]
   m = max_hosts(sim, b)
   has_host = objects['has_host']
@@ -334,19 +370,28 @@ def _add_hosts(objects, sim: Simulator):
   pixel_scale = sim.survey.pixel_scale
   gal = jax.vmap(lambda k: render.sample_galaxy(k, sim.galaxy_config, pixel_scale))(
       jax.random.wrap_key_data(k_gal))
+  is_galaxy = take('label') == sim.galaxy_id
+  if objects.get('redshift') is not None and sim.host_tables is not None:
+    z = take('redshift').astype(jnp.float32)
+    use_z = jnp.isfinite(z) & (z > 0) & ~is_galaxy
+    gal_z = jax.vmap(lambda k, zz: render.sample_host_at_redshift(
+        k, zz, sim.galaxy_config, sim.host_tables, pixel_scale))(
+            jax.random.wrap_key_data(k_gal), jnp.where(use_z, z, 0.1))
+    gal = jax.tree.map(lambda a, b: jnp.where(use_z, a, b), gal_z, gal)
   ox, oy = jax.vmap(lambda k, g: render.sample_host_offset(k, g, pixel_scale))(
       jax.random.wrap_key_data(k_off), gal)
   # The Galaxy class is the galaxy alone, centred; a host sits so the source lies on its profile.
-  is_galaxy = take('label') == sim.galaxy_id
-  dx, dy = take('center').T
-  gx, gy = jnp.where(is_galaxy, dx, dx - ox), jnp.where(is_galaxy, dy, dy - oy)
+  centre = take('center')  # [m, E, 2]
+  dx, dy = centre[..., 0], centre[..., 1]
+  g = is_galaxy[:, None]
+  gx, gy = jnp.where(g, dx, dx - ox[:, None]), jnp.where(g, dy, dy - oy[:, None])
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
-  one = lambda g, x, y, f: jax.vmap(lambda w: render.galaxy_stamp(
-      g, w, x, y, size, kind, beta, pixel_scale, sim.psf_bank))(f)
+  one = lambda g, x, y, f: jax.vmap(lambda w, xx, yy: render.galaxy_stamp(
+      g, w, xx, yy, size, kind, beta, pixel_scale, sim.psf_bank))(f, x, y)
   stamps = jax.vmap(one)(gal, gx, gy, take('fwhm_px'))
   on = rendered[order][:, None] & take('epoch_valid')
-  host_total = jnp.where(on, render.mag_to_adu(gal.mag[:, None], take('zero_point'),
-                                               take('exp_time_s')), 0.0)
+  host_total = jnp.where(on, take('flux_factor') * render.mag_to_adu(
+      gal.mag[:, None], take('zero_point'), take('exp_time_s')), 0.0)
   host = host_total[:, :, None, None] * stamps
   out = dict(objects)
   out['noiseless'] = objects['noiseless'].at[order].add(host)
@@ -355,6 +400,8 @@ def _add_hosts(objects, sim: Simulator):
   out['magnitude'] = objects['magnitude'].at[order].set(
       jnp.where(is_galaxy, gal.mag, take('magnitude')))
   out['has_host'] = rendered
+  out['host_r_disk_arcsec'] = jnp.zeros((b,), gal.r_disk_px.dtype).at[order].set(
+      jnp.where(rendered[order], gal.r_disk_px * pixel_scale, 0.0))
   if sim.psf_kind == 'bank':
     # A bank PSF need not be symmetric: a random symmetry of the square augments its
     # orientations. Stamps with a circular PSF need none: their distribution is already

@@ -185,3 +185,42 @@ def test_realism_on_real_files(hits_data, tmp_path):
   # The comparison renders the config's PSF: its seeing relation is recorded.
   assert data['settings']['seeing_scale'] == config.sim.psf.seeing_scale
   assert data['settings']['moffat_beta'] == config.sim.psf.moffat_beta
+  # Constant-star scatter: real, noise-only twin and twin with the configured errors.
+  j = data['jitter_calibration']
+  assert j['num_stars'] == 2 and (tmp_path / 'scatter.png').stat().st_size > 10_000
+  m = j['median_centroid_scatter_px']
+  assert m['noise'] < 0.05 < m['real'] < 0.6 and m['noise'] < m['model']
+  f = j['median_flux_scatter']
+  assert 0 < f['noise'] < f['real'] < 0.05
+
+
+def test_curve_stats_amplitude_skewness_and_faint_fraction():
+  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  err = np.full(400, 0.01)
+  assert lcstats.curve_stats(np.full(400, 18.0), err)[::2] == (0.0, 0.0)
+  phase = np.linspace(0, 1, 400, endpoint=False)
+  amp, skew, faint = lcstats.curve_stats(18.0 + 0.3 * np.sin(2 * np.pi * phase), err)
+  np.testing.assert_allclose(amp, 0.6 * np.sin(0.45 * np.pi), rtol=0.01)
+  assert abs(skew) < 0.01 and 0.25 < faint < 0.40  # sin > 1/3 on 39 % of the cycle
+  eclipse = 18.0 + 0.5 * (phase < 0.2)  # 20 % of epochs 0.5 mag fainter
+  amp, skew, faint = lcstats.curve_stats(eclipse, err)
+  assert amp == 0.5 and skew > 1.0 and faint == 0.2
+  # Noise-level dips are not faint epochs: the threshold is max(0.1 mag, 3 sigma).
+  assert lcstats.curve_stats(eclipse, np.full(400, 0.3))[2] == 0.0
+
+
+def test_calibrate_jitter_recovers_quadrature_and_per_epoch_jitter():
+  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  rows = []
+  for _ in range(40):
+    noise = (0.01, 0.004)
+    off = rng.uniform(-0.5, 0.5, 200) + 0.1 * rng.normal(size=200)
+    rows.append({'real': (np.hypot(0.3, noise[0]), np.hypot(0.012, noise[1])), 'noise': noise,
+                 'model': noise, 'real_offsets': off.tolist(), 'noise_offsets': [0.0, 0.1],
+                 'model_offsets': [0.0, 0.1]})
+  cal = lcstats.calibrate_jitter(rows, num_bootstrap=20)
+  np.testing.assert_allclose(cal['centroid_jitter_px'], 0.3, rtol=1e-6)
+  np.testing.assert_allclose(cal['zero_point_rms'], 0.012, rtol=1e-6)
+  np.testing.assert_allclose(cal['centroid_jitter_px_per_epoch_subpixel'], 0.1, atol=0.02)
+  assert cal['centre_offset_kurtosis']['real'] < -0.8

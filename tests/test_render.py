@@ -336,3 +336,29 @@ def test_sincos_2pi_matches_float64():
   u32 = u.astype(np.float32).astype(np.float64)  # the angles the float32 inputs stand for
   np.testing.assert_allclose(c, np.cos(2 * np.pi * u32), rtol=0, atol=1e-6)
   np.testing.assert_allclose(s, np.sin(2 * np.pi * u32), rtol=0, atol=1e-6)
+
+
+def test_host_size_shrinks_and_magnitude_grows_with_redshift():
+  from configs import hits  # pylint: disable=g-import-not-at-top
+  c = hits.get_config('smoke').sim.galaxy.to_dict()
+  tables = render.build_host_tables(c)
+  keys = jax.random.split(jax.random.key(0), 4000)
+  draw = jax.jit(jax.vmap(lambda k, z: render.sample_host_at_redshift(k, z, c, tables, 0.263),
+                          in_axes=(0, None)))
+  r, m = [], []
+  for z in (0.03, 0.1, 0.3, 0.8):
+    g = draw(keys, z)
+    r.append(float(np.median(g.r_disk_px)) * 0.263)
+    m.append(float(np.median(g.mag)))
+  assert all(a > 1.2 * b for a, b in zip(r, r[1:])), r
+  assert all(a < b - 0.5 for a, b in zip(m, m[1:])), m
+  # Same luminosity draw (same key): the magnitude difference is the distance modulus plus K.
+  from astropy.cosmology import Planck18  # pylint: disable=g-import-not-at-top
+  g1, g2 = draw(keys[:1], 0.1), draw(keys[:1], 0.3)
+  dmu = Planck18.distmod(0.3).value - Planck18.distmod(0.1).value
+  np.testing.assert_allclose(float(g2.mag[0] - g1.mag[0]), dmu + 0.2 * c['host_kcorr_per_z'],
+                             atol=0.02)
+  # Shen et al. (2003) at M_r = M0: log R = -0.4 a M0 + (b - a) log 2 + g.
+  r0, _ = render.host_half_light_kpc(c['host_size_m0'] + c['host_g_minus_r'], c)
+  expect = 10**(-0.4 * 0.21 * -20.52 + (0.53 - 0.21) * np.log10(2.0) - 1.31)
+  np.testing.assert_allclose(float(r0), expect, rtol=1e-5)

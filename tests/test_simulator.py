@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from configs import hits
 from rcnn_jax import lightcurves
@@ -113,7 +114,8 @@ def test_class_specific_sources(sim_and_batch):
   ast = b['label'] == names.index('Asteroid')
   assert np.all(((b['source_flux_adu'][ast] > 0) & ev[ast]).sum(1) == 1)
   nv = b['label'] == names.index('NonVariable')
-  f = np.where(ev[nv], b['source_flux_adu'][nv] / b['exp_time_s'][nv]
+  # Constant once each epoch's calibration error (flux_factor) is divided out.
+  f = np.where(ev[nv], b['source_flux_adu'][nv] / b['exp_time_s'][nv] / b['flux_factor'][nv]
                / 10**(0.4 * b['zero_point'][nv]), np.nan)
   np.testing.assert_allclose(np.nanmax(f, 1), np.nanmin(f, 1), rtol=1e-4)
   assert np.all(b['host_flux_adu'][~b['has_host']] == 0)
@@ -254,3 +256,119 @@ def test_psf_bank_batches_are_rotated_and_mirrored(tmp_path):
     vy = (img.sum(1) * c**2).sum() / img.sum() - ((img.sum(1) * c).sum() / img.sum())**2
     wide_x.append(vx > vy)
   assert len(wide_x) > 20 and 0.2 < np.mean(wide_x) < 0.8
+
+
+# --------------------------------------------------------------------------- observational errors
+
+JITTER, ZP_RMS, NB = 0.3, 0.05, 140
+
+
+def _objects(sim, key, n):
+  """simulate_indices up to the per-object sources (no hosts, no noise)."""
+  index = jnp.arange(n, dtype=jnp.int32)
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 6))(index)
+  labels = (index % sim.num_classes).astype(jnp.int32)
+  hosts = sim_lib.assign_hosts(key, index, sim)
+  schedule = sim_lib._draw_schedules(keys[:, 0], labels, sim)
+  return jax.vmap(sim_lib.simulate_object, in_axes=(0, 0, 0, 0, None))(keys, labels, hosts,
+                                                                      schedule, sim)
+
+
+@pytest.fixture(scope='module')
+def jitter_sim_and_objects():
+  config = hits.get_config('paper')
+  config.sim.psf.kind = 'gaussian'
+  config.sim.astrometry.subpixel_per_epoch = False
+  config.sim.astrometry.centroid_jitter_px = JITTER
+  config.sim.calibration.zero_point_rms = ZP_RMS
+  sim = sim_lib.build_simulator(config)
+  objects = jax.jit(lambda k: _objects(sim, k, NB))(jax.random.key(7))
+  return sim, objects
+
+
+def test_centroid_jitter_matches_configured_rms(jitter_sim_and_objects):
+  sim, o = jitter_sim_and_objects
+  ev = np.asarray(o['epoch_valid'])
+  centre = np.asarray(o['center'])  # [B, E, 2]
+  dev = centre - np.nanmean(np.where(ev[..., None], centre, np.nan), 1, keepdims=True)
+  n = ev.sum(1, keepdims=True)
+  # Unbiased per-object variance, pooled over objects; sampling error ~ 1 / sqrt(2 N) ~ 1.5 %.
+  var = (np.where(ev[..., None], dev, 0.0)**2).sum((0, 1)) / (n - 1).sum()
+  np.testing.assert_allclose(np.sqrt(var), JITTER, rtol=0.06)
+  # The rendered point source sits at each epoch's centre: first moment of the noiseless stamp.
+  nv = np.asarray(o['label']) == list(sim.class_names).index('NonVariable')
+  img = np.asarray(o['noiseless'])[nv] - np.asarray(o['sky_adu'])[nv][..., None, None]
+  grid = np.arange(21) - 10.0
+  tot = img.sum((-2, -1))
+  mx = (img.sum(-2) * grid).sum(-1) / tot
+  my = (img.sum(-1) * grid).sum(-1) / tot
+  ok = ev[nv]
+  # A Gaussian of FWHM <= 7.6 px cut at 10.5 px pulls the first moment in by a few %.
+  for m, c in ((mx[ok], centre[nv][..., 0][ok]), (my[ok], centre[nv][..., 1][ok])):
+    assert np.all(np.abs(m - c) <= 0.02 + 0.05 * np.abs(c)), np.max(np.abs(m - c))
+  assert np.std(mx[ok] - np.round(mx[ok])) > 0.5 * JITTER  # not one centre for all epochs
+
+
+def test_zero_point_errors_match_configured_rms_and_keep_the_table_zero_point(
+    jitter_sim_and_objects):
+  sim, o = jitter_sim_and_objects
+  ev = np.asarray(o['epoch_valid'])
+  nv = np.asarray(o['label']) == list(sim.class_names).index('NonVariable')
+  expected = (np.asarray(o['exp_time_s']) * 10**(0.4 * (np.asarray(o['zero_point'])
+                                                      - np.asarray(o['magnitude'])[:, None])))
+  ln = np.log(np.asarray(o['source_flux_adu'])[nv] / expected[nv])[ev[nv]]
+  np.testing.assert_allclose(np.std(ln), ZP_RMS, rtol=0.12)  # ~ 440 epochs: 3.4 % error
+  np.testing.assert_allclose(ln, np.log(np.asarray(o['flux_factor'])[nv][ev[nv]]), atol=1e-5)
+  # The stamp carries the scaled flux (a Gaussian <= 2" loses < 1.5 % outside 21 x 21).
+  img = np.asarray(o['noiseless'])[nv] - np.asarray(o['sky_adu'])[nv][..., None, None]
+  ratio = img.sum((-2, -1))[ev[nv]] / np.asarray(o['source_flux_adu'])[nv][ev[nv]]
+  assert 0.98 < ratio.min() and ratio.max() < 1.0001
+  # eq. 4 and the observer use the table zero point: the survey's, untouched.
+  field = np.asarray(o['field'])
+  np.testing.assert_array_equal(np.asarray(o['zero_point_ref']),
+                                np.asarray(sim.survey.zero_point)[field, 0])
+
+
+def test_no_errors_when_configured_zero_and_per_epoch_subpixel_centres():
+  config = hits.get_config('smoke')
+  config.sim.astrometry.subpixel_per_epoch = False
+  config.sim.astrometry.centroid_jitter_px = 0.0
+  config.sim.calibration.zero_point_rms = 0.0
+  sim = sim_lib.build_simulator(config)
+  o = jax.jit(lambda k: _objects(sim, k, 14))(jax.random.key(1))
+  np.testing.assert_array_equal(np.asarray(o['flux_factor']), 1.0)
+  c = np.asarray(o['center'])
+  np.testing.assert_array_equal(c, np.broadcast_to(c[:, :1], c.shape))
+  # Per-epoch sub-pixel centres (the default): uniform in the pixel, plus the jitter.
+  config.sim.astrometry.subpixel_per_epoch = True
+  config.sim.astrometry.centroid_jitter_px = 0.1
+  sim = sim_lib.build_simulator(config)
+  o = jax.jit(lambda k: _objects(sim, k, 70))(jax.random.key(1))
+  c = np.asarray(o['center'])[np.asarray(o['epoch_valid'])].ravel()  # ~ 1,000 values
+  np.testing.assert_allclose(np.std(c), np.sqrt(1 / 12 + 0.1**2), rtol=0.06)
+  assert -1.4 < stats.kurtosis(c) < -0.7  # uniform -1.2, this convolution -1.03, Gaussian 0
+  config.sim.calibration.zero_point_rms = -0.1
+  with pytest.raises(ValueError, match='zero_point_rms'):
+    sim_lib.build_simulator(config)
+
+
+def test_supernova_hosts_follow_redshift(jitter_sim_and_objects):
+  sim, o = jitter_sim_and_objects
+  label = np.asarray(o['label'])
+  sn = label == list(sim.class_names).index('Supernova')
+  add = jax.jit(lambda obj: sim_lib._add_hosts(obj, sim))
+  base = jax.device_get(add(o))
+  out = {}
+  for z in (0.05, 0.6):
+    obj = dict(o)
+    obj['redshift'] = jnp.where(jnp.asarray(sn), z, jnp.nan).astype(jnp.float32)
+    out[z] = jax.device_get(add(obj))
+  host = np.asarray(base['has_host'])
+  assert (host & sn).sum() >= 5 and (host & ~sn).sum() >= 5
+  near, far = (out[z]['host_r_disk_arcsec'][host & sn] for z in (0.05, 0.6))
+  assert np.median(far) < 0.5 * np.median(near)
+  hf = lambda b: b['host_flux_adu'][host & sn].sum(1) / b['epoch_valid'][host & sn].sum(1)
+  assert np.median(hf(out[0.6])) < 0.1 * np.median(hf(out[0.05]))  # fainter too
+  # Other hosts (NaN redshift) are drawn from galaxy counts exactly as without a redshift.
+  for k in ('host_r_disk_arcsec', 'host_flux_adu', 'noiseless', 'magnitude'):
+    np.testing.assert_allclose(out[0.6][k][~sn], base[k][~sn], rtol=1e-6, err_msg=k)
