@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -388,11 +389,20 @@ def _io_error(e: BaseException) -> str | None:
 
 
 def _save(manager, step, state, **kwargs):
-  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved."""
+  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved.
+
+  orbax's writer threads log each failed array with its traceback before the save raises; the
+  save's own exception is reported once (in one line for a full disk), so they stay quiet.
+  """
   if step in manager.all_steps():
     return
-  manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
-  manager.wait_until_finished()
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+    manager.wait_until_finished()
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _restore_for_training(workdir, config, latest, best, target, mesh):
