@@ -7,7 +7,9 @@ Each step simulates its batch from ``fold_in(key, step)`` inside the jitted grad
 stored data, no host round trip). The loss is the cross-entropy summed over each sequence's
 valid steps, averaged over the batch; Adam. Validation on a fixed, seeded simulated set every
 ``train.eval_every`` steps; orbax keeps the latest ``ckpt.max_to_keep`` checkpoints in
-``checkpoints/`` and the best by validation loss in ``best/``. A rerun resumes from the latest.
+``checkpoints/`` and the best by validation loss in ``best/``. A rerun resumes from the newest
+intact checkpoint. A run holds its workdir's lock, and every config value is checked before
+anything compiles (``workdir.py``, ``config_check.py``; README: "What survives what").
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -258,7 +259,8 @@ def open_manager(workdir, config, which, read_only=False):
   if read_only and not os.path.isdir(path):
     return None
   try:
-    return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
+    with workdir_lib.quiet_orbax():
+      return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
   except Exception as e:  # pylint: disable=broad-except
     workdir_lib.warn(f'{path} cannot be read ({workdir_lib.reason(e)})')
     return None
@@ -396,13 +398,9 @@ def _save(manager, step, state, **kwargs):
   """
   if step in manager.all_steps():
     return
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.FATAL)
-  try:
+  with workdir_lib.quiet_orbax():
     manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
     manager.wait_until_finished()
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
 
 def _restore_for_training(workdir, config, latest, best, target, mesh):
