@@ -7,7 +7,9 @@ Each step simulates its batch from ``fold_in(key, step)`` inside the jitted grad
 stored data, no host round trip). The loss is the cross-entropy summed over each sequence's
 valid steps, averaged over the batch; Adam. Validation on a fixed, seeded simulated set every
 ``train.eval_every`` steps; orbax keeps the latest ``ckpt.max_to_keep`` checkpoints in
-``checkpoints/`` and the best by validation loss in ``best/``. A rerun resumes from the latest.
+``checkpoints/`` and the best by validation loss in ``best/``. A rerun resumes from the newest
+intact checkpoint. A run holds its workdir's lock, and every config value is checked before
+anything compiles (``workdir.py``, ``config_check.py``; README: "What survives what").
 """
 
 from __future__ import annotations
@@ -257,7 +259,8 @@ def open_manager(workdir, config, which, read_only=False):
   if read_only and not os.path.isdir(path):
     return None
   try:
-    return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
+    with workdir_lib.quiet_orbax():
+      return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
   except Exception as e:  # pylint: disable=broad-except
     workdir_lib.warn(f'{path} cannot be read ({workdir_lib.reason(e)})')
     return None
@@ -388,11 +391,16 @@ def _io_error(e: BaseException) -> str | None:
 
 
 def _save(manager, step, state, **kwargs):
-  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved."""
+  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved.
+
+  orbax's writer threads log each failed array with its traceback before the save raises; the
+  save's own exception is reported once (in one line for a full disk), so they stay quiet.
+  """
   if step in manager.all_steps():
     return
-  manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
-  manager.wait_until_finished()
+  with workdir_lib.quiet_orbax():
+    manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
+    manager.wait_until_finished()
 
 
 def _restore_for_training(workdir, config, latest, best, target, mesh):

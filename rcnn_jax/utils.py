@@ -144,6 +144,8 @@ def _quiet_exit():
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
   sys.unraisablehook = lambda *_: None
+  import threading  # pylint: disable=g-import-not-at-top
+  threading.excepthook = lambda *_: None  # a writer thread whose file the error closed
   sys.stderr.flush()
 
 

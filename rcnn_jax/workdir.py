@@ -12,18 +12,32 @@ metrics that stay one line per step across kills.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import sys
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
 
 from rcnn_jax import utils
 
 LOCK_NAME = '.lock'
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """orbax logs (at ERROR, with tracebacks) what it then raises or works around; the caller
+  reports it in one line instead."""
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def warn(msg: str):
@@ -113,7 +127,8 @@ def verify_state(state, step: int):
 def try_restore(restore, directory: str, step: int):
   """``restore(step)`` verified, or (None, one-line reason) when the checkpoint is damaged."""
   try:
-    state = restore(step)
+    with quiet_orbax():
+      state = restore(step)
     verify_state(state, step)
     return state, None
   except Exception as e:  # pylint: disable=broad-except

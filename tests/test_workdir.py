@@ -172,6 +172,12 @@ def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_pa
   err = capfd.readouterr().err.strip().splitlines()
   assert err and all(l.startswith('warning: ') for l in err) and len(err) <= 2, err
   assert 'best' in err[0]
+  # Training on: the garbled best/ is named and moved aside, and a new best is kept.
+  config.train.num_steps = 4
+  train.train_and_evaluate(config, wd, progress=False)
+  err = capfd.readouterr().err
+  assert os.path.isdir(os.path.join(wd, 'damaged', f'best_{best_step}')) and 'best' in err
+  assert train.open_manager(wd, config, 'best', read_only=True).best_step() == 4
 
 
 # ----------------------------------------------------------------------------------------------
