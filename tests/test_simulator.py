@@ -97,7 +97,7 @@ def test_time_gaps_are_from_the_first_image(sim_and_batch):
 def test_transients_detected_after_five_images(sim_and_batch):
   sim, _, b = sim_and_batch
   for i in np.flatnonzero(np.isin(b['label'], sim.transient_ids)):
-    flux = b['source_flux_adu'][i]
+    flux = b['source_flux_adu'][i] / b['flux_factor'][i]  # detection uses the true flux
     with np.errstate(divide='ignore'):
       mag = b['zero_point'][i] - 2.5 * np.log10(flux / b['exp_time_s'][i])
     detected = (mag < b['limmag5'][i]) & b['epoch_valid'][i]
@@ -225,7 +225,8 @@ def test_galaxy_class_magnitude_is_its_galaxy(sim_and_batch):
   total = (b['exp_time_s'] * 10**(0.4 * (b['zero_point'] - b['magnitude'][:, None])))[gal]
   ev = b['epoch_valid'][gal]
   assert np.all(np.isfinite(b['magnitude'][gal]))
-  ratio = b['host_flux_adu'][gal][ev] / total[ev]
+  # The stamp's galaxy flux includes each epoch's calibration error (flux_factor).
+  ratio = (b['host_flux_adu'] / b['flux_factor'])[gal][ev] / total[ev]
   assert np.all((ratio > 0.2) & (ratio <= 1.0 + 1e-5))  # the stamp holds part of the galaxy
   assert np.median(ratio) > 0.6
 
