@@ -124,3 +124,21 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert len(clf.classify(seqs[:2])[0]) <= clf.max_steps
   with pytest.raises(Exception, match='already holds'):
     finetune.finetune(workdir, [dirs[0]], w2, progress=False)
+
+
+def test_light_curve_classifier_on_real_files(hits_data):
+  """Fig. 9's path: optimal photometry on the real stamps (file seeing, camera gain and read
+  noise) feeds the light-curve classifier; files without seeing are refused in one line."""
+  dirs = _dev_dirs(hits_data)
+  config = hits.get_config('smoke,lc')
+  sim, model, tx = train.build(config)
+  state = train.init_state(config, sim, model, tx, train.make_mesh())
+  seqs, labels = evaluate.load_labelled([dirs[0]], config)
+  seqs, labels = seqs[::10], labels[::10]
+  batch = evaluate.real_inputs(seqs, labels, config)
+  logits = evaluate.real_logits(config, sim, model, state, batch, seqs)
+  assert logits.shape == (3, config.sim.max_steps, 7) and np.isfinite(logits).all()
+  seqs[0].seeing_arcsec = None
+  batch = evaluate.real_inputs(seqs, labels, config)
+  with pytest.raises(Exception, match='no seeing'):
+    evaluate.real_logits(config, sim, model, state, batch, seqs)
