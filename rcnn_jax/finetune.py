@@ -144,7 +144,8 @@ def make_mixed_train_step(config, sim, model, tx, mesh):
                             batch_stats=updates.get('batch_stats', state.batch_stats),
                             opt_state=opt_state), metrics
 
-  return jax.jit(step_fn)
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step_fn, out_shardings=(replicated, replicated))
 
 
 def _restore(workdir, config):
@@ -154,6 +155,8 @@ def _restore(workdir, config):
   tx = optax.adam(float(config.finetune.learning_rate))
   state = train.TrainState(step=state.step, params=state.params, batch_stats=state.batch_stats,
                            opt_state=tx.init(state.params))
+  # Placed as the step returns it, so the second step does not compile again.
+  state = jax.device_put(state, NamedSharding(train.make_mesh(), P()))
   return sim, model, tx, state, int(step)
 
 

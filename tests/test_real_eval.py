@@ -122,6 +122,13 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert np.abs(after - before).max() > 1e-3
   clf = predict.Classifier.from_workdir(w2)
   assert len(clf.classify(seqs[:2])[0]) <= clf.max_steps
+  # The streaming mode drops a bad-seeing image as training's survey does.
+  st = clf.new_state(2)
+  s0 = seqs[0]
+  _, st = clf.update(st, s0.stamps[:2], s0.mjd[:2], s0.zero_point[:2], s0.sky_adu[:2],
+                     seeing_arcsec=[1.0, 2.5])
+  assert list(st.num_images) == [1, 0]
+  assert st.zp0[0] == s0.zero_point[0] and np.isnan(st.zp0[1])
   with pytest.raises(Exception, match='already holds'):
     finetune.finetune(workdir, [dirs[0]], w2, progress=False)
 
