@@ -281,6 +281,21 @@ def get_config(arg=None):
   config.eval.test_seed_offset = 2_000_003
   config.eval.magnitude_bins = (14.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 26.0)
 
+  # Real sequences (preprocess.py): the first-detection rule on real stamps (Sec. 3.1).
+  config.real = ml_collections.ConfigDict()
+  config.real.baseline_epochs = 3  # median of the first night's (3-4) epochs
+  config.real.detection_sigma = 5.0  # the paper's 5-sigma detection
+
+  # Fine-tuning on a few real labelled sequences (the published version; rcnn_jax.finetune).
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.num_steps = 150
+  config.finetune.batch_size = 32
+  config.finetune.real_fraction = 0.5  # share of each batch drawn from the real sequences
+  config.finetune.learning_rate = 1e-4
+  config.finetune.augment = True  # a random symmetry of the square per real sequence
+  config.finetune.folds = 5  # k-fold evaluation on the labelled development files
+  config.finetune.per_class = 10  # real examples per class (the published protocol)
+
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.max_to_keep = 3
   config.ckpt.every = 500
@@ -308,4 +323,6 @@ def get_config(arg=None):
     config.eval.val_size = 28
     config.eval.test_size = 28
     config.eval.batch_size = 14
+    config.finetune.num_steps = 3
+    config.finetune.batch_size = 8
   return config

@@ -7,6 +7,22 @@ from the workdir's config.json, and evaluates on a fixed, seeded, class-balanced
 set (``eval.test_size``; distinct seed from validation). Writes ``metrics.json`` and figures in
 the style of the paper's Fig. 5-9 to ``--out`` (default: ``W/eval``); with two workdirs (RCNN
 and light-curve classifier) the figures show them side by side.
+
+Sec. 4 on real labelled sequences (the paper's Fig. 8 and 9):
+
+    python -m rcnn_jax.evaluate --workdir W --real DIR [DIR...] [--out DIR]
+
+A DIR is a folder of labelled files, a folder of class folders (``real_labelled_dev``), or
+``DIR=Class`` to label every file in it. A file's class is its ``label`` key, else its
+folder's name (exactly a class name, or containing exactly one class name:
+``real_nonvariable_dev`` -> NonVariable). Inputs are prepared as in training
+(``preprocess.prepare``): supernovae and asteroids start ``sim.pre_detection`` epochs before
+their photometric first detection, the other classes at their first epoch; sequences stop at
+``sim.max_steps`` (20, the paper's "after 20 inputs"). Writes ``metrics_real.json`` (recall per
+class by step, confusion at step 20 over the classes present, mean recall over the classes
+present, counts, which file went where) and ``real_recall.png`` (Fig. 8; Fig. 9 for the
+light-curve classifier, which measures optimal photometry on the real stamps with the file's
+seeing and the camera's median gain and read noise, ``preprocess.camera_gain_read_noise``).
 """
 
 from __future__ import annotations
@@ -27,10 +43,12 @@ from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _WORKDIR, _STEP, _OUT
+  global _WORKDIR, _STEP, _OUT, _REAL
   _WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
+  _REAL = flags.DEFINE_multi_string('real', None, 'Folders of real labelled sequences '
+                                    '(DIR or DIR=Class); evaluates on them instead.')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +271,180 @@ def _read_jsonl(path):
   return workdir_lib.read_jsonl(path)
 
 
+# ----------------------------------------------------------------------------------------------
+# Real labelled sequences (Sec. 4, Fig. 8 and 9)
+
+
+def _class_of_folder(folder, class_names):
+  """A folder's class: its name exactly, or the one class name its name contains; else None."""
+  norm = lambda x: ''.join(ch for ch in x.lower() if ch.isalnum())
+  name = norm(os.path.basename(os.path.normpath(folder)))
+  exact = [c for c in class_names if norm(c) == name]
+  if exact:
+    return exact[0]
+  inside = [c for c in class_names if norm(c) in name]
+  # 'nonvariable' contains no other class name; a longest match decides e.g. a 'Variable' class.
+  inside = [c for c in inside if not any(c != d and norm(c) in norm(d) for d in inside)]
+  return inside[0] if len(inside) == 1 else None
+
+
+def labelled_files(dirs, class_names):
+  """[(path, class name)] from ``--real`` arguments (DIR, DIR=Class, files); bad -> BadInput."""
+  from rcnn_jax import realdata  # pylint: disable=g-import-not-at-top
+  out = []
+  for arg in dirs:
+    arg, forced = (arg.rsplit('=', 1) + [None])[:2] if '=' in arg else (arg, None)
+    if forced is not None and forced not in class_names:
+      raise realdata.BadInput(arg, f'unknown class {forced!r} (have: {", ".join(class_names)})')
+    if os.path.isdir(arg) and not any(realdata._suffix(f) for f in os.listdir(arg)):  # pylint: disable=protected-access
+      subs = sorted(os.path.join(arg, d) for d in os.listdir(arg)
+                    if os.path.isdir(os.path.join(arg, d)))
+      if not subs:
+        raise realdata.BadInput(arg, 'folder has no sequence files and no class folders')
+      out += labelled_files([f'{d}={forced}' if forced else d for d in subs], class_names)
+      continue
+    for f in realdata.expand_inputs([arg]):
+      out.append((f, forced or _class_of_folder(os.path.dirname(f), class_names)))
+  return out
+
+
+def load_labelled(dirs, config):
+  """(sequences, labels [N]) of labelled real files; the ``label`` key wins over the folder."""
+  from rcnn_jax import realdata  # pylint: disable=g-import-not-at-top
+  names = [str(c) for c in config.sim.class_names]
+  seqs, labels = [], []
+  for path, folder_class in labelled_files(dirs, names):
+    seq = realdata.load_sequence(path, int(config.sim.stamp_size), int(config.sim.n_w))
+    cls = seq.label or folder_class
+    if cls is None:
+      raise realdata.BadInput(path, "no 'label' key and its folder names no class; use DIR=Class")
+    if cls not in names:
+      raise realdata.BadInput(path, f'label {cls!r} is not a class of this model '
+                              f'({", ".join(names)})')
+    seqs.append(seq)
+    labels.append(names.index(cls))
+  if not seqs:
+    raise utils.UserError('no labelled real sequences found')
+  return seqs, np.asarray(labels, np.int32)
+
+
+def real_metrics(pred, labels, mask, class_names, step=20):
+  """Sec. 4's real-data numbers from per-step predictions [N, T] (pure numpy, tested).
+
+  Recall per class by step and at ``step`` (the last valid step of shorter sequences), over the
+  classes present; confusion at ``step`` with rows the classes present and columns all classes;
+  mean recall over the classes present.
+  """
+  pred, labels, mask = np.asarray(pred), np.asarray(labels), np.asarray(mask, bool)
+  names = list(class_names)
+  present = [c for c in range(len(names)) if (labels == c).any()]
+  conf, counts = confusion_at_step(pred, labels, mask, len(names), step)
+  rec = recall_by_step(pred, labels, mask, len(names))
+  at = {names[c]: float(conf[c, c]) for c in present}
+  idx = np.minimum(last_valid_index(mask), step - 1)
+  return {
+      'class_names': names,
+      'classes_present': [names[c] for c in present],
+      'num_sequences': int(len(labels)),
+      'count_per_class': {names[c]: int((labels == c).sum()) for c in present},
+      'steps_per_sequence': mask.sum(1).astype(int).tolist(),
+      'confusion_step': int(step),
+      'recall_by_step': {names[c]: _nan_to_none(rec[c]) for c in present},
+      'sequences_by_step': {names[c]: mask[labels == c].sum(0).astype(int).tolist()
+                            for c in present},
+      'recall_at_step': at,
+      'mean_recall': float(np.mean(list(at.values()))),
+      'accuracy_at_step': float(np.mean(pred[np.arange(len(pred)), idx] == labels)),
+      'confusion_rows': [names[c] for c in present],
+      'confusion': conf[present].tolist(),
+      'confusion_counts': counts[present].astype(int).tolist(),
+  }
+
+
+def real_inputs(seqs, labels, config, warn=None):
+  """Prepared inputs of labelled real sequences, stacked: dict of [N, ...] arrays (numpy)."""
+  from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+  rules = preprocess.Rules.from_config(config)
+  names = [str(c) for c in config.sim.class_names]
+  preps = [preprocess.prepare(s, rules, start=preprocess.start_for_class(names[l], rules),
+                              warn=warn) for s, l in zip(seqs, labels)]
+  keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'zero_point', 'zero_point_ref',
+          'seeing_arcsec', 'epoch_valid')
+  out = {k: np.stack([p[k] for p in preps]) for k in keys}
+  out['start'] = np.array([p['start'] for p in preps])
+  gain, rn = rules.gain, rules.read_noise_e
+  out['gain'] = np.full(len(seqs), gain, np.float32)
+  out['read_noise_e'] = np.full(len(seqs), rn, np.float32)
+  out['label'] = np.asarray(labels, np.int32)
+  return out
+
+
+_APPLY = {}  # id(model) -> jitted eval-mode apply (one compile per model and input shape)
+
+
+def real_logits(config, sim, model, state, batch, seqs=None):
+  """[N, T, C] logits of prepared real inputs, for either model kind.
+
+  The light-curve classifier's photometry needs every epoch's seeing; NaN (unknown) seeing takes
+  the file's median of the window.
+  """
+  x = batch['images']
+  if config.model.kind == 'lc':
+    seeing = batch['seeing_arcsec'].copy()
+    for i, row in enumerate(seeing):
+      if not np.isfinite(row).any():
+        name = seqs[i].name if seqs is not None else str(i)
+        raise utils.UserError(f'{name}: no seeing, which the light-curve classifier\'s optimal '
+                              'photometry needs (PSF width per epoch)')
+      row[~np.isfinite(row)] = np.nanmedian(row)
+    feats = {k: jnp.asarray(batch[k]) for k in ('raw_adu', 'sky_adu', 'zero_point',
+                                                'zero_point_ref', 'epoch_valid', 'gain',
+                                                'read_noise_e')}
+    feats['seeing_arcsec'] = jnp.asarray(seeing)
+    x = train.model_inputs(feats, sim, 'lc')
+  fn = _APPLY.get(id(model))
+  if fn is None:
+    fn = _APPLY[id(model)] = jax.jit(lambda v, x, g, m: model.apply(v, x, g, m, train=False))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return np.asarray(fn(variables, jnp.asarray(x), jnp.asarray(batch['time_gaps']),
+                       jnp.asarray(batch['mask'])), np.float32)
+
+
+def evaluate_real(workdir, dirs, step=None, stderr=None):
+  """metrics_real dict of a workdir's model on labelled real folders (see the module doc)."""
+  from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+  config, sim, model, state, step = restore_for_eval(workdir, step)
+  seqs, labels = load_labelled(dirs, config)
+  batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr))
+  logits = real_logits(config, sim, model, state, batch, seqs)
+  pred = np.argmax(logits, -1)
+  m = real_metrics(pred, labels, batch['mask'], sim.class_names,
+                   step=min(20, int(config.sim.max_steps)))
+  idx = np.minimum(last_valid_index(batch['mask']), m['confusion_step'] - 1)
+  names = list(sim.class_names)
+  m['files'] = [{'path': s.path, 'label': names[l], 'start_epoch': int(st),
+                 'steps': int(n), 'predicted': names[int(p[i])]}
+                for s, l, st, n, p, i in zip(seqs, labels, batch['start'],
+                                             batch['mask'].sum(1), pred, idx)]
+  m['checkpoint_step'] = int(step)
+  m['model'] = config.model.kind
+  m['workdir'] = workdir
+  return m
+
+
+def main_real(workdir, dirs, step, out):
+  """``--real``: writes metrics_real.json and the Fig. 8 (9) figure to ``out``."""
+  m = evaluate_real(workdir, dirs, step)
+  os.makedirs(out, exist_ok=True)
+  utils.write_json(os.path.join(out, 'metrics_real.json'), m)
+  from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
+  fig = plots.plot_real_recall(m, os.path.join(out, 'real_recall.png'))
+  rec = ', '.join(f'{k} {v:.2f}' for k, v in m['recall_at_step'].items())
+  print(f'{workdir} ({m["model"]}, step {m["checkpoint_step"]}) on {m["num_sequences"]} real '
+        f'sequences: recall at step {m["confusion_step"]}: {rec}; mean {m["mean_recall"]:.3f}')
+  print(f'wrote {os.path.join(out, "metrics_real.json")}, {fig}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -265,6 +457,10 @@ def main(argv):
     if not os.path.isdir(w):
       raise utils.UserError(f'{w}: no such workdir')
   out = _OUT.value or os.path.join(workdirs[0], 'eval')
+  if _REAL.value:
+    if len(workdirs) != 1:
+      raise app.UsageError('--real takes one --workdir')
+    return main_real(workdirs[0], _REAL.value, _STEP.value, out)
   results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
   os.makedirs(out, exist_ok=True)
   name = lambda m: f'metrics_{m["model"]}.json' if len(results) > 1 else 'metrics.json'

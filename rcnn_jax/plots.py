@@ -177,3 +177,33 @@ def plot_learning_curves(runs, path):
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_real_recall(m, path):
+  """Fig. 8 (RCNN) / Fig. 9 (light-curve classifier): recall per class on real sequences
+  against the step, beside the confusion matrix at the last step (``evaluate.real_metrics``)."""
+  fig, (ax, axc) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={'width_ratios': (1, 1.3)})
+  for name, rec in m['recall_by_step'].items():
+    r = np.array([np.nan if v is None else v for v in rec], float)
+    ax.plot(np.arange(1, len(r) + 1), r, 'o-', ms=3,
+            label=f'{name} ({m["count_per_class"][name]})')
+  ax.set_xlabel('step (images - n_w + 1)')
+  ax.set_ylabel('recall')
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=8)
+  ax.set_title(f'{m.get("model", "")} on real sequences: mean recall at step '
+               f'{m["confusion_step"]} = {m["mean_recall"]:.2f}', fontsize=9)
+  conf = np.array(m['confusion'])
+  axc.imshow(conf, vmin=0, vmax=1, cmap='Blues')
+  for i in range(conf.shape[0]):
+    for j in range(conf.shape[1]):
+      if conf[i, j] > 0:
+        axc.text(j, i, f'{conf[i, j]:.2f}', ha='center', va='center', fontsize=7,
+                 color='white' if conf[i, j] > 0.5 else 'black')
+  axc.set_xticks(range(conf.shape[1]), m['class_names'], rotation=45, ha='right', fontsize=7)
+  axc.set_yticks(range(conf.shape[0]), m['confusion_rows'], fontsize=7)
+  axc.set_title(f'confusion at step {m["confusion_step"]} (rows: true)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,7 +1,7 @@
 """Classifying real image sequences with a trained RCNN: files to CSV and figures, or streamed.
 
     python -m rcnn_jax.predict --workdir W INPUT... [--out predictions.csv] [--step S]
-        [--plot DIR] [--fail-fast] [--batch N]
+        [--plot DIR] [--fail-fast] [--batch N] [--start first|detection] [--full_length]
 
 An INPUT is a sequence file in a ``realdata`` format (``.npz``: ``stamps`` (T, H, W) ADU with
 sky and ``mjd`` (T,), optionally ``zero_point`` and ``sky_adu``; or a FITS cube with an MJD
@@ -13,12 +13,18 @@ Bad files are reported as one line each on stderr (``error: <path>: <problem>``)
 are still classified and the CSV written, and the exit status is 2. ``--fail-fast`` stops at the
 first bad file. With no good file nothing is written (an existing ``--out`` is kept).
 
-Sequences longer than ``config.sim.max_steps`` are classified at every step: the LSTM runs on
-with its carry (the model was trained on at most ``max_steps`` steps, so later steps are an
-extrapolation; ``Classifier.classify(..., max_steps=...)`` truncates instead, as the paper's
-"after 20 inputs"). The incremental mode (``Classifier.new_state`` / ``update``) keeps each
-object's LSTM carry, its last n_w - 1 eq. 4 images, and its first MJD and zero point, and gives
-the same probabilities as ``classify`` on the whole sequence.
+Inputs are prepared exactly as in training (``preprocess.prepare``): epochs with seeing above
+``config.survey.max_seeing_arcsec`` are dropped, eq. 4 scales to the first kept epoch's zero
+point, and the sequence starts at the first kept epoch (``--start first``, the default) or
+``sim.pre_detection`` epochs before the photometric first detection (``--start detection``,
+for supernovae and asteroids). Sequences are truncated at ``config.sim.max_steps`` steps (the
+paper's "after 20 inputs"; the model never saw more). ``--full_length`` (``classify(...,
+full_length=True)``) keeps the old behaviour: every step, the LSTM running on with its carry,
+an extrapolation. The incremental mode (``Classifier.new_state`` / ``update``) keeps each
+object's LSTM carry, its last n_w - 1 eq. 4 images, and its first MJD and zero point, drops
+images whose seeing is above the cut, and gives the same probabilities as ``classify(...,
+full_length=True)`` on the whole sequence; it starts at an object's first image (a broker
+starts the stream where it wants the sequence to start) and does not truncate.
 
 Only the image model (``model.kind == 'rcnn'``) is supported: the light-curve classifier needs
 per-image seeing, gain and read noise for its optimal photometry, which real files lack.
@@ -40,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from rcnn_jax import models
+from rcnn_jax import preprocess
 from rcnn_jax import realdata
 from rcnn_jax import realism
 from rcnn_jax import sequences
@@ -50,13 +57,18 @@ APERTURE_RADIUS_PX = 3.0  # light curve of the figures: sum of eq. 4 counts with
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _WORKDIR, _STEP, _OUT, _PLOT, _FAIL_FAST, _BATCH
+  global _WORKDIR, _STEP, _OUT, _PLOT, _FAIL_FAST, _BATCH, _START, _FULL
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir of an RCNN.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', 'predictions.csv', 'Where the CSV goes.')
   _PLOT = flags.DEFINE_string('plot', None, 'Folder for one Appendix B figure per object.')
   _FAIL_FAST = flags.DEFINE_bool('fail-fast', False, 'Stop at the first bad file.')
   _BATCH = flags.DEFINE_integer('batch', 64, 'Objects per model call.')
+  _START = flags.DEFINE_enum('start', 'first', ['first', 'detection'],
+                             'Sequence start: first kept epoch, or pre_detection epochs before '
+                             'the first 5-sigma detection (transients).')
+  _FULL = flags.DEFINE_bool('full_length', False, 'Classify past config.sim.max_steps (an '
+                            'extrapolation) instead of truncating there.')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,6 +119,7 @@ class Classifier:
     self.n_w = int(config.sim.n_w)
     self.max_steps = int(config.sim.max_steps)
     self.stamp_size = int(config.sim.stamp_size)
+    self.rules = preprocess.Rules.from_config(config)
     self.dtype = str(model_config.dtype)
     self.model = models.build_model(model_config, len(self.class_names), self.n_w)
     self.params = params
@@ -145,16 +158,21 @@ class Classifier:
     logits, carry = self.model.apply(variables, x, time_gaps, mask, carry, method='step')
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), carry
 
-  def classify(self, seqs, batch_size=64, max_steps=None) -> list[np.ndarray]:
-    """Per sequence, probabilities [num_steps, C] at every step (or the first ``max_steps``).
+  def classify(self, seqs, batch_size=64, max_steps=None, start='first',
+               full_length=False, warn=None) -> list[np.ndarray]:
+    """Per sequence, probabilities [num_steps, C] over its first ``config.sim.max_steps`` steps.
 
+    ``max_steps`` overrides that limit; ``full_length`` classifies every step instead.
+    ``start``: 'first', 'detection' or a list of either per sequence (``preprocess.prepare``).
     Sequences are batched by length into [batch, config.sim.max_steps] chunks (zero-padded,
     masked) run one after another with the LSTM carry, so every call has the same shapes.
     """
     seqs = list(seqs)
     if not seqs:
       return []
-    inputs = [self._inputs(s, max_steps) for s in seqs]
+    starts = start if isinstance(start, (list, tuple)) else [start] * len(seqs)
+    limit = None if full_length else (self.max_steps if max_steps is None else int(max_steps))
+    inputs = [self._inputs(s, limit, st, warn) for s, st in zip(seqs, starts)]
     lengths = np.array([len(m) for _, _, m in inputs])
     order = np.argsort(-lengths, kind='stable')  # similar lengths share a batch: less padding
     b = int(min(batch_size, _next_pow2(len(seqs))))
@@ -182,12 +200,16 @@ class Classifier:
         out[i] = probs[row, :lengths[i]]
     return out
 
-  def _inputs(self, seq, max_steps):
-    """(images [T, S, S, n_w], time gaps [T, n_w], mask [T]) of a sequence's valid steps."""
+  def prepare(self, seq, max_steps='config', start='first', warn=None) -> dict:
+    """``preprocess.prepare`` with this model's rules (seeing cut, zp_ref, start, window)."""
     if seq.stamps.shape[1:] != (self.stamp_size, self.stamp_size):
       raise ValueError(f'{seq.name}: stamps are {seq.stamps.shape[1]}x{seq.stamps.shape[2]}, '
                        f'the model takes {self.stamp_size}x{self.stamp_size}')
-    d = realdata.model_inputs(seq, self.n_w, max_steps)
+    return preprocess.prepare(seq, self.rules, start=start, max_steps=max_steps, warn=warn)
+
+  def _inputs(self, seq, max_steps, start='first', warn=None):
+    """(images [T, S, S, n_w], time gaps [T, n_w], mask [T]) of a sequence's valid steps."""
+    d = self.prepare(seq, max_steps, start, warn)
     n = d['num_steps']
     return d['images'][:n], d['time_gaps'][:n], d['mask'][:n]
 
@@ -234,13 +256,16 @@ class Classifier:
     return carry, window, window_t, probs
 
   def update(self, state: StreamState, images, mjd, zero_point=None, sky_adu=None,
-             objects=None):
+             objects=None, seeing_arcsec=None):
     """One new image for each of some objects -> (probs [N, C], new state).
 
     ``objects``: None (all N slots), K distinct slot indices, or a boolean mask [N]; ``images``
     [K, H, W] raw ADU (sky included, centre-cropped to the stamp size like ``realdata``), ``mjd``
     [K]; ``zero_point`` [K] (None or NaN: no eq. 4 scaling, as ``realdata`` without zero
     points) and ``sky_adu`` [K] (None or NaN: the outer-ring estimate of ``realdata``).
+    ``seeing_arcsec`` [K] (None or NaN: unknown, kept): an image whose seeing is above
+    ``config.survey.max_seeing_arcsec`` is dropped, as training never contains one (its object
+    is left as if it had no new image).
     ``probs`` holds every object's latest probabilities: NaN until it has n_w images, unchanged
     for objects without a new image. All N slots go through one jitted call of fixed shape.
     """
@@ -250,6 +275,13 @@ class Classifier:
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[0] != k:
       raise ValueError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
+    if seeing_arcsec is not None and self.rules.max_seeing_arcsec is not None:
+      seeing = _per_object(seeing_arcsec, k, 'seeing_arcsec')
+      good = ~(seeing > self.rules.max_seeing_arcsec)  # NaN: unknown, kept
+      if not good.all():
+        sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
+        return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),
+                           idx[good])
     h, w = images.shape[1:]
     if h < s or w < s:
       raise ValueError(f'stamps are {h}x{w}, smaller than the stamp size {s}')
@@ -338,13 +370,19 @@ def step_mjd(seq, n_w, num_steps) -> np.ndarray:
   return np.asarray(seq.mjd[n_w - 1:n_w - 1 + num_steps], np.float64)
 
 
-def predictions_csv(seqs, probs, n_w, class_names) -> str:
-  """CSV text: object, step (1-based), mjd of the step's last image, one column per class."""
+def predictions_csv(seqs, probs, n_w, class_names, step_mjds=None) -> str:
+  """CSV text: object, step (1-based), mjd of the step's last image, one column per class.
+
+  ``step_mjds``: per sequence, its steps' last-image MJDs (``prepare``'s ``mjd_last``); by
+  default the file's epochs from the first (no epoch dropped).
+  """
   buf = io.StringIO()
   out = csv.writer(buf, lineterminator='\n')
   out.writerow(['object', 'step', 'mjd'] + list(class_names))
-  for seq, p in zip(seqs, probs):
-    for j, (m, row) in enumerate(zip(step_mjd(seq, n_w, len(p)), p)):
+  if step_mjds is None:
+    step_mjds = [step_mjd(seq, n_w, len(p)) for seq, p in zip(seqs, probs)]
+  for seq, p, mjds in zip(seqs, probs, step_mjds):
+    for j, (m, row) in enumerate(zip(mjds, p)):
       out.writerow([seq.name, j + 1, f'{m:.6f}'] + [f'{v:.7g}' for v in row])
   return buf.getvalue()
 
@@ -371,10 +409,12 @@ def plot_paths(seqs, plot_dir) -> list[str]:
 
 
 def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=False,
-                  batch_size=64, classifier=None, stderr=None) -> int:
+                  batch_size=64, classifier=None, stderr=None, start='first',
+                  full_length=False) -> int:
   """Classifies files and folders into a CSV (and figures); returns the exit status (0 or 2).
 
   ``classifier`` reuses an already restored model (``workdir`` and ``step`` are then unused).
+  ``start`` and ``full_length`` as in ``Classifier.classify``.
   """
   from rcnn_jax import train  # pylint: disable=g-import-not-at-top
   stderr = stderr or sys.stderr
@@ -394,19 +434,24 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
     return 2
   if classifier is None:
     classifier = Classifier.from_workdir(workdir, step)
-  probs = classifier.classify(seqs, batch_size=batch_size)
+  warn = preprocess.Warnings(stderr)
+  probs = classifier.classify(seqs, batch_size=batch_size, start=start,
+                              full_length=full_length, warn=warn)
+  limit = None if full_length else classifier.max_steps
+  mjds = [classifier.prepare(s, limit, start, warn)['mjd_last'][:len(p)]
+          for s, p in zip(seqs, probs)]
   utils.atomic_write_text(out, predictions_csv(seqs, probs, classifier.n_w,
-                                               classifier.class_names))
+                                               classifier.class_names, mjds))
   print(f'wrote {out}: {len(seqs)} objects, {sum(len(p) for p in probs)} steps'
         + (f'; {len(errors)} bad files skipped' if errors else ''))
   if plot_dir:
     from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
     os.makedirs(plot_dir, exist_ok=True)
-    for seq, p, path in zip(seqs, probs, plot_paths(seqs, plot_dir)):
+    for seq, p, m, path in zip(seqs, probs, mjds, plot_paths(seqs, plot_dir)):
       images = eq4_images(seq)
       plots.plot_sequence_prediction(
           path, seq.name, seq.mjd, realism.aperture_flux(images, radius=APERTURE_RADIUS_PX),
-          step_mjd(seq, classifier.n_w, len(p)), p, classifier.class_names, images)
+          m, p, classifier.class_names, images)
     print(f'wrote {len(seqs)} figures to {plot_dir}')
   return 2 if errors else 0
 
@@ -419,7 +464,8 @@ def main(argv):
   if _BATCH.value < 1:
     raise app.UsageError('--batch must be >= 1')
   return predict_files(_WORKDIR.value, argv[1:], _OUT.value, step=_STEP.value,
-                       plot_dir=_PLOT.value, fail_fast=_FAIL_FAST.value, batch_size=_BATCH.value)
+                       plot_dir=_PLOT.value, fail_fast=_FAIL_FAST.value, batch_size=_BATCH.value,
+                       start=_START.value, full_length=_FULL.value)
 
 
 if __name__ == '__main__':

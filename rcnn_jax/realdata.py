@@ -15,8 +15,9 @@ Stamps larger than ``stamp_size`` are centre-cropped: rows ``(H - S) // 2 .. (H 
 and likewise columns, so for odd H and S the centre pixel stays the centre pixel. When the sky is
 not given it is estimated from the cropped stamps' outer 3-pixel ring (``estimate_sky``).
 
-``model_inputs`` applies eq. 4 and the n_w stacking with the simulator's conventions
-(``sequences.preprocess``, ``sequences.stack_steps``, ``sequences.time_gaps``).
+Model inputs are made by ``preprocess.prepare`` (the same code as the simulator's:
+seeing cut, reference zero point, start, eq. 4, stacks); ``model_inputs`` is its form without
+the seeing cut. Optional key ``label`` (a class name) is read as ``RealSequence.label``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class RealSequence:
   zero_point: np.ndarray | None
   sky_estimated: bool
   seeing_arcsec: np.ndarray | None
+  label: str | None = None  # the class name, for labelled files (npz key ``label``)
+  path: str | None = None
 
   @property
   def num_epochs(self) -> int:
@@ -224,6 +227,14 @@ def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
   else:
     raise BadInput(path, 'unknown format (expected .npz, .fits, .fits.gz or .fit)')
   stamps, mjd, opt = _validate(path, raw, stamp_size, n_w)
+  label = raw.get('label')
+  if label is not None:
+    label = np.asarray(label)
+    if label.dtype.kind not in 'US' or label.size != 1:
+      raise BadInput(path, f"'label' must be one class name string, got {label.dtype} "
+                     f'{label.shape}')
+    label = str(label.reshape(()).item())
+    label = label.decode() if isinstance(label, bytes) else label
   zp = opt.get('zero_point')
   sky = opt.get('sky_adu')
   seeing = opt.get('seeing_arcsec')
@@ -234,7 +245,8 @@ def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
       sky_adu=(estimate_sky(stamps) if sky is None else sky.astype(np.float32)),
       zero_point=None if zp is None else zp.astype(np.float64),
       sky_estimated=sky is None,
-      seeing_arcsec=None if seeing is None else seeing.astype(np.float64))
+      seeing_arcsec=None if seeing is None else seeing.astype(np.float64),
+      label=label, path=path)
 
 
 def expand_inputs(paths) -> list[str]:
@@ -309,37 +321,13 @@ def estimate_sky(stamps) -> np.ndarray:
 
 
 def model_inputs(seq: RealSequence, n_w, max_steps=None) -> dict:
-  """Eq. 4 and n_w stacks as the simulator builds them (numpy).
+  """Eq. 4 and n_w stacks of all epochs from the first (``preprocess.prepare`` without the
+  seeing cut; use ``prepare`` with ``Rules.from_config`` for inputs exactly as in training).
 
   Returns images (T, S, S, n_w) float32, time_gaps (T, n_w) float32 (days since the first
   image), mask (T,) bool, mjd_last (T,) float64 (each step's last image; NaN where padded) and
   num_steps, with T = max_steps when given (truncated or zero-padded), else E - n_w + 1.
   """
-  e = seq.num_epochs
-  steps = e - n_w + 1
-  if steps < 1:
-    raise ValueError(f'{seq.name}: {e} epochs, fewer than n_w = {n_w}')
-  if max_steps is not None and steps > max_steps:
-    steps = int(max_steps)
-    e = steps + n_w - 1
-  stamps = np.asarray(seq.stamps[:e], np.float64)
-  sky = np.asarray(seq.sky_adu[:e], np.float64)
-  if seq.zero_point is None:
-    scale = np.ones(e)
-  else:
-    zp = np.asarray(seq.zero_point, np.float64)
-    scale = 10.0**((zp[0] - zp[:e]) / 2.5)
-  proc = (stamps - sky[:, None, None]) * scale[:, None, None]
-  mjd = np.asarray(seq.mjd[:e], np.float64)
-  images = np.stack([proc[j:j + steps] for j in range(n_w)], axis=-1).astype(np.float32)
-  gaps = np.stack([(mjd - mjd[0])[j:j + steps] for j in range(n_w)], axis=-1).astype(np.float32)
-  mjd_last = mjd[n_w - 1:n_w - 1 + steps]
-  mask = np.ones(steps, bool)
-  t_out = steps if max_steps is None else int(max_steps)
-  pad = t_out - steps
-  if pad > 0:
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
-    gaps = np.concatenate([gaps, np.zeros((pad, n_w), np.float32)])
-    mjd_last = np.concatenate([mjd_last, np.full(pad, np.nan)])
-    mask = np.concatenate([mask, np.zeros(pad, bool)])
-  return dict(images=images, time_gaps=gaps, mask=mask, mjd_last=mjd_last, num_steps=steps)
+  from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+  return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), max_seeing_arcsec=None),
+                            start='first', max_steps=max_steps)

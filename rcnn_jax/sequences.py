@@ -1,6 +1,10 @@
 """Sec. 3.1: first detection, the window of epochs, eq. 4, n_w-image stacks and masks.
 
-All functions are pure JAX on one object's arrays (vmap for batches); shapes are static.
+All functions are pure JAX on one object's arrays (vmap for batches); shapes are static. They
+are the one definition of a model input: the simulator (``simulator._observe``) and real files
+(``preprocess.prepare``, used by ``realdata``, ``predict`` and ``evaluate --real``) both call
+``reference_zero_point`` and ``observe_steps``; ``preprocess`` adds the host-side rules that only
+real files need (the seeing cut, the photometric first detection).
 """
 
 from __future__ import annotations
@@ -66,3 +70,26 @@ def stack_steps(x, n_w):
 def time_gaps(t_days, n_w):
   """[E] epoch times -> [T, n_w]: each stacked image's time since the sequence's first image."""
   return stack_steps(t_days - t_days[0], n_w)
+
+
+def reference_zero_point(zero_point):
+  """Eq. 4's zp_ref: the zero point of the first kept (good-seeing) epoch of the field.
+
+  ``zero_point`` [..., E] holds the kept epochs of a field's (or a real file's) time range in
+  time order. The simulator's survey keeps only epochs with seeing <= max_seeing_arcsec, so
+  this is its field's first good epoch; a real file passes its epochs after the same cut.
+  """
+  return zero_point[..., 0]
+
+
+def observe_steps(raw_adu, sky_adu, zero_point, zero_point_ref, t_days, step_mask, n_w):
+  """One sequence's model input from its E raw stamps: (images [T, H, W, n_w], gaps [T, n_w]).
+
+  Eq. 4 on every epoch, then the n_w stacks; padded steps (``step_mask`` False) carry zeros,
+  their images and time gaps alike. ``t_days`` [E] are the epochs' times (any origin); the gaps
+  are days since the sequence's first image.
+  """
+  proc = preprocess(raw_adu, sky_adu, zero_point, zero_point_ref)
+  images = jnp.where(step_mask[:, None, None, None], stack_steps(proc, n_w), 0.0)
+  gaps = jnp.where(step_mask[:, None], time_gaps(t_days, n_w), 0.0)
+  return images, gaps

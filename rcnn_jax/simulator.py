@@ -273,7 +273,7 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   sky = surv.sky_adu[field, idx]
   seeing = surv.seeing_arcsec[field, idx]
   exp_time = surv.exp_time_s[field, idx]
-  zp_ref = surv.zero_point[field, 0]
+  zp_ref = sequences.reference_zero_point(surv.zero_point[field])
   gain, read_noise = surv.gain[ccd], surv.read_noise_e[ccd]
   saturation = surv.saturation_adu[ccd]
   fwhm_px = psf_fwhm_px(seeing, sim)
@@ -302,7 +302,6 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
       'fwhm_px': fwhm_px,
       'rotation': jax.random.randint(k_rot, (), 0, 8),
       'noise_key': jax.random.key_data(k_noise),
-      'time_gaps': sequences.time_gaps(t, sim.n_w),
       'mask': step_mask,
       'label': label.astype(jnp.int32),
       't_days': t,
@@ -428,12 +427,11 @@ def _observe(objects, sim: Simulator):
                                per(out['saturation_adu']), sim.poisson)
   sky = out['sky_adu']
   raw = jnp.where(out['epoch_valid'][..., None, None], raw, sky[..., None, None])
-  proc = sequences.preprocess(raw, sky, out['zero_point'], out['zero_point_ref'][:, None])
-  step = out['mask'][..., None, None, None]
+  # The shared definition of a model input (real files go through the same function).
   # Padded steps carry nothing (their first images may be real, but the step is not).
-  out['images'] = jnp.where(step, jax.vmap(lambda p: sequences.stack_steps(p, sim.n_w))(proc),
-                            0.0)
-  out['time_gaps'] = jnp.where(out['mask'][..., None], out['time_gaps'], 0.0)
+  out['images'], out['time_gaps'] = jax.vmap(
+      lambda r, s, z, zr, t, m: sequences.observe_steps(r, s, z, zr, t, m, sim.n_w))(
+          raw, sky, out['zero_point'], out['zero_point_ref'], out['t_days'], out['mask'])
   out['raw_adu'] = raw
   return out
 

@@ -72,8 +72,11 @@ def test_incremental_equals_whole_sequence(classifier, tmp_path):
           _sequence(tmp_path, 'e', 6, 4)]
   assert seqs[3].sky_estimated and seqs[3].zero_point is None
   slots, starts = [0, 1, 2, 3, 2], [0, 3, 1, 2, 5]
-  whole = classifier.classify(seqs, batch_size=4)
+  # full_length: every step, as the incremental mode (classify truncates at max_steps).
+  whole = classifier.classify(seqs, batch_size=4, full_length=True)
   assert [len(p) for p in whole] == [s.num_epochs - n_w + 1 for s in seqs]
+  assert [len(p) for p in classifier.classify(seqs, batch_size=4)] == [
+      min(s.num_epochs - n_w + 1, classifier.max_steps) for s in seqs]
   # The comparison means something: probabilities move with the step and differ by object.
   assert np.ptp(whole[0], axis=0).max() > 1e-3
   assert np.abs(whole[0][:3] - whole[4][:3]).max() > 1e-3
@@ -147,7 +150,8 @@ def test_csv_rows_columns_and_figures(classifier, tmp_path):
   err = io.StringIO()
   assert predict.predict_files(None, [str(data)], str(out), plot_dir=str(figs),
                                classifier=classifier, stderr=err) == 0
-  assert err.getvalue() == ''
+  # Files without seeing keep all epochs, said once (not once per file).
+  assert err.getvalue().count('warning:') == 1 and 'no seeing' in err.getvalue()
   rows = _read_csv(out)
   names = list(classifier.class_names)
   assert list(rows[0]) == ['object', 'step', 'mjd'] + names
@@ -155,10 +159,12 @@ def test_csv_rows_columns_and_figures(classifier, tmp_path):
   whole = classifier.classify(seqs)
   for seq, w in zip(seqs, whole):
     mine = [r for r in rows if r['object'] == seq.name]
-    assert len(mine) == seq.num_epochs - classifier.n_w + 1 == len(w)
+    # Truncated at max_steps (the paper's "after 20 inputs"; 6 in smoke).
+    assert len(mine) == min(seq.num_epochs - classifier.n_w + 1, classifier.max_steps) == len(w)
     assert [int(r['step']) for r in mine] == list(range(1, len(mine) + 1))
     np.testing.assert_allclose([float(r['mjd']) for r in mine],
-                               arrays[seq.name]['mjd'][classifier.n_w - 1:], atol=1e-6)
+                               arrays[seq.name]['mjd'][classifier.n_w - 1:][:len(mine)],
+                               atol=1e-6)
     p = np.array([[float(r[c]) for c in names] for r in mine])
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(p, w, atol=1e-6)
@@ -231,7 +237,11 @@ def test_real_dev_files_classify(classifier, hits_data):
   assert errors == [] and seqs
   probs = classifier.classify(seqs)
   for seq, p in zip(seqs, probs):
-    assert p.shape == (seq.num_epochs - classifier.n_w + 1, classifier.num_classes)
+    d = classifier.prepare(seq)
+    bad = np.sum(seq.seeing_arcsec > classifier.config.survey.max_seeing_arcsec)
+    assert d['num_steps'] == min(seq.num_epochs - bad - classifier.n_w + 1,
+                                 classifier.max_steps)
+    assert p.shape == (d['num_steps'], classifier.num_classes)
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
 

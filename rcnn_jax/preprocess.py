@@ -1,0 +1,280 @@
+"""Real sequences prepared exactly as the simulator prepares its own: the rules in one place.
+
+A real file (``realdata.RealSequence``: raw stamps with sky, MJD, zero points, sky, seeing)
+becomes a model input by the same steps as a simulated object, and through the same code
+(``sequences.reference_zero_point`` and ``sequences.observe_steps``, which the simulator's
+``_observe`` calls too):
+
+1. Epoch selection (``select_epochs``): epochs with seeing above
+   ``config.survey.max_seeing_arcsec`` are dropped, as ``survey.build_survey`` drops them from
+   every training field (about 15 % of the real HiTS epochs, up to 3.45"). Fallbacks, each said
+   once on stderr: a file without seeing keeps all its epochs; an epoch whose seeing is NaN
+   (unknown) is kept.
+2. Reference zero point: the zero point of the first kept epoch of the file (the file covers
+   its field from the start of the campaign), as the simulator takes its field's first good
+   epoch, whatever epoch the sequence starts on. A file without zero points: no scaling
+   (said once on stderr).
+3. Sky: the table's ``sky_adu`` as given. Measured on the 70 development files
+   (``experiments/real_dev/sky_residual.json``, outer 3-px ring clipped median minus
+   ``sky_adu``): median residual +1.5 ADU on dark nights (0.27 of the 5.5 ADU per-pixel sky
+   noise) and -2.1 ADU on moonlit nights (-0.18 of 12.4 ADU). The residual is a fraction of
+   the noise, so real inputs keep the table's sky and training needs no residual; its 95th
+   percentile (+30 ADU) comes from neighbours and hosts that fall in the ring, which would
+   bias a ring re-estimate, not improve it. Files without ``sky_adu`` use the ring estimate
+   (``realdata.estimate_sky``).
+4. Sequence start: the first kept epoch (``start='first'``, every class but the transients in
+   Sec. 4), or ``sim.pre_detection`` kept epochs before the first detection
+   (``start='detection'``, see ``first_detection``), floored at the first epoch.
+5. Window: ``sim.max_steps`` steps at most (the paper's "after 20 inputs"; the model never saw
+   more), unless ``max_steps=None`` asks for every step.
+6. Eq. 4, the n_w stacks and the time gaps (days since the sequence's first image) by
+   ``sequences.observe_steps``, in float32 like the simulator; MJD differences are taken in
+   float64 first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rcnn_jax import photometry
+from rcnn_jax import render
+from rcnn_jax import sequences
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+  """The settings the preparation needs, from a config (``Rules.from_config``)."""
+  n_w: int = 3
+  max_steps: int = 20
+  pre_detection: int = 5
+  max_seeing_arcsec: float | None = 2.0
+  # First detection (Sec. 3.1 on real stamps): baseline epochs and threshold.
+  baseline_epochs: int = 3
+  detection_sigma: float = 5.0
+  # Photometry of the detection rule: PSF as the simulator renders it, camera as the survey's.
+  pixel_scale: float = 0.263
+  seeing_scale: float = 1.0
+  seeing_offset_arcsec: float = 0.0
+  psf_kind: str = 'moffat'
+  moffat_beta: float = 3.0
+  gain: float = 4.0
+  read_noise_e: float = 6.0
+  transient_classes: tuple = ('Supernova', 'Asteroid')
+
+  @classmethod
+  def from_config(cls, config) -> 'Rules':
+    """Rules of a (possibly older, saved) config; ``config.real`` fields default as in hits.py."""
+    sc, sv = config.sim, config.survey
+    real = config.get('real', None) or {}
+    psf = sc.get('psf', None) or {}
+    gain, rn = camera_gain_read_noise(config)
+    kind = str(psf.get('kind', 'moffat'))
+    return cls(
+        n_w=int(sc.n_w), max_steps=int(sc.max_steps), pre_detection=int(sc.pre_detection),
+        max_seeing_arcsec=float(sv.max_seeing_arcsec),
+        baseline_epochs=int(real.get('baseline_epochs', 3)),
+        detection_sigma=float(real.get('detection_sigma', 5.0)),
+        pixel_scale=float(sv.pixel_scale_arcsec),
+        seeing_scale=float(psf.get('seeing_scale', 1.0)),
+        seeing_offset_arcsec=float(psf.get('seeing_offset_arcsec', 0.0)),
+        # A PSF bank is the simulator's; the detection's matched filter uses its Moffat model.
+        psf_kind='moffat' if kind == 'bank' else kind,
+        moffat_beta=float(psf.get('moffat_beta', 3.0)), gain=gain, read_noise_e=rn,
+        transient_classes=tuple(sc.get('transient_classes', ('Supernova', 'Asteroid'))))
+
+
+def camera_gain_read_noise(config) -> tuple[float, float]:
+  """(gain e-/ADU, read noise e-) for a real file of unknown CCD: the camera table's medians
+  when ``survey.camera_path`` is set, else the built-in model's (middle of ``gain_range``,
+  ``read_noise_median_e``)."""
+  sv = config.survey
+  path = str(sv.get('camera_path', '') or '')
+  if path:
+    from rcnn_jax import survey as survey_lib  # pylint: disable=g-import-not-at-top
+    cam = survey_lib.read_camera(path)
+    return float(np.median(cam['gain'])), float(np.median(cam['read_noise_e']))
+  lo, hi = sv.get('gain_range', (4.0, 4.0))
+  return 0.5 * (float(lo) + float(hi)), float(sv.get('read_noise_median_e', 6.0))
+
+
+class Warnings:
+  """Says each fallback once on stderr (per kind of problem), however many files share it."""
+
+  def __init__(self, stream=None):
+    self.stream = stream
+    self.seen = set()
+
+  def __call__(self, kind, message):
+    if kind in self.seen:
+      return
+    self.seen.add(kind)
+    print(f'warning: {message}', file=self.stream or sys.stderr)
+
+
+_DEFAULT_WARN = Warnings()
+
+
+def select_epochs(seq, max_seeing_arcsec, warn=None) -> np.ndarray:
+  """Indices of the epochs kept: seeing <= max_seeing_arcsec (None: all), as in training."""
+  warn = warn or _DEFAULT_WARN
+  e = seq.num_epochs
+  if max_seeing_arcsec is None:
+    return np.arange(e)
+  if seq.seeing_arcsec is None:
+    warn('no_seeing', f'{seq.name}: no seeing column: all epochs kept (training drops seeing > '
+         f'{max_seeing_arcsec}"); said once for all such files')
+    return np.arange(e)
+  seeing = np.asarray(seq.seeing_arcsec, np.float64)
+  unknown = ~np.isfinite(seeing)
+  if unknown.any():
+    warn('nan_seeing', f'{seq.name}: {int(unknown.sum())} epoch(s) of unknown (NaN) seeing '
+         'kept; said once for all such files')
+  return np.flatnonzero(unknown | (seeing <= max_seeing_arcsec))
+
+
+def epoch_photometry(images, seeing_arcsec, sky_adu, rules: Rules):
+  """(flux [E], sigma [E]) of a centred point source on sky-subtracted images (``photometry``).
+
+  sigma is the optimal photometry's own error (Naylor 1998): sky and read noise (table sky,
+  the camera's gain and read noise) plus the Poisson noise of the measured flux. For a source
+  near the detection limit the sky term dominates: the noise that defines a survey's 5-sigma
+  limiting magnitude. NaN seeing takes the file's median.
+  """
+  seeing = np.asarray(seeing_arcsec, np.float64)
+  good = np.isfinite(seeing)
+  seeing = np.where(good, seeing, np.median(seeing[good]) if good.any() else 1.3)
+  fwhm = render.seeing_to_fwhm_px(jnp.asarray(seeing, jnp.float32), rules.pixel_scale,
+                                  rules.seeing_scale, rules.seeing_offset_arcsec)
+  one = lambda img, w, sky: photometry.optimal_flux(img, w, sky, rules.gain, rules.read_noise_e,
+                                                    rules.psf_kind, rules.moffat_beta)
+  flux, var = jax.vmap(one)(jnp.asarray(images, jnp.float32), fwhm,
+                            jnp.asarray(sky_adu, jnp.float32))
+  return np.asarray(flux, np.float64), np.sqrt(np.asarray(var, np.float64))
+
+
+def first_detection(flux, sigma, baseline_epochs, nsigma=5.0) -> int:
+  """Index of the first epoch with flux - baseline > nsigma * sigma, or len(flux) if none.
+
+  baseline = median flux of the first ``baseline_epochs`` epochs (HiTS 2015 observed each
+  field 3 to 4 times on its first night: the median of three is robust to one outlier and is
+  the object before it could have changed much). sigma is each epoch's own photometric error
+  (``epoch_photometry``: sky, read noise and the flux's Poisson noise, so a bright host or
+  star does not make noise look like a detection). This is the simulator's rule (``sequences.first_detection``:
+  source magnitude brighter than the epoch's 5-sigma limiting magnitude, i.e. source flux above
+  5 sigma of that epoch's sky noise), with the early baseline standing in for the flux of
+  whatever was there before the transient (a host, a template), which the simulator knows and
+  a real stamp does not.
+  """
+  flux, sigma = np.asarray(flux, np.float64), np.asarray(sigma, np.float64)
+  base = np.median(flux[:max(1, int(baseline_epochs))])
+  hit = np.flatnonzero(flux - base > nsigma * sigma)
+  return int(hit[0]) if hit.size else len(flux)
+
+
+def _eq4_images(seq, kept, zp_ref):
+  """[K, S, S] float32 eq. 4 images of the kept epochs (the simulator's float32 arithmetic)."""
+  stamps = jnp.asarray(seq.stamps[kept], jnp.float32)
+  sky = jnp.asarray(seq.sky_adu[kept], jnp.float32)
+  if zp_ref is None:
+    return np.asarray(stamps - sky[:, None, None])
+  zp = jnp.asarray(seq.zero_point[kept], jnp.float32)
+  return np.asarray(sequences.preprocess(stamps, sky, zp, jnp.float32(zp_ref)))
+
+
+def detection_start(seq, kept, zp_ref, rules: Rules, warn=None) -> int:
+  """Position (among the kept epochs) where a transient's sequence starts: ``pre_detection``
+  epochs before its first detection, floored at 0; 0 with a warning when never detected."""
+  warn = warn or _DEFAULT_WARN
+  if seq.seeing_arcsec is None:
+    seeing = np.full(len(kept), np.nan)
+  else:
+    seeing = np.asarray(seq.seeing_arcsec, np.float64)[kept]
+  flux, sigma = epoch_photometry(_eq4_images(seq, kept, zp_ref), seeing,
+                                 np.asarray(seq.sky_adu, np.float64)[kept], rules)
+  if zp_ref is not None:  # sigma in eq. 4 units, like the flux
+    sigma = sigma * 10.0**((zp_ref - np.asarray(seq.zero_point, np.float64)[kept]) / 2.5)
+  det = first_detection(flux, sigma, rules.baseline_epochs, rules.detection_sigma)
+  if det >= len(kept):
+    warn(f'undetected:{seq.name}', f'{seq.name}: never {rules.detection_sigma:g} sigma above '
+         'its early baseline; its sequence starts at the first epoch')
+    return 0
+  return max(det - rules.pre_detection, 0)
+
+
+def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> dict:
+  """A real sequence's model input, prepared as the simulator prepares its objects.
+
+  ``start``: 'first' (the first kept epoch), 'detection' (``detection_start``) or an int
+  position among the kept epochs. ``max_steps``: 'config' (``rules.max_steps``, the default),
+  an int, or None (every step). Returns images [T, S, S, n_w] float32, time_gaps [T, n_w]
+  float32, mask [T] bool, mjd_last [T] float64, num_steps, and epochs (the file's indices of
+  the E used images), start (their first), kept (all kept indices).
+  """
+  warn = warn or _DEFAULT_WARN
+  n_w = rules.n_w
+  kept = select_epochs(seq, rules.max_seeing_arcsec, warn)
+  if seq.zero_point is None:
+    warn('no_zero_point', f'{seq.name}: no zero points: no eq. 4 scaling; said once for all '
+         'such files')
+    zp_ref = None
+  else:
+    zp_ref = float(sequences.reference_zero_point(
+        np.asarray(seq.zero_point, np.float64)[kept]))
+  if start == 'first':
+    s0 = 0
+  elif start == 'detection':
+    s0 = detection_start(seq, kept, zp_ref, rules, warn)
+  elif isinstance(start, (int, np.integer)):
+    s0 = int(start)
+  else:
+    raise ValueError(f"start must be 'first', 'detection' or an int, got {start!r}")
+  if max_steps == 'config':
+    max_steps = rules.max_steps
+  steps = len(kept) - s0 - n_w + 1
+  if steps < 1:
+    raise ValueError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
+                     f'n_w = {n_w}')
+  if max_steps is not None:
+    steps = min(steps, int(max_steps))
+  epochs = kept[s0:s0 + steps + n_w - 1]
+  t_out = steps if max_steps is None else int(max_steps)
+  e_out = t_out + n_w - 1
+  pad = e_out - len(epochs)
+  # Padded epochs repeat the last one, as the simulator clamps its indices; masked steps are 0.
+  idx = np.concatenate([epochs, np.full(pad, epochs[-1], epochs.dtype)])
+  mjd = np.asarray(seq.mjd, np.float64)
+  t_days = (mjd[idx] - mjd[epochs[0]]).astype(np.float32)
+  step_mask = np.arange(t_out) < steps
+  raw = jnp.asarray(seq.stamps[idx], jnp.float32)
+  sky = jnp.asarray(seq.sky_adu[idx], jnp.float32)
+  if zp_ref is None:
+    zp, zr = jnp.zeros(e_out, jnp.float32), jnp.float32(0.0)
+  else:
+    zp = jnp.asarray(np.asarray(seq.zero_point)[idx], jnp.float32)
+    zr = jnp.float32(zp_ref)
+  images, gaps = sequences.observe_steps(raw, sky, zp, zr, jnp.asarray(t_days),
+                                         jnp.asarray(step_mask), n_w)
+  mjd_last = np.full(t_out, np.nan)
+  mjd_last[:steps] = mjd[epochs[n_w - 1:n_w - 1 + steps]]
+  epoch_valid = np.arange(e_out) < len(epochs)
+  if seq.seeing_arcsec is None:
+    seeing = np.full(e_out, np.nan, np.float32)
+  else:
+    seeing = np.asarray(seq.seeing_arcsec, np.float32)[idx]
+  return dict(images=np.asarray(images), time_gaps=np.asarray(gaps), mask=step_mask,
+              mjd_last=mjd_last, num_steps=int(steps), epochs=epochs, start=int(epochs[0]),
+              kept=kept,
+              # The window's raw epochs (what the simulator's batch holds, for photometry).
+              raw_adu=np.asarray(raw), sky_adu=np.asarray(sky), zero_point=np.asarray(zp),
+              zero_point_ref=np.float32(zr), seeing_arcsec=seeing, epoch_valid=epoch_valid,
+              t_days=t_days)
+
+
+def start_for_class(class_name, rules: Rules) -> str:
+  """Sec. 4: transients (supernovae, asteroids) start at their detection, others at epoch 1."""
+  return 'detection' if class_name in rules.transient_classes else 'first'

@@ -1,0 +1,170 @@
+"""One preparation for simulated and real stamps: identical inputs, seeing cut, zp_ref, detection."""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import preprocess
+from rcnn_jax import realdata
+from rcnn_jax import render
+from rcnn_jax import simulator
+
+
+def _seq(stamps, mjd, sky, zp=None, seeing=None, name='x'):
+  return realdata.RealSequence(name=name, stamps=np.asarray(stamps, np.float32),
+                               mjd=np.asarray(mjd, np.float64), sky_adu=np.asarray(sky),
+                               zero_point=None if zp is None else np.asarray(zp, np.float64),
+                               sky_estimated=False,
+                               seeing_arcsec=None if seeing is None else np.asarray(seeing))
+
+
+@pytest.fixture(scope='module')
+def sim_batch():
+  config = hits.get_config('smoke')
+  sim = simulator.build_simulator(config)
+  batch = jax.jit(lambda k: simulator.simulate_batch(k, sim, 14))(jax.random.key(3))
+  return config, sim, jax.device_get(batch)
+
+
+def test_real_file_and_simulated_object_give_identical_inputs(sim_batch):
+  """A real file holding a simulated object's raw stamps and conditions (its field from the
+  first epoch, with bad-seeing epochs inserted that the cut must drop) gives the simulator's
+  model input bit for bit: same seeing cut, zp_ref, window, eq. 4, stacks and time gaps."""
+  config, sim, b = sim_batch
+  rules = preprocess.Rules.from_config(config)
+  surv = jax.device_get(sim.survey)
+  checked_late_start = False
+  for i in range(14):
+    f = int(b['field'][i])
+    n = int(surv.num_epochs[f])
+    t_field = surv.t_days[f, :n]
+    start = int(np.flatnonzero(t_field == b['t_days'][i][0])[0])
+    valid = b['epoch_valid'][i]
+    e = int(valid.sum())
+    checked_late_start |= start > 0
+    # Epochs before the window: sky only (they only set zp_ref); then the window's raw stamps.
+    stamps = np.concatenate([np.broadcast_to(surv.sky_adu[f, :start, None, None],
+                                             (start, 21, 21)), b['raw_adu'][i][:e]])
+    cond = lambda name: np.asarray(getattr(surv, name)[f, :start + e], np.float64)
+    mjd = 57000.0 + cond('t_days')
+    zp, sky, seeing = cond('zero_point'), cond('sky_adu'), cond('seeing_arcsec')
+    # Insert two bad-seeing epochs (one before the window) that training never contains.
+    for pos in (max(start - 1, 0), start + 2):
+      stamps = np.insert(stamps, pos, stamps[pos] * 3.0, axis=0)
+      mjd = np.insert(mjd, pos, mjd[pos] - 1e-3)
+      zp, sky = np.insert(zp, pos, zp[pos] - 0.7), np.insert(sky, pos, sky[pos] * 2)
+      seeing = np.insert(seeing, pos, config.survey.max_seeing_arcsec + 0.5)
+    seq = _seq(stamps, mjd, sky, zp, seeing)
+    d = preprocess.prepare(seq, rules, start=start)
+    np.testing.assert_array_equal(d['mask'], b['mask'][i])
+    np.testing.assert_array_equal(d['images'], b['images'][i])
+    np.testing.assert_array_equal(d['time_gaps'], b['time_gaps'][i])
+    assert d['zero_point_ref'] == np.float32(b['zero_point_ref'][i])
+    assert not np.isin(d['epochs'], np.flatnonzero(seeing > 2.0)).any()
+  assert checked_late_start
+
+
+def test_seeing_cut_and_reference_zero_point():
+  """A bad-seeing first epoch is dropped, and eq. 4 scales to the first kept epoch's zp."""
+  rules = preprocess.Rules(n_w=1, max_steps=10, max_seeing_arcsec=2.0)
+  stamps = np.ones((5, 21, 21), np.float32) * 100.0
+  sky = np.full(5, 90.0)
+  zp = np.array([24.0, 25.0, 25.5, 25.0, 26.0])
+  seeing = np.array([2.5, 1.0, 2.01, 1.5, np.nan])  # NaN: unknown, kept
+  err = io.StringIO()
+  d = preprocess.prepare(_seq(stamps, np.arange(5.0), sky, zp, seeing), rules,
+                         warn=preprocess.Warnings(err))
+  np.testing.assert_array_equal(d['epochs'], [1, 3, 4])
+  assert d['num_steps'] == 3 and d['mask'].sum() == 3 and len(d['mask']) == 10
+  scale = 10.0**((25.0 - zp[[1, 3, 4]]) / 2.5)
+  np.testing.assert_allclose(d['images'][:3, 10, 10, 0], 10.0 * scale, rtol=1e-6)
+  np.testing.assert_allclose(d['time_gaps'][:3, 0], [0.0, 2.0, 3.0])
+  assert 'unknown (NaN) seeing' in err.getvalue()
+
+
+def test_fallbacks_warn_once():
+  """No seeing: all epochs kept; no zero point: no scaling; each said once for many files."""
+  rules = preprocess.Rules(n_w=3, max_steps=4)
+  err = io.StringIO()
+  warn = preprocess.Warnings(err)
+  stamps = np.random.default_rng(0).normal(100.0, 5.0, (7, 21, 21))
+  for name in ('a', 'b', 'c'):
+    d = preprocess.prepare(_seq(stamps, np.arange(7.0), np.full(7, 100.0), name=name), rules,
+                           warn=warn)
+    assert d['num_steps'] == 4 and len(d['epochs']) == 6
+    np.testing.assert_allclose(d['images'][0, ..., 0], stamps[0] - 100.0, atol=1e-4)
+  lines = err.getvalue().strip().splitlines()
+  assert len(lines) == 2, lines
+  assert 'no seeing' in lines[0] and 'no zero points' in lines[1]
+
+
+def test_truncation_and_full_length():
+  rules = preprocess.Rules(n_w=3, max_steps=4)
+  seq = _seq(np.zeros((10, 21, 21)), np.arange(10.0), np.zeros(10), np.full(10, 25.0),
+             np.ones(10))
+  assert preprocess.prepare(seq, rules)['num_steps'] == 4
+  full = preprocess.prepare(seq, rules, max_steps=None)
+  assert full['num_steps'] == 8 and full['images'].shape[0] == 8
+  with pytest.raises(ValueError, match='fewer than n_w'):
+    preprocess.prepare(seq, rules, start=8)
+
+
+def _rendered_curve(flux, seed, host=0.0, sky=120.0, gain=4.0, rn=6.0, seeing=1.2):
+  """Raw stamps of a centred point source with flux [E] (ADU) on sky (+ a constant host),
+  Moffat PSF and Poisson + read noise (render.py)."""
+  rules = preprocess.Rules()
+  fwhm = render.seeing_to_fwhm_px(seeing, rules.pixel_scale)
+  psf = np.asarray(render.psf_stamp(fwhm, 0.0, 0.0, 21, 'moffat', rules.moffat_beta))
+  rng = np.random.default_rng(seed)
+  mean = sky + (np.asarray(flux)[:, None, None] + host) * psf
+  e = rng.poisson(mean * gain) + rng.normal(0.0, rn, mean.shape)
+  return e / gain
+
+
+def _sigma(sky=120.0, gain=4.0, rn=6.0, seeing=1.2):
+  rules = preprocess.Rules(gain=gain, read_noise_e=rn)
+  _, s = preprocess.epoch_photometry(np.zeros((1, 21, 21)), [seeing], [sky], rules)
+  return float(s[0])
+
+
+@pytest.mark.parametrize('host', [0.0, 3000.0])
+def test_detection_rule_on_rendered_light_curves(host):
+  """First epoch 5 sigma above the early baseline; a constant host/star does not count, a
+  3-sigma bump is not a detection; the sequence starts pre_detection epochs before.
+  (sigma here: the sky-only error, as a survey's limiting magnitude defines it.)"""
+  sig = _sigma()
+  e = 16
+  flux = np.zeros(e)
+  flux[6] = 3.0 * sig  # a 3-sigma fluctuation: not a detection
+  flux[10:] = 12.0 * sig * np.arange(1, e - 9)  # the transient: detected at epoch 10
+  rules = preprocess.Rules(pre_detection=5, max_steps=6)
+  stamps = _rendered_curve(flux, seed=1, host=host)
+  seq = _seq(stamps, np.arange(e) * 0.1, np.full(e, 120.0), np.full(e, 25.0), np.full(e, 1.2))
+  f, s = preprocess.epoch_photometry(stamps - 120.0, np.full(e, 1.2), np.full(e, 120.0), rules)
+  # The photometry's flux (unbiased over sub-pixel positions; a few % high for an exactly
+  # centred source) above the baseline, within 3 sigma.
+  np.testing.assert_allclose(f[10:] - np.median(f[:3]), flux[10:], rtol=0.1, atol=3 * sig)
+  assert preprocess.first_detection(f, s, rules.baseline_epochs) == 10
+  d = preprocess.prepare(seq, rules, start='detection')
+  assert d['start'] == 5
+  # Never detected: starts at the first epoch, with a warning.
+  err = io.StringIO()
+  quiet = _seq(_rendered_curve(np.zeros(e), 2, host=host), np.arange(e) * 0.1,
+               np.full(e, 120.0), np.full(e, 25.0), np.full(e, 1.2), name='quiet')
+  assert preprocess.prepare(quiet, rules, start='detection',
+                            warn=preprocess.Warnings(err))['start'] == 0
+  assert 'never 5 sigma' in err.getvalue()
+
+
+def test_first_detection_by_hand():
+  flux = np.array([1.0, -1.0, 0.0, 4.0, 6.0, 20.0])
+  sigma = np.ones(6)
+  assert preprocess.first_detection(flux, sigma, 3, 5.0) == 4  # 6 - 0 > 5
+  assert preprocess.first_detection(flux, sigma * 10, 3, 5.0) == 6  # none
+  assert preprocess.start_for_class('Supernova', preprocess.Rules()) == 'detection'
+  assert preprocess.start_for_class('RRLyrae', preprocess.Rules()) == 'first'

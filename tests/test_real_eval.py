@@ -1,0 +1,151 @@
+"""Sec. 4 on real labelled sequences (evaluate --real) and fine-tuning on them (finetune)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import hits
+from rcnn_jax import evaluate
+from rcnn_jax import finetune
+from rcnn_jax import predict
+from rcnn_jax import realdata
+from rcnn_jax import train
+
+NAMES = list(hits.CLASS_NAMES)
+
+
+def test_real_metrics_on_fixed_predictions():
+  """Hand-computed: 3 supernovae, 2 RR Lyrae; steps 1..3; step-2 confusion and recall."""
+  sn, rrl, ceph = NAMES.index('Supernova'), NAMES.index('RRLyrae'), NAMES.index('Cepheid')
+  pred = np.array([[sn, sn, sn],
+                   [rrl, sn, sn],
+                   [sn, rrl, rrl],  # wrong from step 2
+                   [rrl, rrl, ceph],
+                   [sn, ceph, ceph]])  # one step only: its step-2 answer is its step-1 one
+  mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]], bool)
+  labels = np.array([sn, sn, sn, rrl, rrl])
+  m = evaluate.real_metrics(pred, labels, mask, NAMES, step=2)
+  assert m['classes_present'] == ['Supernova', 'RRLyrae']
+  assert m['count_per_class'] == {'Supernova': 3, 'RRLyrae': 2}
+  assert m['recall_by_step']['Supernova'] == pytest.approx([2 / 3, 2 / 3, 1.0])
+  assert m['recall_by_step']['RRLyrae'] == pytest.approx([0.5, 1.0, 0.0])
+  assert m['recall_at_step'] == pytest.approx({'Supernova': 2 / 3, 'RRLyrae': 0.5})
+  assert m['mean_recall'] == pytest.approx((2 / 3 + 0.5) / 2)
+  assert m['accuracy_at_step'] == pytest.approx(3 / 5)
+  assert m['confusion_rows'] == ['Supernova', 'RRLyrae'] and len(m['confusion'][0]) == 7
+  assert m['confusion_counts'][0][sn] == 2 and m['confusion_counts'][0][rrl] == 1
+  assert m['confusion_counts'][1][rrl] == 1 and m['confusion_counts'][1][sn] == 1
+  assert m['sequences_by_step']['RRLyrae'] == [2, 1, 1]
+
+
+def test_labels_from_key_folder_or_argument(tmp_path):
+  assert evaluate._class_of_folder('x/real_nonvariable_dev', NAMES) == 'NonVariable'
+  assert evaluate._class_of_folder('x/RRLyrae', NAMES) == 'RRLyrae'
+  assert evaluate._class_of_folder('x/stars', NAMES) is None
+  rng = np.random.default_rng(0)
+  arrays = dict(stamps=rng.normal(100, 5, (6, 21, 21)).astype(np.float32),
+                mjd=np.arange(6.0), sky_adu=np.full(6, 100.0))
+  for folder, label in (('Supernova', None), ('misc', 'RRLyrae'), ('stars', None)):
+    (tmp_path / 'root' / folder).mkdir(parents=True)
+    extra = {} if label is None else {'label': np.array(label)}
+    np.savez(tmp_path / 'root' / folder / 'a.npz', **arrays, **extra)
+  config = hits.get_config('smoke')
+  with pytest.raises(realdata.BadInput, match='no .label. key'):
+    evaluate.load_labelled([str(tmp_path / 'root')], config)
+  seqs, labels = evaluate.load_labelled(
+      [str(tmp_path / 'root' / 'Supernova'), str(tmp_path / 'root' / 'misc'),
+       f'{tmp_path / "root" / "stars"}=Galaxy'], config)
+  assert [NAMES[l] for l in labels] == ['Supernova', 'RRLyrae', 'Galaxy']
+  with pytest.raises(realdata.BadInput, match='unknown class'):
+    evaluate.load_labelled([f'{tmp_path / "root" / "stars"}=Star'], config)
+
+
+def test_stratified_folds():
+  labels = np.repeat([0, 1, 4], [10, 10, 40])
+  fold = finetune.stratified_folds(labels, 5, 10)
+  assert (fold[labels == 4][10:] == -1).all()
+  for f in range(5):
+    assert [int(np.sum((fold == f) & (labels == c))) for c in (0, 1, 4)] == [2, 2, 2]
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  config = hits.get_config('smoke')
+  config.train.num_steps = 1
+  wd = str(tmp_path_factory.mktemp('real') / 'wd')
+  train.train_and_evaluate(config, wd, progress=False)
+  return wd
+
+
+def _dev_dirs(hits_data):
+  lab, nv = hits_data / 'real_labelled_dev', hits_data / 'real_nonvariable_dev'
+  if not lab.is_dir() or not nv.is_dir():
+    pytest.skip('real development files not found')
+  return [str(lab), f'{nv}=NonVariable']
+
+
+def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_path):
+  """evaluate --real on the 70 dev files; a smoke fine-tune changes the model's real
+  predictions and writes a workdir that evaluate and predict read."""
+  dirs = _dev_dirs(hits_data)
+  out = tmp_path / 'eval'
+  evaluate.main_real(workdir, dirs, None, str(out))
+  m = json.loads((out / 'metrics_real.json').read_text())
+  assert m['num_sequences'] == 70
+  assert m['count_per_class'] == {'Supernova': 10, 'RRLyrae': 10, 'EclipsingBinary': 10,
+                                  'NonVariable': 40}
+  assert m['confusion_step'] == 6  # smoke: min(20, max_steps)
+  assert max(m['steps_per_sequence']) <= 6
+  starts = {f['label']: [] for f in m['files']}
+  for f in m['files']:
+    starts[f['label']].append(f['start_epoch'])
+  assert max(starts['NonVariable']) == 0 and max(starts['Supernova']) > 0
+  assert (out / 'real_recall.png').stat().st_size > 10_000
+
+  config, sim, model, state, _ = evaluate.restore_for_eval(workdir)
+  seqs, labels = evaluate.load_labelled(dirs, config)
+  batch = evaluate.real_inputs(seqs, labels, config)
+  before = evaluate.real_logits(config, sim, model, state, batch)
+
+  w2 = str(tmp_path / 'ft')
+  finetune.finetune(workdir, [dirs[0]], w2, overrides=['finetune.learning_rate=0.01'],
+                    progress=False)
+  rec = json.loads((tmp_path / 'ft' / 'finetune.json').read_text())
+  assert len(rec['files']) == 30 and len(rec['loss']) == 3
+  _, _, _, state2, step2 = evaluate.restore_for_eval(w2)
+  assert step2 == 1 + 3
+  after = evaluate.real_logits(config, sim, model, state2, batch)
+  assert np.abs(after - before).max() > 1e-3
+  clf = predict.Classifier.from_workdir(w2)
+  assert len(clf.classify(seqs[:2])[0]) <= clf.max_steps
+  # The streaming mode drops a bad-seeing image as training's survey does.
+  st = clf.new_state(2)
+  s0 = seqs[0]
+  _, st = clf.update(st, s0.stamps[:2], s0.mjd[:2], s0.zero_point[:2], s0.sky_adu[:2],
+                     seeing_arcsec=[1.0, 2.5])
+  assert list(st.num_images) == [1, 0]
+  assert st.zp0[0] == s0.zero_point[0] and np.isnan(st.zp0[1])
+  with pytest.raises(Exception, match='already holds'):
+    finetune.finetune(workdir, [dirs[0]], w2, progress=False)
+
+
+def test_light_curve_classifier_on_real_files(hits_data):
+  """Fig. 9's path: optimal photometry on the real stamps (file seeing, camera gain and read
+  noise) feeds the light-curve classifier; files without seeing are refused in one line."""
+  dirs = _dev_dirs(hits_data)
+  config = hits.get_config('smoke,lc')
+  sim, model, tx = train.build(config)
+  state = train.init_state(config, sim, model, tx, train.make_mesh())
+  seqs, labels = evaluate.load_labelled([dirs[0]], config)
+  seqs, labels = seqs[::10], labels[::10]
+  batch = evaluate.real_inputs(seqs, labels, config)
+  logits = evaluate.real_logits(config, sim, model, state, batch, seqs)
+  assert logits.shape == (3, config.sim.max_steps, 7) and np.isfinite(logits).all()
+  seqs[0].seeing_arcsec = None
+  batch = evaluate.real_inputs(seqs, labels, config)
+  with pytest.raises(Exception, match='no seeing'):
+    evaluate.real_logits(config, sim, model, state, batch, seqs)
