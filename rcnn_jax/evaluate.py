@@ -25,10 +25,14 @@ from rcnn_jax import utils
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _WORKDIR, _STEP, _OUT
+  global _WORKDIR, _STEP, _OUT, _TFDS, _TFDS_SPLIT
   _WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
+  _TFDS = flags.DEFINE_string('tfds', None, 'Evaluate on a prepared hits_sim or hits_real '
+                              'dataset folder (DATA_DIR/<name>/<config>/<version>) instead.')
+  _TFDS_SPLIT = flags.DEFINE_string('tfds_split', None, "With --tfds: the split (default: "
+                                    "'test' for hits_sim, 'dev' for hits_real).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,6 +178,56 @@ def evaluate_workdir(workdir, step=None, progress=True):
   return m
 
 
+def evaluate_tfds(workdir, path, split=None, step=None):
+  """Metrics of a workdir's model on a prepared tfds split: ``hits_sim`` (default split 'test';
+  its test split is this module's simulated test set) or ``hits_real`` (default 'dev'; real
+  sequences through ``predict.Classifier``, magnitudes unknown). ``path`` is the prepared
+  folder (DATA_DIR/<name>/<config>/<version>)."""
+  from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
+  real = reading.producer(path).endswith('hits_real')
+  config = train.load_config(workdir)
+  names = tuple(config.sim.class_names)
+  if real:
+    from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+    seqs, labels, data_names = reading.load_real_split(path, split or 'dev')
+    clf = predict.Classifier.from_workdir(workdir, step)
+    step = clf.checkpoint_step
+    probs = clf.classify(seqs, batch_size=config.eval.batch_size)
+    t = max(len(p) for p in probs)
+    logits = np.zeros((len(probs), t, len(names)), np.float32)
+    mask = np.zeros((len(probs), t), bool)
+    for i, p in enumerate(probs):
+      logits[i, :len(p)], mask[i, :len(p)] = np.log(np.maximum(p, 1e-30)), True
+    magnitude = np.full(len(probs), np.nan)
+  else:
+    data = reading.load_sim_split(path, split or 'test')
+    labels, data_names = data['label'], tuple(str(c) for c in data['class_names'])
+    config, sim, model, state, step = restore_for_eval(workdir, step)
+    if data['mask'].shape[1] != sim.max_steps or data['images'].shape[2] != sim.stamp_size:
+      raise utils.UserError(f'{path}: sequences of {data["mask"].shape[1]} steps of '
+                            f'{data["images"].shape[2]}-pixel stamps; the model takes '
+                            f'{sim.max_steps} steps of {sim.stamp_size}')
+    apply = jax.jit(lambda v, b: model.apply(v, train.model_inputs(b, sim, config.model.kind),
+                                             b['time_gaps'], b['mask'], train=False))
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    eb, n = int(config.eval.batch_size), len(labels)
+    keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'seeing_arcsec', 'gain',
+            'read_noise_e', 'zero_point', 'zero_point_ref', 'epoch_valid')
+    parts = []
+    for off in range(0, n, eb):  # the last batch padded (repeats of object 0), then cut
+      idx = np.minimum(np.arange(off, off + eb), n - 1)
+      parts.append(np.asarray(apply(variables, {k: data[k][idx] for k in keys}))[:n - off])
+    logits, mask, magnitude = np.concatenate(parts), data['mask'], data['magnitude']
+  if data_names != names:
+    raise utils.UserError(f'{path}: classes {", ".join(data_names)} differ from the model\'s '
+                          f'{", ".join(names)}')
+  m = compute_metrics(logits, labels, mask, magnitude, names, config.eval.magnitude_bins,
+                      confusion_step=min(20, int(config.sim.max_steps)))
+  m.update(checkpoint_step=int(step), model=config.model.kind, workdir=workdir,
+           data=f'{path}:{split or ("dev" if real else "test")}')
+  return m
+
+
 def _read_jsonl(path):
   if not os.path.exists(path):
     return []
@@ -191,13 +245,16 @@ def main(argv):
     raise app.UsageError('at most two --workdir (RCNN and light-curve classifier)')
   out = _OUT.value or os.path.join(workdirs[0], 'eval')
   os.makedirs(out, exist_ok=True)
-  results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
+  if _TFDS.value:
+    results = [evaluate_tfds(w, _TFDS.value, _TFDS_SPLIT.value, _STEP.value) for w in workdirs]
+  else:
+    results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
   name = lambda m: f'metrics_{m["model"]}.json' if len(results) > 1 else 'metrics.json'
   for m in results:
     utils.write_json(os.path.join(out, name(m)), m)
     print(f'{m["workdir"]} ({m["model"]}, step {m["checkpoint_step"]}): accuracy at step '
           f'{m["confusion_step"]} = {m["accuracy_at_confusion_step"]:.3f} on '
-          f'{m["num_examples"]} simulated test objects')
+          f'{m["num_examples"]} ' + (m['data'] if 'data' in m else 'simulated test objects'))
   from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
   paths = plots.plot_evaluation(results, out)
   runs = [(m['model'], _read_jsonl(os.path.join(w, 'metrics.jsonl')))

@@ -6,8 +6,9 @@ Splits train / validation / test with ``config.dataset`` sizes (``size='small'``
 ``fold_in(key(config.seed), offset)`` (label i % 7), with offset ``dataset.train_seed_offset``,
 ``eval.val_seed_offset`` (the training run's validation set) and ``eval.test_seed_offset``
 (``evaluate``'s simulated test set). Every array that ``python -m rcnn_jax.simulate`` writes is
-a feature, plus ``index``; records are in index order (no shuffling). The resolved config, the
-seed and the offsets are in the metadata (``info.metadata``). array_record format.
+a feature, plus ``zero_point_ref`` (eq. 4's reference) and ``index``; records are in index
+order (no shuffling). The resolved config, the seed and the offsets are in the metadata
+(``info.metadata``). array_record format.
 
 The builder config's name is ``<variant>_<size>_<digest>`` where the digest covers everything
 that changes the data (seed, survey, sim, dataset sizes, seed offsets): two configs that give
@@ -31,6 +32,8 @@ from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
 
 SPLITS = ('train', 'validation', 'test')
+# simulate's arrays, plus eq. 4's reference zero point (the light-curve classifier's input needs it).
+FIELDS = simulate.FIELDS + ('zero_point_ref',)
 
 
 def split_sizes(config) -> dict:
@@ -84,11 +87,18 @@ def example_shapes(sim) -> dict:
   """Field -> (per-object shape, dtype) of simulate's arrays (nothing is simulated)."""
   out = jax.eval_shape(lambda k: sim_lib.simulate_batch(k, sim, 1), jax.random.key(0))
   shapes = {}
-  for name in simulate.FIELDS:
+  for name in FIELDS:
     src = out['t_days'] if name == 'mjd' else out[name]
     dtype = np.float64 if name == 'mjd' else np.dtype(src.dtype)
     shapes[name] = (tuple(src.shape[1:]), dtype)
   return shapes
+
+
+def tensor_feature(shape, dtype):
+  """A Tensor feature; float64 as raw bytes (tfds' default encoding keeps only float32)."""
+  if np.dtype(dtype) == np.float64:
+    return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+  return tfds.features.Tensor(shape=shape, dtype=dtype)
 
 
 class HitsSim(tfds.core.GeneratorBasedBuilder):
@@ -116,7 +126,7 @@ class HitsSim(tfds.core.GeneratorBasedBuilder):
       if name == 'label':
         feats[name] = tfds.features.ClassLabel(names=list(sim.class_names))
       else:
-        feats[name] = tfds.features.Tensor(shape=shape, dtype=dtype)
+        feats[name] = tensor_feature(shape, dtype)
     feats['index'] = tfds.features.Scalar(dtype=np.int64)
     meta = tfds.core.MetadataDict(
         config=json.loads(config.to_json_best_effort()), seed=int(config.seed),
@@ -149,7 +159,7 @@ class HitsSim(tfds.core.GeneratorBasedBuilder):
       out['mjd'] = mjd0 + out.pop('t_days').astype(np.float64)
       for j in range(min(chunk, num - off)):
         i = off + j
-        ex = {name: out[name][j] for name in simulate.FIELDS}
+        ex = {name: out[name][j] for name in FIELDS}
         ex['label'] = int(ex['label'])
         ex['index'] = i
         yield i, ex
