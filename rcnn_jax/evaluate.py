@@ -1,12 +1,15 @@
 """Sec. 4 on simulated data: accuracy and recall against steps, against magnitude, confusion.
 
     python -m rcnn_jax.evaluate --workdir W [--workdir W2] [--step S] [--out DIR]
+        [--tfds PREPARED_DATASET_DIR [--tfds_split SPLIT]]
 
 Restores the best checkpoint of each workdir (or ``--step``), rebuilds simulator and model
 from the workdir's config.json, and evaluates on a fixed, seeded, class-balanced simulated test
 set (``eval.test_size``; distinct seed from validation). Writes ``metrics.json`` and figures in
 the style of the paper's Fig. 5-9 to ``--out`` (default: ``W/eval``); with two workdirs (RCNN
-and light-curve classifier) the figures show them side by side.
+and light-curve classifier) the figures show them side by side. ``--tfds`` evaluates on a
+prepared ``hits_sim`` split (default 'test') or ``hits_real`` split (default 'dev') instead
+(``evaluate_tfds``).
 """
 
 from __future__ import annotations

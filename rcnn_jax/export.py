@@ -1,11 +1,12 @@
 """Exports a trained RCNN's per-image streaming update as a ``jax.export`` artifact.
 
     python -m rcnn_jax.export --workdir W --out DIR [--step S] [--platforms cpu,cuda]
+        [--conv_impl xla|rows|auto]
 
 writes ``DIR/update.jax`` (the serialized function, parameters included) and
 ``DIR/manifest.json`` (format version, project version, class names, n_w, stamp size, LSTM
 size, preprocessing rules, max seeing, input, state and output shapes with the symbolic batch
-dimension 'b'). ``rcnn_jax.exported`` loads and runs it without the project's model code.
+dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and runs it without the project's model code.
 
 The update is ``Classifier.update``'s alert-broker step as one jax function, eq. 4 included:
 (state, raw image [B, S, S], MJD, zero point, sky, seeing, active [B]) -> (probs [B, C], state).
@@ -45,8 +46,10 @@ def _define_flags():
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _PLATFORMS = flags.DEFINE_list('platforms', ['cpu', 'cuda'],
                                  'Platforms the artifact is lowered for.')
-  _CONV = flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'rows'],
-                            "Convolutions: 'xla' (any platform) or 'rows' (CPU matmuls).")
+  _CONV = flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'rows', 'auto'],
+                            "Convolutions: 'xla' (any platform), 'rows' (CPU matmuls) or "
+                            "'auto' (the Classifier's layers on this backend: fastest on a CPU, "
+                            'slots a multiple of 16).')
 
 
 def project_version() -> str:
@@ -89,9 +92,11 @@ def estimate_sky(images):
 
 
 def export_model(classifier, conv_impl):
-  """The classifier's network without encoder chunks (whose padding to a multiple of the chunk
-  needs a concrete batch size) and with ``conv_impl``; the same parameters."""
+  """The classifier's network: 'auto' as the Classifier runs it (on a CPU: chunks of 16 stamps,
+  Winograd), else without encoder chunks and with ``conv_impl``; the same parameters."""
   from rcnn_jax import models  # pylint: disable=g-import-not-at-top
+  if conv_impl == 'auto':
+    return classifier.model  # the project's layers as this backend picks them
   m = ml_collections.ConfigDict(classifier.config.model.to_dict())
   m.encoder_chunk, m.dtype = 0, classifier.dtype
   if conv_impl:
@@ -112,7 +117,9 @@ def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla'):
     mjd0_lo = jnp.where(first, mjd_lo, mjd0_lo)
     zp0 = jnp.where(first, zero_point, zp0)
     num_images = num_images + kept.astype(jnp.int32)
-    sky = jnp.where(jnp.isnan(sky_adu), estimate_sky(image), sky_adu)
+    unknown = jnp.isnan(sky_adu)
+    sky = jax.lax.cond(jnp.any(unknown),  # the clipped medians cost, so only when needed
+                       lambda: jnp.where(unknown, estimate_sky(image), sky_adu), lambda: sky_adu)
     known = jnp.isfinite(zero_point) & jnp.isfinite(zp0)  # else no scaling, as realdata
     scale = jnp.where(known, 10.0**((zp0 - zero_point) / 2.5), 1.0)  # eq. 4
     proc = (image - sky[:, None, None]) * scale[:, None, None]
@@ -139,6 +146,15 @@ def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla'):
   return update
 
 
+def batch_multiple(classifier, conv_impl) -> int:
+  """1, or the encoder chunk when 'auto' chunks (its padding needs a multiple of it)."""
+  if conv_impl != 'auto':
+    return 1
+  from rcnn_jax import models  # pylint: disable=g-import-not-at-top
+  chunk = models.resolve_encoder_chunk(int(classifier.config.model.get('encoder_chunk', -1)))
+  return max(chunk, 1)
+
+
 def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
   m = {
       'format': exported_lib.FORMAT,
@@ -153,6 +169,7 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
       'lstm_size': int(classifier.model.lstm_size),
       'max_seeing_arcsec': float(max_seeing_arcsec),
       'conv_impl': conv_impl,
+      'batch_multiple': batch_multiple(classifier, conv_impl),
       'dtype': classifier.dtype,
       'preprocessing': {
           'eq4': '(image - sky_adu) * 10**((zp_ref - zero_point) / 2.5), zp_ref = the first '
@@ -177,13 +194,15 @@ def export_classifier(classifier, out_dir, max_seeing_arcsec, platforms=('cpu',)
                       conv_impl='xla'):
   """Writes DIR/update.jax and DIR/manifest.json; returns the manifest.
 
-  ``conv_impl``: the convolution formulation lowered ('xla': lax.conv, for any platform;
-  'rows': the project's CPU matmul form; see models.py).
+  ``conv_impl``: the convolution formulation lowered ('xla': lax.conv, any batch size, for any
+  platform; 'rows': the project's CPU matmul form; 'auto': the Classifier's own layers as this
+  backend picks them, on a CPU chunks of 16 stamps with Winograd, then the batch is a multiple
+  of 16 slots, which the loader pads to).
   """
   manifest = build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl)
-  (b,) = jax.export.symbolic_shape('b')
+  (b,) = jax.export.symbolic_shape(exported_lib.batch_dim(manifest))
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(
-      tuple(b if d == 'b' else d for d in shape), jnp.dtype(dtype))
+      tuple(b if isinstance(d, str) else d for d in shape), jnp.dtype(dtype))
   args = ([spec(*manifest['state'][k]) for k in exported_lib.STATE_NAMES]
           + [spec(*manifest['inputs'][k]) for k in exported_lib.INPUT_NAMES])
   fn = jax.jit(make_update_fn(classifier, max_seeing_arcsec, conv_impl))

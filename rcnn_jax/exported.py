@@ -49,17 +49,29 @@ class ManifestError(ValueError):
     super().__init__(f'{path}: {" ".join(str(problem).split())}')
 
 
+def batch_dim(manifest) -> str:
+  """The symbolic batch dimension: 'b' (any size) or 'M*k' (a multiple of M slots)."""
+  m = int(manifest.get('batch_multiple', 1))
+  return 'b' if m == 1 else f'{m}*k'
+
+
 def state_shapes(manifest) -> dict:
-  """Name -> (shape with 'b' for the batch, dtype) of the state, from the manifest's numbers."""
+  """Name -> (shape with the batch dimension, dtype) of the state, from the manifest's numbers."""
   n_w, s = int(manifest['n_w']), int(manifest['stamp_size'])
   c, h = len(manifest['class_names']), int(manifest['lstm_size'])
-  return {
+  out = {
       'c': (['b', h], 'float32'), 'h': (['b', h], 'float32'),
       'mjd0_hi': (['b'], 'float32'), 'mjd0_lo': (['b'], 'float32'),
       'num_images': (['b'], 'int32'), 'probs': (['b', c], 'float32'),
       'window': (['b', n_w - 1, s, s], 'float32'), 'window_t': (['b', n_w - 1], 'float32'),
       'zp0': (['b'], 'float32'),
   }
+  return _with_batch(out, manifest)
+
+
+def _with_batch(shapes, manifest):
+  b = batch_dim(manifest)
+  return {k: ([b if d == 'b' else d for d in shape], dtype) for k, (shape, dtype) in shapes.items()}
 
 
 def input_shapes(manifest) -> dict:
@@ -67,11 +79,11 @@ def input_shapes(manifest) -> dict:
   out = {k: (['b'], 'float32') for k in INPUT_NAMES}
   out['image'] = (['b', s, s], 'float32')
   out['active'] = (['b'], 'bool')
-  return out
+  return _with_batch(out, manifest)
 
 
 def output_shapes(manifest) -> dict:
-  return {'probs': (['b', len(manifest['class_names'])], 'float32')}
+  return _with_batch({'probs': (['b', len(manifest['class_names'])], 'float32')}, manifest)
 
 
 def _aval_str(aval) -> tuple:
@@ -155,6 +167,7 @@ class ExportedClassifier:
     self.n_w = int(manifest['n_w'])
     self.stamp_size = int(manifest['stamp_size'])
     self.max_seeing_arcsec = float(manifest['max_seeing_arcsec'])
+    self.batch_multiple = int(manifest.get('batch_multiple', 1))
     self._call = jax.jit(exp.call)
 
   @property
@@ -162,11 +175,13 @@ class ExportedClassifier:
     return len(self.class_names)
 
   def new_state(self, num_objects) -> dict:
-    """Empty slots (probabilities NaN, nothing kept yet)."""
-    n = int(num_objects)
+    """Empty slots (probabilities NaN, nothing kept yet): ``num_objects`` rounded up to the
+    artifact's batch multiple (the extra slots stay inactive)."""
+    m = self.batch_multiple
+    n = -(-int(num_objects) // m) * m
     out = {}
     for k, (shape, dtype) in state_shapes(self.manifest).items():
-      shape = [n if d == 'b' else d for d in shape]
+      shape = [n if isinstance(d, str) else d for d in shape]
       fill = np.nan if k in ('probs', 'mjd0_hi', 'mjd0_lo', 'zp0') else 0
       out[k] = jnp.full(shape, fill, dtype)
     return out
@@ -182,13 +197,16 @@ class ExportedClassifier:
 
   def update(self, state, images, mjd, zero_point=None, sky_adu=None, seeing_arcsec=None,
              active=None):
-    """One image per slot (all B slots; ``active`` [B] bool says which carry one) ->
-    (probs [B, C] numpy, new state). Larger stamps are centre-cropped; None means NaN for
-    zero_point (no eq. 4 scaling), sky_adu (estimated) and seeing_arcsec (unknown, kept)."""
-    n, s = state['num_images'].shape[0], self.stamp_size
+    """One image per slot for the first N slots (``active`` [N] bool says which carry one; the
+    state's slots past N, if any, are inactive) -> (probs [N, C] numpy, new state). Larger
+    stamps are centre-cropped; None means NaN for zero_point (no eq. 4 scaling), sky_adu
+    (estimated) and seeing_arcsec (unknown, kept)."""
+    slots, s = state['num_images'].shape[0], self.stamp_size
     images = np.asarray(images, np.float32)
-    if images.ndim != 3 or images.shape[0] != n or min(images.shape[1:]) < s:
-      raise ValueError(f'images must be [{n}, H, W] with H, W >= {s}, got {images.shape}')
+    n = images.shape[0] if images.ndim == 3 else -1
+    if images.ndim != 3 or not 0 < n <= slots or min(images.shape[1:]) < s:
+      raise ValueError(f'images must be [N, H, W] with N <= {slots} slots and H, W >= {s}, '
+                       f'got {images.shape}')
     r0, c0 = (images.shape[1] - s) // 2, (images.shape[2] - s) // 2
     images = images[:, r0:r0 + s, c0:c0 + s]
 
@@ -202,12 +220,14 @@ class ExportedClassifier:
     hi = mjd.astype(np.float32)
     lo = (mjd - hi.astype(np.float64)).astype(np.float32)  # mjd = hi + lo to float64 precision
     act = np.ones(n, bool) if active is None else per(active, 'active', bool)
-    args = [state[k] for k in STATE_NAMES] + [
-        images, hi, lo, per(zero_point, 'zero_point').astype(np.float32),
-        per(sky_adu, 'sky_adu').astype(np.float32),
-        per(seeing_arcsec, 'seeing_arcsec').astype(np.float32), act]
-    probs, new = self._call(*args)
-    return np.asarray(probs), new
+    inputs = [images, hi, lo, per(zero_point, 'zero_point').astype(np.float32),
+              per(sky_adu, 'sky_adu').astype(np.float32),
+              per(seeing_arcsec, 'seeing_arcsec').astype(np.float32), act]
+    if n < slots:  # padding slots: inactive
+      inputs = [np.concatenate([a, np.zeros((slots - n,) + a.shape[1:], a.dtype)])
+                for a in inputs]
+    probs, new = self._call(*[state[k] for k in STATE_NAMES], *inputs)
+    return np.asarray(probs)[:n], new
 
 
 def load(path) -> ExportedClassifier:

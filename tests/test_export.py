@@ -219,3 +219,23 @@ def test_estimated_sky_matches_realdata():
   got = np.asarray(export.estimate_sky(stamps))
   np.testing.assert_allclose(got, realdata.estimate_sky(stamps), rtol=0, atol=1e-4)
   assert abs(got[1] - 120.0) < 2.0
+
+
+def test_cpu_layers_artifact_pads_to_its_batch_multiple(classifier, tmp_path):
+  """conv_impl 'auto' exports the Classifier's own layers (on a CPU: chunks of 16 stamps,
+  Winograd): the batch is a multiple of 16 slots and the loader pads to it."""
+  from rcnn_jax import export  # pylint: disable=g-import-not-at-top
+  m = export.export_classifier(classifier, str(tmp_path), 2.0, ('cpu',), 'auto')
+  assert m['batch_multiple'] == 16 and m['inputs']['active'] == [['16*k'], 'bool']
+  clf = exported.load(str(tmp_path))
+  n = 5
+  stamps, mjd, zp, sky = _stream(n, 5, 2)
+  state, ref = clf.new_state(n), classifier.new_state(n)
+  assert state['num_images'].shape == (16,)
+  for k in range(5):
+    p, state = clf.update(state, stamps[k], mjd[k], zp[k], sky[k])
+    p_ref, ref = classifier.update(ref, stamps[k], mjd[k], zp[k], sky[k])
+    assert p.shape == (n, 7)
+    np.testing.assert_allclose(p, p_ref, atol=1e-5, rtol=0, equal_nan=True)
+  assert not np.isnan(p).any()
+  assert np.asarray(state['num_images'])[n:].max() == 0  # padding slots stay empty
