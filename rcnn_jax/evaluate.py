@@ -203,32 +203,40 @@ def evaluate_tfds(workdir, path, split=None, step=None):
       logits[i, :len(p)], mask[i, :len(p)] = np.log(np.maximum(p, 1e-30)), True
     magnitude = np.full(len(probs), np.nan)
   else:
-    data = reading.load_sim_split(path, split or 'test')
-    labels, data_names = data['label'], tuple(str(c) for c in data['class_names'])
     config, sim, model, state, step = restore_for_eval(workdir, step)
-    if data['mask'].shape[1] != sim.max_steps or data['images'].shape[2] != sim.stamp_size:
-      raise utils.UserError(f'{path}: sequences of {data["mask"].shape[1]} steps of '
-                            f'{data["images"].shape[2]}-pixel stamps; the model takes '
-                            f'{sim.max_steps} steps of {sim.stamp_size}')
+    keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'seeing_arcsec', 'gain',
+            'read_noise_e', 'zero_point', 'zero_point_ref', 'epoch_valid', 'label', 'magnitude')
+    eb = int(config.eval.batch_size)
+    n, data_names, batches = reading.sim_batches(path, split or 'test', eb, keys)
+    _check_classes(path, data_names, names)
     apply = jax.jit(lambda v, b: model.apply(v, train.model_inputs(b, sim, config.model.kind),
                                              b['time_gaps'], b['mask'], train=False))
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    eb, n = int(config.eval.batch_size), len(labels)
-    keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'seeing_arcsec', 'gain',
-            'read_noise_e', 'zero_point', 'zero_point_ref', 'epoch_valid')
     parts = []
-    for off in range(0, n, eb):  # the last batch padded (repeats of object 0), then cut
-      idx = np.minimum(np.arange(off, off + eb), n - 1)
-      parts.append(np.asarray(apply(variables, {k: data[k][idx] for k in keys}))[:n - off])
-    logits, mask, magnitude = np.concatenate(parts), data['mask'], data['magnitude']
-  if data_names != names:
-    raise utils.UserError(f'{path}: classes {", ".join(data_names)} differ from the model\'s '
-                          f'{", ".join(names)}')
+    for b in utils.progress(batches, total=-(-n // eb), desc='evaluate'):
+      if b['mask'].shape[1] != sim.max_steps or b['images'].shape[2] != sim.stamp_size:
+        raise utils.UserError(f'{path}: sequences of {b["mask"].shape[1]} steps of '
+                              f'{b["images"].shape[2]}-pixel stamps; the model takes '
+                              f'{sim.max_steps} steps of {sim.stamp_size}')
+      k = len(b['label'])
+      idx = np.minimum(np.arange(eb), k - 1)  # the last batch padded (repeats), then cut
+      logits = np.asarray(apply(variables, {key: b[key][idx] for key in keys[:-2]}))[:k]
+      parts.append({'logits': logits, 'label': b['label'], 'mask': b['mask'],
+                    'magnitude': b['magnitude']})
+    logits, labels, mask, magnitude = (np.concatenate([p[key] for p in parts])
+                                       for key in ('logits', 'label', 'mask', 'magnitude'))
+  _check_classes(path, data_names, names)
   m = compute_metrics(logits, labels, mask, magnitude, names, config.eval.magnitude_bins,
                       confusion_step=min(20, int(config.sim.max_steps)))
   m.update(checkpoint_step=int(step), model=config.model.kind, workdir=workdir,
            data=f'{path}:{split or ("dev" if real else "test")}')
   return m
+
+
+def _check_classes(path, data_names, names):
+  if tuple(data_names) != tuple(names):
+    raise utils.UserError(f'{path}: classes {", ".join(data_names)} differ from the model\'s '
+                          f'{", ".join(names)}')
 
 
 def _read_jsonl(path):

@@ -35,16 +35,33 @@ def data_source(path, split):
   return builder, builder.as_data_source(split=split)
 
 
-def load_sim_split(path, split='test') -> dict:
-  """A hits_sim split as stacked arrays (simulate's names), plus class_names; index order."""
+def sim_batches(path, split='test', batch_size=512, keys=None):
+  """(num records, class_names, iterator of stacked batches) of a hits_sim split, index order;
+  only ``batch_size`` records are in memory at a time (a full test split is 12 GB)."""
   builder, ds = data_source(path, split)
   if builder.info.metadata.get('producer') != 'rcnn_jax.datasets.hits_sim':
     raise utils.UserError(f'{path}: not a hits_sim dataset')
-  records = [ds[i] for i in range(len(ds))]
   feats = builder.info.features
-  out = {k: np.stack([np.asarray(r[k], feats[k].np_dtype) for r in records]) for k in records[0]}
-  out['label'] = out['label'].astype(np.int32)  # ClassLabel decodes int64; simulate's int32
-  out['class_names'] = np.asarray(builder.info.features['label'].names)
+  names = tuple(feats['label'].names)
+  keys = tuple(keys or feats.keys())
+
+  def batches():
+    for off in range(0, len(ds), batch_size):
+      records = ds.__getitems__(list(range(off, min(off + batch_size, len(ds)))))
+      out = {k: np.stack([np.asarray(r[k], feats[k].np_dtype) for r in records]) for k in keys}
+      if 'label' in out:
+        out['label'] = out['label'].astype(np.int32)  # ClassLabel decodes int64; simulate's int32
+      yield out
+
+  return len(ds), names, batches()
+
+
+def load_sim_split(path, split='test') -> dict:
+  """A hits_sim split as stacked arrays (simulate's names), plus class_names; index order."""
+  _, names, batches = sim_batches(path, split)
+  parts = list(batches)
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  out['class_names'] = np.asarray(names)
   return out
 
 
