@@ -52,9 +52,21 @@ def prepare(builder) -> str:
   return os.fspath(builder.data_path)
 
 
+def _quiet(make):
+  """Builds a tfds builder without its warning that prints the whole custom config."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return make()
+  finally:
+    logging.set_verbosity(level)
+
+
 def build_sim(config, data_dir) -> str:
   from rcnn_jax.datasets import hits_sim  # pylint: disable=g-import-not-at-top
-  return prepare(hits_sim.HitsSim(config=config, data_dir=data_dir, file_format='array_record'))
+  return prepare(_quiet(lambda: hits_sim.HitsSim(config=config, data_dir=data_dir,
+                                                 file_format='array_record')))
 
 
 def build_real(folders, data_dir, config=None, split='dev') -> str:
@@ -64,7 +76,8 @@ def build_real(folders, data_dir, config=None, split='dev') -> str:
   s = int(config.sim.stamp_size) if config is not None else 21
   n_w = int(config.sim.n_w) if config is not None else 3
   bc = hits_real.builder_config(folders, names, s, n_w, split)
-  return prepare(hits_real.HitsReal(config=bc, data_dir=data_dir, file_format='array_record'))
+  return prepare(_quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
+                                                   file_format='array_record')))
 
 
 def main(argv):
