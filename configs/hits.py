@@ -248,6 +248,21 @@ def _model(kind='rcnn'):
   return m
 
 
+def _dataset():
+  """The frozen tensorflow-datasets set ``hits_sim`` (``python -m rcnn_jax.datasets.build``)."""
+  d = ml_collections.ConfigDict()
+  d.size = 'small'  # 'small': the three sizes below; 'full': full_size
+  d.train_size = 700
+  d.validation_size = 140
+  d.test_size = 140
+  d.full_size = (686_000, 85_750, 85_750)  # Sec. 3.4: train / validation / test
+  # Key of the train split (validation and test use eval.val_seed_offset / test_seed_offset,
+  # the training run's validation set and evaluate's test set); beyond any training step.
+  d.train_seed_offset = 3_000_003
+  d.chunk = 64  # objects simulated per compiled call while writing (the data do not depend on it)
+  return d
+
+
 def get_config(arg=None):
   """Returns the configuration; ``arg`` is 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
   parts = [p for p in (arg or 'paper').split(',') if p]
@@ -295,6 +310,7 @@ def get_config(arg=None):
   config.finetune.augment = True  # a random symmetry of the square per real sequence
   config.finetune.folds = 5  # k-fold evaluation on the labelled development files
   config.finetune.per_class = 10  # real examples per class (the published protocol)
+  config.dataset = _dataset()
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.max_to_keep = 3
@@ -325,4 +341,8 @@ def get_config(arg=None):
     config.eval.batch_size = 14
     config.finetune.num_steps = 3
     config.finetune.batch_size = 8
+    config.dataset.train_size = 14
+    config.dataset.validation_size = 7
+    config.dataset.test_size = 28  # = eval.test_size: the same objects as evaluate's test set
+    config.dataset.chunk = 14
   return config

@@ -1,12 +1,15 @@
 """Sec. 4 on simulated data: accuracy and recall against steps, against magnitude, confusion.
 
     python -m rcnn_jax.evaluate --workdir W [--workdir W2] [--step S] [--out DIR]
+        [--tfds PREPARED_DATASET_DIR [--tfds_split SPLIT]]
 
 Restores the best checkpoint of each workdir (or ``--step``), rebuilds simulator and model
 from the workdir's config.json, and evaluates on a fixed, seeded, class-balanced simulated test
 set (``eval.test_size``; distinct seed from validation). Writes ``metrics.json`` and figures in
 the style of the paper's Fig. 5-9 to ``--out`` (default: ``W/eval``); with two workdirs (RCNN
-and light-curve classifier) the figures show them side by side.
+and light-curve classifier) the figures show them side by side. ``--tfds`` evaluates on a
+prepared ``hits_sim`` split (default 'test') or ``hits_real`` split (default 'dev') instead
+(``evaluate_tfds``).
 
 Sec. 4 on real labelled sequences (the paper's Fig. 8 and 9):
 
@@ -43,12 +46,16 @@ from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _WORKDIR, _STEP, _OUT, _REAL
+  global _WORKDIR, _STEP, _OUT, _REAL, _TFDS, _TFDS_SPLIT
   _WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
   _REAL = flags.DEFINE_multi_string('real', None, 'Folders of real labelled sequences '
                                     '(DIR or DIR=Class); evaluates on them instead.')
+  _TFDS = flags.DEFINE_string('tfds', None, 'Evaluate on a prepared hits_sim or hits_real '
+                              'dataset folder (DATA_DIR/<name>/<config>/<version>) instead.')
+  _TFDS_SPLIT = flags.DEFINE_string('tfds_split', None, "With --tfds: the split (default: "
+                                    "'test' for hits_sim, 'dev' for hits_real).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +273,64 @@ def evaluate_workdir(workdir, step=None, progress=True):
   return m
 
 
+def evaluate_tfds(workdir, path, split=None, step=None):
+  """Metrics of a workdir's model on a prepared tfds split: ``hits_sim`` (default split 'test';
+  its test split is this module's simulated test set) or ``hits_real`` (default 'dev'; real
+  sequences through ``predict.Classifier``, magnitudes unknown). ``path`` is the prepared
+  folder (DATA_DIR/<name>/<config>/<version>)."""
+  from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
+  real = reading.producer(path).endswith('hits_real')
+  config = train.load_config(workdir)
+  names = tuple(config.sim.class_names)
+  if real:
+    from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+    seqs, labels, data_names = reading.load_real_split(path, split or 'dev')
+    clf = predict.Classifier.from_workdir(workdir, step)
+    step = clf.checkpoint_step
+    probs = clf.classify(seqs, batch_size=config.eval.batch_size)
+    t = max(len(p) for p in probs)
+    logits = np.zeros((len(probs), t, len(names)), np.float32)
+    mask = np.zeros((len(probs), t), bool)
+    for i, p in enumerate(probs):
+      logits[i, :len(p)], mask[i, :len(p)] = np.log(np.maximum(p, 1e-30)), True
+    magnitude = np.full(len(probs), np.nan)
+  else:
+    config, sim, model, state, step = restore_for_eval(workdir, step)
+    keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'seeing_arcsec', 'gain',
+            'read_noise_e', 'zero_point', 'zero_point_ref', 'epoch_valid', 'label', 'magnitude')
+    eb = int(config.eval.batch_size)
+    n, data_names, batches = reading.sim_batches(path, split or 'test', eb, keys)
+    _check_classes(path, data_names, names)
+    apply = jax.jit(lambda v, b: model.apply(v, train.model_inputs(b, sim, config.model.kind),
+                                             b['time_gaps'], b['mask'], train=False))
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    parts = []
+    for b in utils.progress(batches, total=-(-n // eb), desc='evaluate'):
+      if b['mask'].shape[1] != sim.max_steps or b['images'].shape[2] != sim.stamp_size:
+        raise utils.UserError(f'{path}: sequences of {b["mask"].shape[1]} steps of '
+                              f'{b["images"].shape[2]}-pixel stamps; the model takes '
+                              f'{sim.max_steps} steps of {sim.stamp_size}')
+      k = len(b['label'])
+      idx = np.minimum(np.arange(eb), k - 1)  # the last batch padded (repeats), then cut
+      logits = np.asarray(apply(variables, {key: b[key][idx] for key in keys[:-2]}))[:k]
+      parts.append({'logits': logits, 'label': b['label'], 'mask': b['mask'],
+                    'magnitude': b['magnitude']})
+    logits, labels, mask, magnitude = (np.concatenate([p[key] for p in parts])
+                                       for key in ('logits', 'label', 'mask', 'magnitude'))
+  _check_classes(path, data_names, names)
+  m = compute_metrics(logits, labels, mask, magnitude, names, config.eval.magnitude_bins,
+                      confusion_step=min(20, int(config.sim.max_steps)))
+  m.update(checkpoint_step=int(step), model=config.model.kind, workdir=workdir,
+           data=f'{path}:{split or ("dev" if real else "test")}')
+  return m
+
+
+def _check_classes(path, data_names, names):
+  if tuple(data_names) != tuple(names):
+    raise utils.UserError(f'{path}: classes {", ".join(data_names)} differ from the model\'s '
+                          f'{", ".join(names)}')
+
+
 def _read_jsonl(path):
   """metrics.jsonl's rows, one per step and metric set; partial lines skipped with a warning."""
   return workdir_lib.read_jsonl(path)
@@ -461,14 +526,17 @@ def main(argv):
     if len(workdirs) != 1:
       raise app.UsageError('--real takes one --workdir')
     return main_real(workdirs[0], _REAL.value, _STEP.value, out)
-  results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
+  if _TFDS.value:
+    results = [evaluate_tfds(w, _TFDS.value, _TFDS_SPLIT.value, _STEP.value) for w in workdirs]
+  else:
+    results = [evaluate_workdir(w, _STEP.value) for w in workdirs]
   os.makedirs(out, exist_ok=True)
   name = lambda m: f'metrics_{m["model"]}.json' if len(results) > 1 else 'metrics.json'
   for m in results:
     utils.write_json(os.path.join(out, name(m)), m)
     print(f'{m["workdir"]} ({m["model"]}, step {m["checkpoint_step"]}): accuracy at step '
           f'{m["confusion_step"]} = {m["accuracy_at_confusion_step"]:.3f} on '
-          f'{m["num_examples"]} simulated test objects')
+          f'{m["num_examples"]} ' + (m['data'] if 'data' in m else 'simulated test objects'))
   from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
   paths = plots.plot_evaluation(results, out)
   runs = [(m['model'], _read_jsonl(os.path.join(w, 'metrics.jsonl')))

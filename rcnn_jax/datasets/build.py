@@ -1,0 +1,106 @@
+"""Writes a ``hits_sim`` or ``hits_real`` dataset (array_record) with tensorflow-datasets.
+
+    python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py [--config.dataset.size=full] --data_dir DIR
+    python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
+
+Prints the prepared folder (the path ``evaluate --tfds`` and ``tfds.builder_from_directory``
+take). Splits are written into a temporary ``incomplete.*`` folder that is renamed only when all
+are complete: an interrupted run leaves no dataset that reads as complete, and running the
+command again starts over (stale ``incomplete.*`` folders of this dataset are removed first). An
+existing complete dataset is kept and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rcnn_jax import utils
+
+NAMES = ('hits_sim', 'hits_real')
+
+
+def _define_flags():
+  global _CONFIG, _DATA_DIR, _DATA, _SPLIT
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (hits_sim: required).',
+                                            lock_config=True)
+  _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data folder to write into.')
+  _DATA = flags.DEFINE_multi_string('data', None, 'hits_real: folder(s) of sequence files.')
+  _SPLIT = flags.DEFINE_string('split', 'dev', 'hits_real: the split name.')
+
+
+def remove_stale(builder):
+  """Removes leftovers of interrupted runs of this dataset version (incomplete.*_<version>)."""
+  parent = os.path.dirname(os.fspath(builder.data_path))
+  version = str(builder.version)
+  if os.path.isdir(parent):
+    for d in os.listdir(parent):
+      if d.startswith('incomplete.') and d.endswith('_' + version):
+        shutil.rmtree(os.path.join(parent, d), ignore_errors=True)
+
+
+def prepare(builder) -> str:
+  """download_and_prepare in array_record; returns the prepared folder."""
+  if not os.path.isfile(os.path.join(os.fspath(builder.data_path), 'dataset_info.json')):
+    remove_stale(builder)
+  builder.download_and_prepare()
+  return os.fspath(builder.data_path)
+
+
+def _quiet(make):
+  """Builds a tfds builder without its warning that prints the whole custom config."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return make()
+  finally:
+    logging.set_verbosity(level)
+
+
+def build_sim(config, data_dir) -> str:
+  from rcnn_jax.datasets import hits_sim  # pylint: disable=g-import-not-at-top
+  return prepare(_quiet(lambda: hits_sim.HitsSim(config=config, data_dir=data_dir,
+                                                 file_format='array_record')))
+
+
+def build_real(folders, data_dir, config=None, split='dev') -> str:
+  from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
+  import rcnn_jax  # pylint: disable=g-import-not-at-top
+  names = tuple(config.sim.class_names) if config is not None else rcnn_jax.CLASS_NAMES
+  s = int(config.sim.stamp_size) if config is not None else 21
+  n_w = int(config.sim.n_w) if config is not None else 3
+  bc = hits_real.builder_config(folders, names, s, n_w, split)
+  return prepare(_quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
+                                                   file_format='array_record')))
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in NAMES:
+    raise app.UsageError(f'give one dataset name: {" or ".join(NAMES)}')
+  if not _DATA_DIR.value:
+    raise app.UsageError('--data_dir is required')
+  t0 = time.perf_counter()
+  if argv[1] == 'hits_sim':
+    if _CONFIG.value is None:
+      raise app.UsageError('hits_sim needs --config')
+    path = build_sim(_CONFIG.value, _DATA_DIR.value)
+  else:
+    if not _DATA.value:
+      raise app.UsageError('hits_real needs --data FOLDER (repeatable)')
+    path = build_real(_DATA.value, _DATA_DIR.value, _CONFIG.value, _SPLIT.value)
+  from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
+  info = reading.open_dataset(path).info
+  counts = ', '.join(f'{k} {v.num_examples}' for k, v in info.splits.items())
+  size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+  print(f'{path}: {counts} records, {size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  utils.run(main)

@@ -1,0 +1,163 @@
+"""``hits_real``: labelled real image sequences from folders in the project's real npz format.
+
+Every file under the given folders (``realdata`` formats: .npz, FITS) becomes one record with
+its whole sequence as observed (variable length, bad-seeing epochs included): raw ``stamps``
+[E, S, S] (ADU, sky included, centre-cropped), ``mjd``, ``zero_point``, ``sky_adu``,
+``seeing_arcsec``, ``exp_time_s`` [E] (NaN where the file has none; ``sky_estimated`` says the
+sky came from the stamps' outer ring), ``label``, ``name`` (file stem) and ``path`` (relative to
+its folder's parent). The label is the file's ``label`` key when present, else its folder's name
+matched to a class name (case and punctuation ignored; ``real_nonvariable_dev`` -> NonVariable).
+Records are sorted by path; one split (``dev`` by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from rcnn_jax import realdata
+from rcnn_jax import utils
+
+ARRAYS = ('mjd', 'zero_point', 'sky_adu', 'seeing_arcsec', 'exp_time_s')
+
+
+def _norm(s) -> str:
+  return re.sub(r'[^a-z0-9]', '', str(s).lower())
+
+
+def folder_label(folder, class_names) -> str | None:
+  """The class whose name the folder's name contains (one match), else None."""
+  name = _norm(os.path.basename(os.path.normpath(folder)))
+  hits = [c for c in class_names if _norm(c) in name]
+  # 'nonvariable' contains no other class name, but keep the longest match for safety.
+  hits = [c for c in hits if not any(h != c and _norm(c) in _norm(h) for h in hits)]
+  return hits[0] if len(hits) == 1 else None
+
+
+def list_files(folders) -> list[tuple[str, str]]:
+  """(file, relative path) of every sequence file under ``folders`` (recursively), sorted."""
+  out = []
+  for root in folders:
+    root = os.path.normpath(os.fspath(root))
+    if not os.path.isdir(root):
+      raise utils.UserError(f'{root}: not a folder')
+    base = os.path.dirname(root)
+    for d, _, files in os.walk(root):
+      for f in files:
+        if realdata._suffix(f):  # pylint: disable=protected-access
+          p = os.path.join(d, f)
+          out.append((p, os.path.relpath(p, base)))
+  if not out:
+    raise utils.UserError(f'no .npz or FITS sequence files under {", ".join(map(str, folders))}')
+  return sorted(out, key=lambda x: x[1])
+
+
+def file_label(path, class_names) -> str:
+  """The file's own ``label`` (npz key), else its folder's; UserError if neither names a class."""
+  label = None
+  if path.lower().endswith('.npz'):
+    with np.load(path, allow_pickle=False) as z:
+      if 'label' in z.files:
+        label = str(z['label'])
+  if label is None:
+    label = folder_label(os.path.dirname(path), class_names)
+  if label not in class_names:
+    raise utils.UserError(f'{path}: label {label!r} is not a class ({", ".join(class_names)}); '
+                          'give it a label key or put it in a folder named after its class')
+  return label
+
+
+def _extra_arrays(path, e) -> dict:
+  """exp_time_s (not read by realdata) from an npz, NaN otherwise."""
+  if path.lower().endswith('.npz'):
+    with np.load(path, allow_pickle=False) as z:
+      if 'exp_time_s' in z.files and np.shape(z['exp_time_s']) == (e,):
+        return {'exp_time_s': np.asarray(z['exp_time_s'], np.float64)}
+  return {'exp_time_s': np.full(e, np.nan)}
+
+
+@dataclasses.dataclass
+class HitsRealConfig(tfds.core.BuilderConfig):
+  folders: tuple = ()
+  class_names: tuple = ()
+  stamp_size: int = 21
+  n_w: int = 3
+  split: str = 'dev'
+
+
+def builder_config(folders, class_names, stamp_size=21, n_w=3, split='dev',
+                   name=None) -> HitsRealConfig:
+  folders = tuple(os.path.abspath(f) for f in folders)
+  digest = hashlib.sha256(json.dumps([folders, list(class_names), stamp_size, n_w, split])
+                          .encode()).hexdigest()[:10]
+  return HitsRealConfig(name=name or f'{split}_{digest}', folders=folders,
+                        class_names=tuple(class_names), stamp_size=int(stamp_size),
+                        n_w=int(n_w), split=split,
+                        description=f'real sequences from {", ".join(folders)}')
+
+
+class HitsReal(tfds.core.GeneratorBasedBuilder):
+  """Real labelled HiTS image sequences (or any survey's, in the project's real format)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = []  # made from folders: builder_config(folders, class_names)
+
+  def _info(self):
+    c = self.builder_config
+    s = c.stamp_size
+    feats = {
+        'stamps': tfds.features.Tensor(shape=(None, s, s), dtype=np.float32),
+        'label': tfds.features.ClassLabel(names=list(c.class_names)),
+        'name': tfds.features.Text(),
+        'path': tfds.features.Text(),
+        'sky_estimated': tfds.features.Scalar(dtype=np.bool_),
+        'num_epochs': tfds.features.Scalar(dtype=np.int64),
+    }
+    for k in ARRAYS:
+      feats[k] = tfds.features.Tensor(shape=(None,), dtype=np.float64,  # float64 kept exactly
+                                      encoding=tfds.features.Encoding.BYTES)
+    meta = tfds.core.MetadataDict(folders=list(c.folders), class_names=list(c.class_names),
+                                  stamp_size=s, n_w=c.n_w, producer='rcnn_jax.datasets.hits_real')
+    return tfds.core.DatasetInfo(builder=self, description=__doc__,
+                                 features=tfds.features.FeaturesDict(feats), metadata=meta,
+                                 disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {self.builder_config.split: self._generate_examples()}
+
+  def _generate_examples(self):
+    c = self.builder_config
+    for i, (path, rel) in enumerate(list_files(c.folders)):
+      label = file_label(path, c.class_names)
+      try:
+        seq = realdata.load_sequence(path, c.stamp_size, c.n_w)
+      except realdata.BadInput as e:
+        raise utils.UserError(str(e)) from None
+      e = seq.num_epochs
+      nan = np.full(e, np.nan)
+      ex = {'stamps': seq.stamps, 'label': label, 'name': seq.name, 'path': rel,
+            'sky_estimated': bool(seq.sky_estimated), 'num_epochs': e,
+            'mjd': seq.mjd, 'sky_adu': np.asarray(seq.sky_adu, np.float64),
+            'zero_point': nan if seq.zero_point is None else seq.zero_point,
+            'seeing_arcsec': nan if seq.seeing_arcsec is None else seq.seeing_arcsec}
+      ex.update(_extra_arrays(path, e))
+      yield i, ex
+
+
+def to_sequence(ex) -> realdata.RealSequence:
+  """A record back to the RealSequence that ``realdata.load_sequence`` gave."""
+  zp, seeing = np.asarray(ex['zero_point']), np.asarray(ex['seeing_arcsec'])
+  name = ex['name'].decode() if isinstance(ex['name'], bytes) else str(ex['name'])
+  return realdata.RealSequence(
+      name=name, stamps=np.asarray(ex['stamps'], np.float32), mjd=np.asarray(ex['mjd']),
+      sky_adu=np.asarray(ex['sky_adu'], np.float32),
+      zero_point=None if np.isnan(zp).all() else zp, sky_estimated=bool(ex['sky_estimated']),
+      seeing_arcsec=None if np.isnan(seeing).all() else seeing)

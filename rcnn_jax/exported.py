@@ -1,0 +1,274 @@
+"""Loads and runs an exported streaming classifier (``python -m rcnn_jax.export``) without the
+project's model code: this module imports only json, os, numpy and jax.
+
+    from rcnn_jax import exported
+    clf = exported.load('exported/')                 # refuses a mismatched or unknown manifest
+    state = clf.new_state(num_objects=1024)
+    probs, state = clf.update(state, images, mjd, zero_point, sky_adu, seeing_arcsec, active)
+
+An artifact is a folder with ``manifest.json`` and ``update.jax`` (``jax.export``'s serialized
+form, parameters included). The update takes, per object slot, the state, one raw image
+[B, S, S] (ADU, sky included), its MJD, zero point, sky (NaN: estimated from the stamp's outer
+ring), seeing (NaN: unknown, kept) and an ``active`` flag, and returns the probabilities [B, C]
+(NaN until n_w images are kept; unchanged for inactive or skipped slots) and the new state.
+An image whose seeing is above the manifest's ``max_seeing_arcsec`` is skipped: the state stays
+as if it had not been given. The batch dimension is symbolic: any number of slots, one compile
+per size. Also ``python -m rcnn_jax.exported DIR`` prints the manifest or the one-line refusal.
+
+Versioning: ``FORMAT_VERSION`` is the manifest layout and the update's calling convention. A
+loader reads every format version it knows (now: 1) and refuses others in one line; the
+serialized function itself stays loadable by later jax versions within ``jax.export``'s
+compatibility window (about six months of jaxlib releases, see its documentation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = 'rcnn_jax.streaming_update'
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST = 'manifest.json'
+ARTIFACT = 'update.jax'
+# Positional inputs of the exported function after the state, in order.
+INPUT_NAMES = ('image', 'mjd_hi', 'mjd_lo', 'zero_point', 'sky_adu', 'seeing_arcsec', 'active')
+STATE_NAMES = ('c', 'h', 'mjd0_hi', 'mjd0_lo', 'num_images', 'probs', 'window', 'window_t',
+               'zp0')
+
+
+class ManifestError(ValueError):
+  """An artifact that cannot be used; the message is one line naming the folder and why."""
+
+  def __init__(self, path, problem):
+    super().__init__(f'{path}: {" ".join(str(problem).split())}')
+
+
+def batch_dim(manifest) -> str:
+  """The symbolic batch dimension: 'b' (any size) or 'M*k' (a multiple of M slots)."""
+  m = int(manifest.get('batch_multiple', 1))
+  return 'b' if m == 1 else f'{m}*k'
+
+
+def state_shapes(manifest) -> dict:
+  """Name -> (shape with the batch dimension, dtype) of the state, from the manifest's numbers."""
+  n_w, s = int(manifest['n_w']), int(manifest['stamp_size'])
+  c, h = len(manifest['class_names']), int(manifest['lstm_size'])
+  out = {
+      'c': (['b', h], 'float32'), 'h': (['b', h], 'float32'),
+      'mjd0_hi': (['b'], 'float32'), 'mjd0_lo': (['b'], 'float32'),
+      'num_images': (['b'], 'int32'), 'probs': (['b', c], 'float32'),
+      'window': (['b', n_w - 1, s, s], 'float32'), 'window_t': (['b', n_w - 1], 'float32'),
+      'zp0': (['b'], 'float32'),
+  }
+  return _with_batch(out, manifest)
+
+
+def _with_batch(shapes, manifest):
+  b = batch_dim(manifest)
+  return {k: ([b if d == 'b' else d for d in shape], dtype) for k, (shape, dtype) in shapes.items()}
+
+
+def input_shapes(manifest) -> dict:
+  s = int(manifest['stamp_size'])
+  out = {k: (['b'], 'float32') for k in INPUT_NAMES}
+  out['image'] = (['b', s, s], 'float32')
+  out['active'] = (['b'], 'bool')
+  return _with_batch(out, manifest)
+
+
+def output_shapes(manifest) -> dict:
+  return _with_batch({'probs': (['b', len(manifest['class_names'])], 'float32')}, manifest)
+
+
+def _aval_str(aval) -> tuple:
+  return ([d if isinstance(d, int) else str(d) for d in aval.shape], str(aval.dtype))
+
+
+def _as_list(x):
+  shape, dtype = x
+  return [list(shape), str(dtype)]
+
+
+def check_manifest(path, manifest, exp=None):
+  """Raises ManifestError unless the manifest is of a known format and agrees with itself (and
+  with the deserialized function ``exp``, when given)."""
+  if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
+    raise ManifestError(path, f'not an rcnn_jax streaming-update artifact (format '
+                        f'{manifest.get("format") if isinstance(manifest, dict) else None!r}, '
+                        f'expected {FORMAT!r})')
+  version = manifest.get('format_version')
+  if version not in SUPPORTED_FORMAT_VERSIONS:
+    raise ManifestError(path, f'format version {version!r} is not supported by this loader '
+                        f'(reads {", ".join(map(str, SUPPORTED_FORMAT_VERSIONS))}); written by '
+                        f'rcnn_jax {manifest.get("project_version", "?")}: use a matching '
+                        'rcnn_jax version or re-export')
+  need = ('class_names', 'n_w', 'stamp_size', 'lstm_size', 'max_seeing_arcsec', 'state',
+          'inputs', 'outputs', 'preprocessing')
+  missing = [k for k in need if k not in manifest]
+  if missing:
+    raise ManifestError(path, f'manifest lacks {", ".join(missing)}')
+  names = manifest['class_names']
+  if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    raise ManifestError(path, 'class_names must be a non-empty list of names')
+  for key, want in (('state', state_shapes(manifest)), ('inputs', input_shapes(manifest)),
+                    ('outputs', output_shapes(manifest))):
+    got = manifest[key]
+    want = {k: _as_list(v) for k, v in want.items()}
+    if got != want:
+      bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[0]
+      raise ManifestError(path, f'{key}.{bad} is {got.get(bad)}, but class_names, n_w, '
+                          f'stamp_size and lstm_size imply {want.get(bad)}')
+  if exp is None:
+    return
+  n_state = len(STATE_NAMES)
+  in_avals = exp.in_avals
+  if len(in_avals) != n_state + len(INPUT_NAMES):
+    raise ManifestError(path, f'the function takes {len(in_avals)} arrays, the manifest '
+                        f'describes {n_state + len(INPUT_NAMES)}')
+  declared = ([manifest['state'][k] for k in STATE_NAMES]
+              + [manifest['inputs'][k] for k in INPUT_NAMES])
+  names = list(STATE_NAMES) + list(INPUT_NAMES)
+  for name, aval, d in zip(names, in_avals, declared):
+    if list(_aval_str(aval)) != [d[0], d[1]]:
+      raise ManifestError(path, f'input {name} of the function is {list(_aval_str(aval))}, '
+                          f'the manifest says {d}')
+  probs = exp.out_avals[0]
+  if list(_aval_str(probs)) != manifest['outputs']['probs']:
+    raise ManifestError(path, f'the function returns probabilities {list(_aval_str(probs))}, '
+                        f'the manifest says {manifest["outputs"]["probs"]} '
+                        f'({len(manifest["class_names"])} classes)')
+
+
+def read_manifest(path) -> dict:
+  file = os.path.join(path, MANIFEST)
+  if not os.path.isfile(file):
+    raise ManifestError(path, f'no {MANIFEST} (not an exported classifier folder)')
+  try:
+    with open(file) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ManifestError(path, f'cannot read {MANIFEST}: {e}') from None
+
+
+class ExportedClassifier:
+  """The deserialized streaming update and its manifest."""
+
+  def __init__(self, path, manifest, exp):
+    self.path = path
+    self.manifest = manifest
+    self.exported = exp
+    self.class_names = tuple(manifest['class_names'])
+    self.n_w = int(manifest['n_w'])
+    self.stamp_size = int(manifest['stamp_size'])
+    self.max_seeing_arcsec = float(manifest['max_seeing_arcsec'])
+    self.batch_multiple = int(manifest.get('batch_multiple', 1))
+    self._call = jax.jit(exp.call)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def new_state(self, num_objects) -> dict:
+    """Empty slots (probabilities NaN, nothing kept yet): ``num_objects`` rounded up to the
+    artifact's batch multiple (the extra slots stay inactive)."""
+    m = self.batch_multiple
+    n = -(-int(num_objects) // m) * m
+    out = {}
+    for k, (shape, dtype) in state_shapes(self.manifest).items():
+      shape = [n if isinstance(d, str) else d for d in shape]
+      fill = np.nan if k in ('probs', 'mjd0_hi', 'mjd0_lo', 'zp0') else 0
+      out[k] = jnp.full(shape, fill, dtype)
+    return out
+
+  def reset(self, state, objects) -> dict:
+    """The state with slots ``objects`` (indices or a boolean mask) emptied for new objects."""
+    n = state['num_images'].shape[0]
+    sel = np.zeros(n, bool)
+    sel[np.asarray(objects)] = True
+    fresh = self.new_state(n)
+    return {k: jnp.where(jnp.reshape(sel, (n,) + (1,) * (v.ndim - 1)), fresh[k], v)
+            for k, v in state.items()}
+
+  def update(self, state, images, mjd, zero_point=None, sky_adu=None, seeing_arcsec=None,
+             active=None):
+    """One image per slot for the first N slots (``active`` [N] bool says which carry one; the
+    state's slots past N, if any, are inactive) -> (probs [N, C] numpy, new state). Larger
+    stamps are centre-cropped; None means NaN for zero_point (no eq. 4 scaling), sky_adu
+    (estimated) and seeing_arcsec (unknown, kept)."""
+    slots, s = state['num_images'].shape[0], self.stamp_size
+    images = np.asarray(images, np.float32)
+    n = images.shape[0] if images.ndim == 3 else -1
+    if images.ndim != 3 or not 0 < n <= slots or min(images.shape[1:]) < s:
+      raise ValueError(f'images must be [N, H, W] with N <= {slots} slots and H, W >= {s}, '
+                       f'got {images.shape}')
+    r0, c0 = (images.shape[1] - s) // 2, (images.shape[2] - s) // 2
+    images = images[:, r0:r0 + s, c0:c0 + s]
+
+    def per(x, name, dtype=np.float64):
+      a = np.full(n, np.nan) if x is None else np.asarray(x, dtype).reshape(-1)
+      if a.shape != (n,):
+        raise ValueError(f'{name} must have one value per slot ({n}), got shape {np.shape(x)}')
+      return a
+
+    mjd = per(mjd, 'mjd')
+    hi = mjd.astype(np.float32)
+    lo = (mjd - hi.astype(np.float64)).astype(np.float32)  # mjd = hi + lo to float64 precision
+    act = np.ones(n, bool) if active is None else per(active, 'active', bool)
+    inputs = [images, hi, lo, per(zero_point, 'zero_point').astype(np.float32),
+              per(sky_adu, 'sky_adu').astype(np.float32),
+              per(seeing_arcsec, 'seeing_arcsec').astype(np.float32), act]
+    if n < slots:  # padding slots: inactive
+      inputs = [np.concatenate([a, np.zeros((slots - n,) + a.shape[1:], a.dtype)])
+                for a in inputs]
+    probs, new = self._call(*[state[k] for k in STATE_NAMES], *inputs)
+    return np.asarray(probs)[:n], new
+
+
+def load(path) -> ExportedClassifier:
+  """Reads and checks an artifact folder; anything wrong raises ManifestError (one line)."""
+  path = os.fspath(path)
+  manifest = read_manifest(path)
+  check_manifest(path, manifest)
+  file = os.path.join(path, ARTIFACT)
+  if not os.path.isfile(file):
+    raise ManifestError(path, f'no {ARTIFACT} beside the manifest')
+  with open(file, 'rb') as f:
+    blob = f.read()
+  try:
+    exp = jax.export.deserialize(bytearray(blob))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ManifestError(path, f'cannot deserialize {ARTIFACT} with jax {jax.__version__} '
+                        f'({type(e).__name__}: {e})') from None
+  check_manifest(path, manifest, exp)
+  platform = jax.default_backend()
+  platform = 'cuda' if platform == 'gpu' else platform
+  if platform not in exp.platforms:
+    raise ManifestError(path, f'exported for {", ".join(exp.platforms)}, this process runs on '
+                        f'{platform}')
+  return ExportedClassifier(path, manifest, exp)
+
+
+def main(argv) -> int:
+  if len(argv) != 2:
+    print('usage: python -m rcnn_jax.exported ARTIFACT_DIR', file=sys.stderr)
+    return 2
+  try:
+    clf = load(argv[1])
+  except ManifestError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  m = clf.manifest
+  print(f'{argv[1]}: rcnn_jax {m.get("project_version")} format {m["format_version"]}, '
+        f'{clf.num_classes} classes ({", ".join(clf.class_names)}), n_w {clf.n_w}, stamps '
+        f'{clf.stamp_size}x{clf.stamp_size}, platforms {", ".join(clf.exported.platforms)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
