@@ -185,7 +185,7 @@ def _sim():
   s.lightcurves.cepheid_amp = (0.4, 1.2)
   s.lightcurves.cepheid_q = (0.5, 0.75)
   s.lightcurves.cepheid_q_dip = 0.6
-  s.lightcurves.cepheid_bump_slope = 0.075
+  s.lightcurves.cepheid_bump_slope = 0.05  # 0.2 after maximum at 6 d, 0.2 before at 14 d
   s.lightcurves.cepheid_bump_phase_clip = (-0.3, 0.35)
   s.lightcurves.cepheid_bump_periods_d = (6.0, 16.0)
   s.lightcurves.cepheid_bump_width = 0.05

@@ -32,7 +32,7 @@ class is a function here and an entry in the config's class names. The shapes:
 * Cepheids: the same series with q(P) ~ 0.5-0.75 (rise 0.23-0.33 of a cycle, R21 0.25-0.37)
   that dips near P = 10 d, where R21 has its minimum and the curves are most symmetric (Simon
   & Lee 1981, ApJ 248, 291), and the Hertzsprung progression as a standstill (a local slowing
-  of the phase, monotone, so it never adds a minimum): on the descending branch ~0.3 of a
+  of the phase, monotone, so it never adds a minimum): on the descending branch ~0.2 of a
   cycle after maximum at P ~ 6 d, moving to maximum at ~10 d and onto the rising branch at
   10-16 d (Hertzsprung 1926; Bono, Marconi & Stellingwerf 2000, A&A 360, 245; Soszynski et
   al. 2008, OGLE-III LMC Cepheids). Periods log-uniform in 2-40 d, A_g 0.4-1.2.
@@ -308,7 +308,7 @@ def _cepheid(key, t, num_epochs, mean_mag, model: LightCurveModel):
 
   Shape q(P) = q0 (1 - dip exp(-((log P - 1) / 0.1)^2 / 2)): R21 smallest near 10 d (Simon &
   Lee 1981). Bump (standstill) centred ``cepheid_bump_slope`` (10 - P) cycles after maximum
-  light (clipped to ``cepheid_bump_phase_clip``): ~0.3 after maximum at 6 d (descending
+  light (clipped to ``cepheid_bump_phase_clip``): ~0.2 after maximum at 6 d (descending
   branch), at maximum at 10 d, before maximum (rising branch) at 10-16 d (Bono et al. 2000;
   Soszynski et al. 2008); its strength tapers to zero outside ``cepheid_bump_periods_d``.
   Returns (mag, mean magnitude, NaN)."""

@@ -214,3 +214,39 @@ def test_subset_and_window_give_the_same_curve(model):
     full, _, _ = lc.sample_magnitudes(key, c, t, 40, model)
     sub, _, _ = lc.sample_magnitudes(key, c, t[7:29], 40, model, (1, 2, 3))
     np.testing.assert_allclose(np.asarray(sub), np.asarray(full)[7:29], rtol=1e-6)
+
+
+@pytest.mark.parametrize('period,branch', [(7.0, 'descending'), (12.0, 'rising')])
+def test_cepheid_hertzsprung_bump_moves_with_period(period, branch):
+  """The bump (a standstill: a dip of |dm/dt| inside a branch, which a smooth branch has not)
+  lies on the descending branch at P = 7 d and on the rising branch at P = 14 d (Hertzsprung
+  progression), and on no branch at P = 3 d."""
+  config = hits.get_config('paper')
+
+  def branches_with_standstill(period):
+    lp = np.log10(period)
+    config.sim.lightcurves.cepheid_log_period_d = (lp, lp + 1e-7)
+    m = lc.build_lightcurve_model(config.sim)
+    t = np.linspace(0.0, 3 * period, 12001)
+    mag, _, _ = _curves(m, 'Cepheid', jnp.asarray(t), num=10, mean=0.0)
+    found = []
+    for x in mag:
+      bright, _ = _extrema(x)
+      a, b = bright[0], bright[1]  # one cycle from maximum light
+      cyc = x[a:b]
+      rate = np.abs(np.gradient(cyc))
+      faint = int(np.argmax(cyc))
+      lo, hi = cyc.min(), cyc.max()
+      mid = (cyc > lo + 0.02 * (hi - lo)) & (cyc < lo + 0.98 * (hi - lo))
+      out = set()
+      for name, part in (('descending', slice(0, faint)), ('rising', slice(faint, None))):
+        r = rate[part][mid[part]]
+        dip = any(r[i] < 0.6 * min(r[:i].max(), r[i + 1:].max()) for i in range(1, len(r) - 1))
+        if dip:
+          out.add(name)
+      found.append(out)
+    return found
+
+  found = branches_with_standstill(period)
+  assert all(f == {branch} for f in found), found
+  assert all(f == set() for f in branches_with_standstill(3.0))
