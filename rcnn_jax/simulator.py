@@ -56,6 +56,8 @@ class Simulator:
   centroid_jitter_px: float = flax.struct.field(pytree_node=False, default=0.0)
   subpixel_per_epoch: bool = flax.struct.field(pytree_node=False, default=False)
   zero_point_rms: float = flax.struct.field(pytree_node=False, default=0.0)
+  # Per-epoch PSF width error (fractional, lognormal) about the seeing relation.
+  fwhm_scatter: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @property
   def num_classes(self) -> int:
@@ -93,9 +95,10 @@ def build_simulator(config) -> Simulator:
   bank = render.load_psf_bank(sc.psf.bank_path) if sc.psf.kind == 'bank' else None
   jitter = float(sc.astrometry.centroid_jitter_px) if 'astrometry' in sc else 0.0
   zp_rms = float(sc.calibration.zero_point_rms) if 'calibration' in sc else 0.0
-  if jitter < 0 or zp_rms < 0:
-    raise ValueError('config.sim.astrometry.centroid_jitter_px and '
-                     'config.sim.calibration.zero_point_rms must be >= 0')
+  if jitter < 0 or zp_rms < 0 or float(sc.psf.get('fwhm_scatter', 0.0)) < 0:
+    raise ValueError('config.sim.astrometry.centroid_jitter_px, '
+                     'config.sim.calibration.zero_point_rms and config.sim.psf.fwhm_scatter '
+                     'must be >= 0')
   tables = (render.build_host_tables(sc.galaxy) if 'host_z_grid' in sc.galaxy else None)
   return Simulator(
       survey=surv, lightcurves=lightcurves.build_lightcurve_model(sc), psf_bank=bank,
@@ -115,6 +118,7 @@ def build_simulator(config) -> Simulator:
       var_k_sigma=float(var.k_sigma) if var_classes else 3.0,
       var_floor=float(var.floor) if var_classes else 0.012,
       centroid_jitter_px=jitter, zero_point_rms=zp_rms,
+      fwhm_scatter=float(sc.psf.get('fwhm_scatter', 0.0)),
       subpixel_per_epoch=bool(sc.astrometry.get('subpixel_per_epoch', False))
       if 'astrometry' in sc else False)
 
@@ -277,6 +281,9 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   gain, read_noise = surv.gain[ccd], surv.read_noise_e[ccd]
   saturation = surv.saturation_adu[ccd]
   fwhm_px = psf_fwhm_px(seeing, sim)
+  if sim.fwhm_scatter > 0:  # the star's PSF width about the seeing relation, unknown to eq. 4
+    fwhm_px = fwhm_px * jnp.exp(sim.fwhm_scatter * jax.random.normal(
+        jax.random.fold_in(k_ctr, 4), fwhm_px.shape))
   dx, dy = jax.random.uniform(k_ctr, (2,), minval=-0.5, maxval=0.5)
   e = idx.shape[0]
   jitter = (sim.centroid_jitter_px * jax.random.normal(jax.random.fold_in(k_ctr, 1), (e, 2))

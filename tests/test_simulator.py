@@ -72,7 +72,7 @@ def test_offset_batches_are_slices_of_the_global_batch(sim_and_batch):
   part = jax.device_get(sim_lib.simulate_batch(jax.random.key(3), sim, 14, offset=28))
   np.testing.assert_array_equal(part['label'], b['label'][28:42])
   # Same draws; XLA may fuse a differently sized batch differently (float32 rounding only).
-  np.testing.assert_allclose(part['raw_adu'], b['raw_adu'][28:42], rtol=5e-5)
+  np.testing.assert_allclose(part['raw_adu'], b['raw_adu'][28:42], rtol=1e-4)
 
 
 def test_eq4_preprocessing_of_outputs(sim_and_batch):
@@ -198,7 +198,9 @@ def test_variable_classes_vary_detectably_in_their_window(sim_and_batch):
   sel = np.isin(b['label'], sim.variable_ids)
   assert sel.sum() == 3 * B // 7
   with np.errstate(divide='ignore'):
-    mag = b['zero_point'] - 2.5 * np.log10(b['source_flux_adu'] / b['exp_time_s'])
+    # The selection sees the true curve: each epoch's calibration error divided out.
+    mag = b['zero_point'] - 2.5 * np.log10(
+        b['source_flux_adu'] / b['flux_factor'] / b['exp_time_s'])
   for i in np.flatnonzero(sel):
     ok = lightcurves.detectable_variability(
         jnp.asarray(mag[i]), jnp.asarray(b['limmag5'][i]), jnp.asarray(b['epoch_valid'][i]),
@@ -270,7 +272,7 @@ def _objects(sim, key, n):
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 6))(index)
   labels = (index % sim.num_classes).astype(jnp.int32)
   hosts = sim_lib.assign_hosts(key, index, sim)
-  schedule = sim_lib._draw_schedules(keys[:, 0], labels, sim)
+  schedule = sim_lib._draw_schedules(keys[:, 0], labels, sim)[:5]  # without the redshift
   return jax.vmap(sim_lib.simulate_object, in_axes=(0, 0, 0, 0, None))(keys, labels, hosts,
                                                                       schedule, sim)
 
@@ -330,14 +332,34 @@ def test_zero_point_errors_match_configured_rms_and_keep_the_table_zero_point(
                                 np.asarray(sim.survey.zero_point)[field, 0])
 
 
+def test_psf_width_scatter_matches_configured_rms(jitter_sim_and_objects):
+  """Each epoch's PSF FWHM is the seeing relation times exp(N(0, fwhm_scatter^2)), drawn per
+  epoch (the 4.2 % of psf_calibration.json by default); the table seeing is untouched."""
+  sim, o = jitter_sim_and_objects
+  assert sim.fwhm_scatter == pytest.approx(0.042)
+  ev = np.asarray(o['epoch_valid'])
+  rel = np.asarray(sim_lib.psf_fwhm_px(jnp.asarray(o['seeing_arcsec']), sim))
+  ln = np.log(np.asarray(o['fwhm_px']) / rel)[ev]
+  # ~ 3,000 epochs: the std's sampling error is ~ 1.3 %.
+  np.testing.assert_allclose(np.std(ln), sim.fwhm_scatter, rtol=0.06)
+  assert abs(np.mean(ln)) < 0.005
+  # Independent between the epochs of one object (not one width error per sequence).
+  per_obj = [np.std(np.log(np.asarray(o['fwhm_px'])[i] / rel[i])[ev[i]]) for i in range(8)]
+  assert min(per_obj) > 0.4 * sim.fwhm_scatter
+
+
 def test_no_errors_when_configured_zero_and_per_epoch_subpixel_centres():
   config = hits.get_config('smoke')
   config.sim.astrometry.subpixel_per_epoch = False
   config.sim.astrometry.centroid_jitter_px = 0.0
   config.sim.calibration.zero_point_rms = 0.0
+  config.sim.psf.fwhm_scatter = 0.0
   sim = sim_lib.build_simulator(config)
   o = jax.jit(lambda k: _objects(sim, k, 14))(jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(o['flux_factor']), 1.0)
+  np.testing.assert_allclose(np.asarray(o['fwhm_px']),
+                             np.asarray(sim_lib.psf_fwhm_px(jnp.asarray(o['seeing_arcsec']), sim)),
+                             rtol=1e-6)
   c = np.asarray(o['center'])
   np.testing.assert_array_equal(c, np.broadcast_to(c[:, :1], c.shape))
   # Per-epoch sub-pixel centres (the default): uniform in the pixel, plus the jitter.
