@@ -58,6 +58,10 @@ class Simulator:
   zero_point_rms: float = flax.struct.field(pytree_node=False, default=0.0)
   # Per-epoch PSF width error (fractional, lognormal) about the seeing relation.
   fwhm_scatter: float = flax.struct.field(pytree_node=False, default=0.0)
+  # Night-to-night calibration error (fractional, lognormal, one draw per night per object's
+  # field), nights split at this fraction of the MJD (the observatory's local noon).
+  night_rms: float = flax.struct.field(pytree_node=False, default=0.0)
+  night_boundary_mjd_frac: float = flax.struct.field(pytree_node=False, default=0.65)
 
   @property
   def num_classes(self) -> int:
@@ -119,6 +123,9 @@ def build_simulator(config) -> Simulator:
       var_floor=float(var.floor) if var_classes else 0.012,
       centroid_jitter_px=jitter, zero_point_rms=zp_rms,
       fwhm_scatter=float(sc.psf.get('fwhm_scatter', 0.0)),
+      night_rms=float(sc.calibration.get('night_rms', 0.0)) if 'calibration' in sc else 0.0,
+      night_boundary_mjd_frac=float(sc.calibration.get('night_boundary_mjd_frac', 0.65))
+      if 'calibration' in sc else 0.65,
       subpixel_per_epoch=bool(sc.astrometry.get('subpixel_per_epoch', False))
       if 'astrometry' in sc else False)
 
@@ -255,6 +262,9 @@ def _dihedral(images, k):
   return images.reshape(images.shape[:-2] + (h * w,))[..., perm].reshape(images.shape)
 
 
+_MAX_NIGHTS = 512  # night offsets drawn per object; later nights share the last one
+
+
 def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   """One labelled sequence before hosts and noise: the point source on sky, and the truth.
 
@@ -295,6 +305,12 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   cx, cy = base[:, 0] + jitter[:, 0], base[:, 1] + jitter[:, 1]
   factor = (jnp.exp(sim.zero_point_rms * jax.random.normal(jax.random.fold_in(k_ctr, 2), (e,)))
             if sim.zero_point_rms > 0 else jnp.ones((e,)))
+  if sim.night_rms > 0:  # one calibration offset per night, shared by the night's epochs
+    frac, mjd0 = sim.night_boundary_mjd_frac, surv.mjd0
+    night = jnp.floor(t + (mjd0 - frac)) - np.floor(mjd0 - frac)
+    offsets = jax.random.normal(jax.random.fold_in(k_ctr, 5), (_MAX_NIGHTS,))
+    factor = factor * jnp.exp(sim.night_rms * offsets[
+        jnp.clip(night, 0, _MAX_NIGHTS - 1).astype(jnp.int32)])
 
   source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
 

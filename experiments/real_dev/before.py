@@ -1,6 +1,6 @@
 """Recall per class at step 20 on the 70 dev files with the ORIGINAL real-data path.
 
-    PYTHONPATH=/work/baseline python experiments/real_dev/before.py WORKDIR OUT.json
+    PYTHONPATH=<checkout of c48b2c5> python experiments/real_dev/before.py WORKDIR OUT.json
 
 Runs the original commit's predict.Classifier (all epochs, bad seeing included, zp_ref = the
 file's first image, start at the first epoch), taking the step-20 prediction (the last one for
@@ -11,7 +11,7 @@ import numpy as np
 from rcnn_jax import predict, realdata
 
 wd, out = sys.argv[1], sys.argv[2]
-root = os.environ.get('HITS', '/work/shared/data/hits2015')
+root = os.environ.get('HITS', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared', 'data', 'hits2015'))
 files = sorted(glob.glob(f'{root}/real_labelled_dev/*/*.npz')) + sorted(
     glob.glob(f'{root}/real_nonvariable_dev/*.npz'))
 clf = predict.Classifier.from_workdir(wd)
