@@ -284,6 +284,7 @@ def jitter_sim_and_objects():
   config.sim.astrometry.subpixel_per_epoch = False
   config.sim.astrometry.centroid_jitter_px = JITTER
   config.sim.calibration.zero_point_rms = ZP_RMS
+  config.sim.calibration.night_rms = 0.0
   sim = sim_lib.build_simulator(config)
   objects = jax.jit(lambda k: _objects(sim, k, NB))(jax.random.key(7))
   return sim, objects
@@ -348,11 +349,35 @@ def test_psf_width_scatter_matches_configured_rms(jitter_sim_and_objects):
   assert min(per_obj) > 0.4 * sim.fwhm_scatter
 
 
+def test_night_offsets_are_shared_within_a_night_and_match_their_rms():
+  """The calibration factor = a per-night offset (one per night, rms sim.calibration.night_rms)
+  times a per-epoch error: within a night the factors scatter by the per-epoch rms only, and
+  the nightly means scatter by the night rms (the 3.2 % of night_offsets.json by default)."""
+  config = hits.get_config('paper')
+  config.sim.calibration.zero_point_rms = 0.001
+  config.sim.calibration.night_rms = 0.05
+  sim = sim_lib.build_simulator(config)
+  o = jax.device_get(jax.jit(lambda k: _objects(sim, k, NB))(jax.random.key(11)))
+  ev, t, ln = o['epoch_valid'], o['t_days'], np.log(o['flux_factor'])
+  night = np.floor(t + sim.survey.mjd0 - sim.night_boundary_mjd_frac)
+  within, means = [], []
+  for i in range(NB):
+    for n in np.unique(night[i][ev[i]]):
+      sel = ev[i] & (night[i] == n)
+      means.append(ln[i][sel].mean())
+      if sel.sum() > 1:
+        within.append(ln[i][sel] - ln[i][sel].mean())
+  within = np.concatenate(within)
+  assert np.std(within) < 0.002  # the per-epoch 0.1 %, not the night's 5 %
+  np.testing.assert_allclose(np.std(means), 0.05, rtol=0.1)  # ~ 900 object-nights
+
+
 def test_no_errors_when_configured_zero_and_per_epoch_subpixel_centres():
   config = hits.get_config('smoke')
   config.sim.astrometry.subpixel_per_epoch = False
   config.sim.astrometry.centroid_jitter_px = 0.0
   config.sim.calibration.zero_point_rms = 0.0
+  config.sim.calibration.night_rms = 0.0
   config.sim.psf.fwhm_scatter = 0.0
   sim = sim_lib.build_simulator(config)
   o = jax.jit(lambda k: _objects(sim, k, 14))(jax.random.key(1))
