@@ -171,6 +171,20 @@ def bench_train(config):
        config={'batch': _BATCH.value, 'steps': _STEPS.value})
 
 
+def alert_stream(n, s, pool=16, seed=0):
+  """Synthetic alert images for ``n`` objects: (pool, images [pool, n, s, s], MJD jitter
+  [pool, n], zero points [pool, n], sky [n]). Call i observes set i % pool, at MJD
+  57070 + i + jitter: a Gaussian star of up to 2,000 ADU on a 120 ADU sky with 10 ADU noise."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:s, :s] - s // 2
+  psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
+  images = (120.0 + rng.uniform(0, 2000.0, (pool, n, 1, 1)) * psf
+            + rng.normal(0.0, 10.0, (pool, n, s, s))).astype(np.float32)
+  jitter = rng.uniform(0.0, 0.5, (pool, n))
+  zp = 25.0 + rng.normal(0.0, 0.1, (pool, n))
+  return pool, images, jitter, zp, np.full((n,), 120.0)
+
+
 def bench_inference(config):
   """Incremental (alert-broker) update of --objects objects, one new image each per call.
 
@@ -195,15 +209,7 @@ def bench_inference(config):
     variables = init(jax.random.key(0))
     params, batch_stats = variables['params'], variables['batch_stats']
   s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
-  rng = np.random.default_rng(0)
-  pool = 16  # distinct image sets, cycled: call i observes set i % pool, at MJD 57070 + i + jitter
-  yy, xx = np.mgrid[:s, :s] - s // 2
-  psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
-  images = (120.0 + rng.uniform(0, 2000.0, (pool, n, 1, 1)) * psf
-            + rng.normal(0.0, 10.0, (pool, n, s, s))).astype(np.float32)
-  jitter = rng.uniform(0.0, 0.5, (pool, n))
-  zp = 25.0 + rng.normal(0.0, 0.1, (pool, n))
-  sky = np.full((n,), 120.0)
+  pool, images, jitter, zp, sky = alert_stream(n, s)
 
   def run(clf, num_calls=None, timed=False):
     """Calls clf.update on the image stream; (probabilities from call n_w - 1 on, timing)."""

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import hits  # pylint: disable=wrong-import-position
+from rcnn_jax import bench  # pylint: disable=wrong-import-position
 from rcnn_jax import export  # pylint: disable=wrong-import-position
 from rcnn_jax import exported  # pylint: disable=wrong-import-position
 from rcnn_jax import models  # pylint: disable=wrong-import-position
@@ -44,15 +45,7 @@ def main():
                                      jnp.ones((1, 1), bool)))(jax.random.key(0))
     clf = predict.Classifier(config, v['params'], v['batch_stats'])
   s = clf.stamp_size
-  rng = np.random.default_rng(0)
-  pool = 16
-  yy, xx = np.mgrid[:s, :s] - s // 2
-  psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
-  images = (120.0 + rng.uniform(0, 2000.0, (pool, n, 1, 1)) * psf
-            + rng.normal(0.0, 10.0, (pool, n, s, s))).astype(np.float32)
-  jitter = rng.uniform(0.0, 0.5, (pool, n))
-  zp = 25.0 + rng.normal(0.0, 0.1, (pool, n))
-  sky = np.full((n,), 120.0)
+  pool, images, jitter, zp, sky = bench.alert_stream(n, s)  # the same stream as bench inference
   seeing = np.full((n,), 1.3)
   with tempfile.TemporaryDirectory() as d:
     t0 = time.perf_counter()
