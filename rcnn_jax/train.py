@@ -106,8 +106,30 @@ def build(config):
   """Simulator, model and optimiser from a config."""
   sim = sim_lib.build_simulator(config)
   model = models.build_model(config.model, num_classes=sim.num_classes, n_w=sim.n_w)
-  tx = optax.adam(config.train.learning_rate)
+  tx = optax.adam(learning_rate_schedule(config.train))
   return sim, model, tx
+
+
+def learning_rate_schedule(train_config):
+  """The step -> learning rate of ``config.train``.
+
+  ``schedule='constant'`` (the paper, Sec. 3.4: Adam at a fixed rate; also a saved config
+  without the field): ``learning_rate`` throughout. ``'warmup_cosine'``: a linear warm-up from
+  0 over ``warmup_steps``, then a cosine decay to ``final_lr_fraction * learning_rate`` at
+  ``num_steps`` (Loshchilov & Hutter 2017, SGDR; the warm-up of Goyal et al. 2017), which
+  settles a short run at a low rate instead of ending at the noisy fixed-rate loss.
+  """
+  t = train_config
+  lr = float(t.learning_rate)
+  kind = str(t.get('schedule', 'constant'))
+  if kind == 'constant':
+    return lr  # a float, not a schedule: Adam's state (and older checkpoints) as before
+  if kind == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=int(t.warmup_steps),
+        decay_steps=int(t.num_steps), end_value=lr * float(t.final_lr_fraction))
+  raise utils.UserError(f'config.train.schedule={kind!r} is invalid: must be constant or '
+                        'warmup_cosine')
 
 
 def init_state(config, sim, model, tx, mesh) -> TrainState:
@@ -474,6 +496,8 @@ def _train_locked(config, workdir, mesh, progress):
   n_params = models.count_params(state.params)
 
   total = config.train.num_steps
+  lr_at = learning_rate_schedule(config.train)  # the rate of the logged step's update
+  lr_at = lr_at if callable(lr_at) else (lambda _, v=lr_at: v)
   bar = utils.progress(range(start, total), total=max(total - start, 0), desc='train',
                        disable=not progress)
   last = {}
@@ -499,7 +523,7 @@ def _train_locked(config, workdir, mesh, progress):
         dt = time.perf_counter() - t_log
         rate = n_log / dt
         last = {f'train_{k}': v for k, v in metrics.items()}
-        last |= {'train_learning_rate': config.train.learning_rate, 'train_steps_per_s': rate,
+        last |= {'train_learning_rate': float(lr_at(step)), 'train_steps_per_s': rate,
                  'train_sequences_per_s': rate * config.train.batch_size}
         writer.write(done, last)
         if hasattr(bar, 'set_postfix'):
