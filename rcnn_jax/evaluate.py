@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rcnn_jax import config_check
+from rcnn_jax import pretrained
 from rcnn_jax import train
 from rcnn_jax import utils
 from rcnn_jax import workdir as workdir_lib
@@ -180,6 +181,8 @@ def restore_for_eval(workdir, step=None):
   """
   if not os.path.isdir(workdir):
     raise utils.UserError(f'{workdir}: no such workdir')
+  if pretrained.is_pretrained(workdir):  # a shipped model folder (pretrained.py)
+    return pretrained.load(workdir, step)
   config = train.load_config(workdir)
   config_check.validate(config, strict=False)
   mesh = train.make_mesh()
