@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 from absl import app
 from absl import flags
@@ -184,18 +185,6 @@ def last_probs(classifier, files):
   return np.stack([p[-1] for p in classifier.classify(seqs)])
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to package.')
-_OUT = flags.DEFINE_string('out', None, 'New pretrained folder.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best).')
-_DTYPE = flags.DEFINE_enum('dtype', 'float16', ['float16', 'float32'], 'Storage of weights.')
-_CHECK = flags.DEFINE_multi_string('check_dir', [], 'Real sequences for the precision check.')
-_REF_ROOT = flags.DEFINE_string(
-    'reference_root', None, 'reference_predictions.json names files relative to this folder '
-    '(default: the folder above the check dirs).')
-_REF_PER_DIR = flags.DEFINE_integer('reference_per_dir', 2, 'Files per check dir (and per class '
-                                    'folder) recorded in reference_predictions.json.')
-
-
 def write_reference(out, dirs, root, per_dir):
   """reference_predictions.json: the stored model's last-step probabilities on the first
   ``per_dir`` files of each folder (sorted), for the stability test of the shipped model."""
@@ -218,6 +207,21 @@ def write_reference(out, dirs, root, per_dir):
   return ref
 
 
+def _define_flags():
+  """Command-line flags, defined only when the module runs as a command."""
+  global _WORKDIR, _OUT, _STEP, _DTYPE, _CHECK, _REF_ROOT, _REF_PER_DIR
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to package.')
+  _OUT = flags.DEFINE_string('out', None, 'New pretrained folder.')
+  _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best).')
+  _DTYPE = flags.DEFINE_enum('dtype', 'float16', ['float16', 'float32'], 'Storage of weights.')
+  _CHECK = flags.DEFINE_multi_string('check_dir', [], 'Real sequences for the precision check.')
+  _REF_ROOT = flags.DEFINE_string(
+      'reference_root', None, 'reference_predictions.json names files relative to this folder '
+      '(default: the folder above the check dirs).')
+  _REF_PER_DIR = flags.DEFINE_integer('reference_per_dir', 2, 'Files per check dir (and per class '
+                                      'folder) recorded in reference_predictions.json.')
+
+
 def main(argv):
   if len(argv) == 2 and not _WORKDIR.value:
     print(json.dumps(read_manifest(argv[1]), indent=1))
@@ -227,26 +231,41 @@ def main(argv):
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError('--workdir and --out are required')
   from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  out = _OUT.value.rstrip(os.sep)
+  if os.path.exists(out):
+    raise utils.UserError(f'{out} exists; choose another --out (a shipped model is never '
+                          'overwritten)')
+  dirs = [d.split('=')[0] for d in _CHECK.value]
+  for d in dirs:
+    if not os.path.isdir(d):
+      raise utils.UserError(f'--check_dir {d}: no such folder')
   config, _, _, state, step = evaluate.restore_for_eval(_WORKDIR.value, _STEP.value)
-  src = {'workdir': os.path.abspath(_WORKDIR.value), 'step': step}
-  m = save(_OUT.value, config, state.params, state.batch_stats, step, src, _DTYPE.value)
-  if _CHECK.value:
-    worst, changed, n = top_class_check(_WORKDIR.value, _OUT.value,
-                                        [d.split('=')[0] for d in _CHECK.value])
-    m['precision_check'] = {'files': n, 'max_abs_probability_difference': worst,
-                            'top_class_changed': len(changed)}
-    utils.write_json(os.path.join(_OUT.value, MANIFEST), m)
-    if changed:
-      raise utils.UserError(f'stored precision changes the top class of {len(changed)} of {n} '
-                            f'files (e.g. {changed[0]}); use --dtype float32')
-    root = _REF_ROOT.value or os.path.commonpath(
-        [os.path.dirname(os.path.abspath(d.split('=')[0])) for d in _CHECK.value])
-    write_reference(_OUT.value, [d.split('=')[0] for d in _CHECK.value], root,
-                    _REF_PER_DIR.value)
-  print(f'wrote {_OUT.value}: step {step}, {m["num_params"]:,} parameters, '
+  src = {'workdir': os.path.relpath(os.path.abspath(_WORKDIR.value)), 'step': step}
+  tmp = out + '.partial'
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  try:  # built in OUT.partial and renamed when complete: OUT is never half-written
+    m = save(tmp, config, state.params, state.batch_stats, step, src, _DTYPE.value)
+    if dirs:
+      worst, changed, n = top_class_check(_WORKDIR.value, tmp, dirs)
+      m['precision_check'] = {'files': n, 'max_abs_probability_difference': worst,
+                              'top_class_changed': len(changed)}
+      utils.write_json(os.path.join(tmp, MANIFEST), m)
+      if changed:
+        raise utils.UserError(f'stored precision changes the top class of {len(changed)} of '
+                              f'{n} files (e.g. {changed[0]}); use --dtype float32')
+      root = _REF_ROOT.value or os.path.commonpath(
+          [os.path.dirname(os.path.abspath(d)) for d in dirs])
+      write_reference(tmp, dirs, root, _REF_PER_DIR.value)
+    os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  print(f'wrote {out}: step {step}, {m["num_params"]:,} parameters, '
         f'{m["weights_bytes"] / 1e6:.1f} MB' + (
             f'; {n} files, top class unchanged, max |dp| {worst:.2g}' if _CHECK.value else ''))
 
 
 if __name__ == '__main__':
+  _define_flags()
   utils.run(main)
