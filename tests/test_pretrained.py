@@ -141,3 +141,31 @@ def test_shipped_predictions_are_stable(folder, hits_data):
   probs = pretrained.last_probs(clf, files)
   np.testing.assert_allclose(probs, np.asarray(ref['probabilities']), atol=1e-4)
   assert [clf.class_names[i] for i in probs.argmax(-1)] == ref['top_class']
+
+
+def test_finetune_and_export_accept_a_pretrained_folder(packaged, hits_data, tmp_path):
+  from rcnn_jax import export  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import exported  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import finetune  # pylint: disable=g-import-not-at-top
+  out, state = packaged
+  lab = hits_data / 'real_labelled_dev'
+  if not lab.is_dir():
+    pytest.skip('real development files not found')
+  w2 = str(tmp_path / 'ft')
+  finetune.finetune(out, [str(lab)], w2, progress=False, overrides=['finetune.per_class=2'])
+  rec = json.loads((tmp_path / 'ft' / 'finetune.json').read_text())
+  assert len(rec['files']) == 6 and rec['base_step'] == pretrained.read_manifest(out)['step']
+  _, _, _, tuned, _ = evaluate.restore_for_eval(w2)
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+      jax_leaves(tuned.params), jax_leaves(state.params))]
+  assert max(moved) > 0
+  clf = predict.Classifier.from_workdir(out)
+  m = export.export_classifier(clf, str(tmp_path / 'exp'), 2.0)
+  assert m['checkpoint_step'] == clf.checkpoint_step
+  loaded = exported.load(str(tmp_path / 'exp'))
+  assert loaded.class_names == clf.class_names
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_leaves(tree)
