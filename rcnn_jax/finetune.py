@@ -40,6 +40,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rcnn_jax import errors
 from rcnn_jax import evaluate
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import train
@@ -170,7 +171,7 @@ def _run_steps(step_fn, state, config, real, progress=True):
     state, m = step_fn(state, root, real)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not np.isfinite(m['loss']):
-      raise FloatingPointError(f'non-finite fine-tuning loss at step {int(state.step)}')
+      raise errors.Diverged(f'non-finite fine-tuning loss at step {int(state.step)}')
     losses.append(m)
   return state, losses
 

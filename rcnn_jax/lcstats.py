@@ -42,6 +42,7 @@ from rcnn_jax import lightcurves
 from rcnn_jax import realdata
 from rcnn_jax import realism
 from rcnn_jax import render
+from rcnn_jax.errors import UserError
 
 MIN_BRIGHT_EPOCHS = 5   # bright usable epochs a star needs to enter the scatter statistics
 FAINT_MIN_MAG = 0.1     # faint-epoch threshold (mag) below which the noise threshold applies
@@ -156,7 +157,7 @@ def calibrate_jitter(rows, num_bootstrap=200, seed=0):
   """
   ok = [r for r in rows if np.isfinite(r['real'][0]) and np.isfinite(r['noise'][0])]
   if not ok:
-    raise realdata.BadInput('no constant star with enough bright epochs to measure scatter')
+    raise UserError('no constant star with enough bright epochs to measure scatter')
   arr = {w: np.array([r[w] for r in ok]) for w in ('real', 'noise', 'model')}
 
   def est(idx):

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn_jax.errors import UserError
+
 
 CONV_IMPLS = ('rows', 'im2col', 'xla')
 
@@ -39,7 +41,7 @@ def resolve_encoder_chunk(chunk: int) -> int:
   if chunk == -1:
     return 16 if jax.default_backend() == 'cpu' else 0
   if chunk < 0:
-    raise ValueError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
+    raise UserError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
   return int(chunk)
 
 
@@ -47,8 +49,8 @@ def resolve_conv_impl(impl: str) -> str:
   if impl == 'auto':
     return 'rows' if jax.default_backend() == 'cpu' else 'xla'
   if impl not in CONV_IMPLS:
-    raise ValueError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}, got "
-                     f'{impl!r}')
+    raise UserError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}, got "
+                    f'{impl!r}')
   return impl
 
 
@@ -534,7 +536,7 @@ class SequenceClassifier(nn.Module):
     elif self.kind == 'lc':
       self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
     else:
-      raise ValueError(f"config.model.kind must be 'rcnn' or 'lc', got {self.kind!r}")
+      raise UserError(f"config.model.kind must be 'rcnn' or 'lc', got {self.kind!r}")
     self.fc = nn.Dense(self.dense, dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout)
     self.lstm = MaskedLSTM(self.lstm_size)
@@ -579,18 +581,18 @@ def build_model(model_config, num_classes: int, n_w: int) -> SequenceClassifier:
   m = model_config
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(m.dtype)
   if dtype is None:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+    raise UserError(f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
   for name in ('filters', 'convs_per_block', 'num_blocks', 'dense', 'lstm_size'):
     if int(m[name]) < 1:
-      raise ValueError(f'config.model.{name} must be >= 1, got {m[name]}')
+      raise UserError(f'config.model.{name} must be >= 1, got {m[name]}')
   if not 0.0 <= float(m.dropout) < 1.0:
-    raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}')
+    raise UserError(f'config.model.dropout must be in [0, 1), got {m.dropout}')
   bn_momentum = float(m.get('bn_momentum', 0.99))
   if not 0.0 <= bn_momentum < 1.0:
-    raise ValueError(f'config.model.bn_momentum must be in [0, 1), got {bn_momentum}')
+    raise UserError(f'config.model.bn_momentum must be in [0, 1), got {bn_momentum}')
   asinh = float(m.get('input_asinh_scale', 10.0))
   if asinh < 0:
-    raise ValueError(f'config.model.input_asinh_scale must be >= 0, got {asinh}')
+    raise UserError(f'config.model.input_asinh_scale must be >= 0, got {asinh}')
   resolve_conv_impl(m.conv_impl)
   chunk = int(m.get('encoder_chunk', -1))
   resolve_encoder_chunk(chunk)

@@ -51,6 +51,7 @@ from rcnn_jax import realdata
 from rcnn_jax import realism
 from rcnn_jax import sequences
 from rcnn_jax import utils
+from rcnn_jax.errors import UserError
 
 APERTURE_RADIUS_PX = 3.0  # light curve of the figures: sum of eq. 4 counts within this radius
 
@@ -203,8 +204,8 @@ class Classifier:
   def prepare(self, seq, max_steps='config', start='first', warn=None) -> dict:
     """``preprocess.prepare`` with this model's rules (seeing cut, zp_ref, start, window)."""
     if seq.stamps.shape[1:] != (self.stamp_size, self.stamp_size):
-      raise ValueError(f'{seq.name}: stamps are {seq.stamps.shape[1]}x{seq.stamps.shape[2]}, '
-                       f'the model takes {self.stamp_size}x{self.stamp_size}')
+      raise UserError(f'{seq.name}: stamps are {seq.stamps.shape[1]}x{seq.stamps.shape[2]}, '
+                      f'the model takes {self.stamp_size}x{self.stamp_size}')
     return preprocess.prepare(seq, self.rules, start=start, max_steps=max_steps, warn=warn)
 
   def _inputs(self, seq, max_steps, start='first', warn=None):
@@ -274,7 +275,7 @@ class Classifier:
     k = len(idx)
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[0] != k:
-      raise ValueError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
+      raise UserError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
     if seeing_arcsec is not None and self.rules.max_seeing_arcsec is not None:
       seeing = _per_object(seeing_arcsec, k, 'seeing_arcsec')
       good = ~(seeing > self.rules.max_seeing_arcsec)  # NaN: unknown, kept
@@ -284,7 +285,7 @@ class Classifier:
                            idx[good])
     h, w = images.shape[1:]
     if h < s or w < s:
-      raise ValueError(f'stamps are {h}x{w}, smaller than the stamp size {s}')
+      raise UserError(f'stamps are {h}x{w}, smaller than the stamp size {s}')
     r0, c0 = (h - s) // 2, (w - s) // 2
     raw = images[:, r0:r0 + s, c0:c0 + s].astype(np.float32)
     mjd = _per_object(mjd, k, 'mjd')
@@ -296,10 +297,10 @@ class Classifier:
       sky[unknown] = realdata.estimate_sky(raw[unknown])
     for name, a in (('images', raw), ('mjd', mjd), ('sky_adu', sky)):
       if not np.all(np.isfinite(a)):
-        raise ValueError(f'{name} contains NaN or Inf')
+        raise UserError(f'{name} contains NaN or Inf')
     if np.any(mjd <= state.last_mjd[idx]):
       bad = idx[np.argmax(mjd <= state.last_mjd[idx])]
-      raise ValueError(f'object {bad}: mjd is not after its previous image')
+      raise UserError(f'object {bad}: mjd is not after its previous image')
 
     first = state.num_images[idx] == 0
     mjd0, zp0 = state.mjd0.copy(), state.zp0.copy()
@@ -344,20 +345,20 @@ def _indices(objects, n) -> np.ndarray:
   a = np.asarray(objects)
   if a.dtype == bool:
     if a.shape != (n,):
-      raise ValueError(f'object mask has shape {a.shape}, expected ({n},)')
+      raise UserError(f'object mask has shape {a.shape}, expected ({n},)')
     return np.flatnonzero(a)
   a = a.reshape(-1).astype(np.int64)
   if a.size and (a.min() < 0 or a.max() >= n):
-    raise ValueError(f'object indices must be in [0, {n}), got {a.min()}..{a.max()}')
+    raise UserError(f'object indices must be in [0, {n}), got {a.min()}..{a.max()}')
   if len(np.unique(a)) != len(a):
-    raise ValueError('object indices must be distinct (one new image per object per update)')
+    raise UserError('object indices must be distinct (one new image per object per update)')
   return a
 
 
 def _per_object(x, k, name) -> np.ndarray:
   a = np.asarray(x, np.float64).reshape(-1)
   if a.shape != (k,):
-    raise ValueError(f'{name} must have one value per object ({k}), got shape {np.shape(x)}')
+    raise UserError(f'{name} must have one value per object ({k}), got shape {np.shape(x)}')
   return a
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from rcnn_jax import photometry
 from rcnn_jax import render
 from rcnn_jax import sequences
+from rcnn_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,8 +238,8 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
     max_steps = rules.max_steps
   steps = len(kept) - s0 - n_w + 1
   if steps < 1:
-    raise ValueError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
-                     f'n_w = {n_w}')
+    raise UserError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
+                    f'n_w = {n_w}')
   if max_steps is not None:
     steps = min(steps, int(max_steps))
   epochs = kept[s0:s0 + steps + n_w - 1]

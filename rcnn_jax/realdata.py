@@ -29,6 +29,8 @@ import zlib
 
 import numpy as np
 
+from rcnn_jax.errors import UserError
+
 NPZ_SUFFIXES = ('.npz',)
 FITS_SUFFIXES = ('.fits.gz', '.fits', '.fit')
 SKY_RING = 3  # width in pixels of the border used to estimate the sky
@@ -37,7 +39,7 @@ _READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, 
                 zlib.error)
 
 
-class BadInput(ValueError):
+class BadInput(UserError):
   """A file that cannot be used; the message is one line: '{path}: {problem}'."""
 
   def __init__(self, path, problem):

@@ -49,6 +49,7 @@ from scipy import special
 from rcnn_jax import realdata
 from rcnn_jax import render
 from rcnn_jax import utils
+from rcnn_jax.errors import UserError
 
 RING_WIDTH = 3          # px, outer ring used for the background noise
 FIT_BOX = 9             # px, central box of the Gaussian FWHM fit
@@ -319,8 +320,8 @@ def _psf_epochs(files, config, camera):
       for k, v in zip(out, (i, see[e], sky[e], snr[e], d[e], sigma[e]**2)):
         out[k].append(v)
   if not out['stamp']:
-    raise ValueError(f'no epoch with known seeing, peak > {PSF_MIN_PEAK_SIGMA:g} sigma and '
-                     'unsaturated: nothing to calibrate the PSF on')
+    raise UserError(f'no epoch with known seeing, peak > {PSF_MIN_PEAK_SIGMA:g} sigma and '
+                    'unsaturated: nothing to calibrate the PSF on')
   out = {k: np.asarray(v) for k, v in out.items()}
   out['all_seeing'] = np.concatenate(all_seeing) if all_seeing else np.zeros(0)
   out['names'] = names

@@ -37,6 +37,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from rcnn_jax import config_check
+from rcnn_jax import errors
 from rcnn_jax import models
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
@@ -488,7 +489,7 @@ def _train_locked(config, workdir, mesh, progress):
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       # The new parameters too: a NaN update leaves a finite loss for this step.
       if not all(np.isfinite(metrics[k]) for k in ('loss', 'grad_norm', 'param_norm')):
-        raise FloatingPointError(
+        raise errors.Diverged(
             f'non-finite training loss or update at step {step + 1} (loss {metrics["loss"]:.3g}, '
             f'grad norm {metrics["grad_norm"]:.3g},'
             f' param norm {metrics["param_norm"]:.3g}); the last good checkpoint '
