@@ -9,7 +9,6 @@ Data flow, one module per stage:
   photometry.py  optimal photometry for the light-curve classifier (Sec. 3.3)
   models.py      Table 3 and Sec. 3.3
   train.py, evaluate.py, predict.py, simulate.py, bench.py: the commands
-"""
 
-CLASS_NAMES = ('Supernova', 'RRLyrae', 'Cepheid', 'EclipsingBinary', 'NonVariable', 'Galaxy',
-               'Asteroid')
+The class names, like every hyperparameter, are the config's (``config.sim.class_names``).
+"""

@@ -147,7 +147,7 @@ def bench_train(config):
     best, med, calls = _time(call, _ITERS.value)
     cfg = {'batch': _BATCH.value, 'steps': _STEPS.value, 'n_w': sim.n_w,
            'model': config.model.kind, 'conv_impl': config.model.conv_impl,
-           'encoder_chunk': config.model.get('encoder_chunk', -1),
+           'encoder_chunk': config.model.encoder_chunk,
            'filters': config.model.filters, 'lstm_size': config.model.lstm_size,
            'all_steps_valid': all_valid}
     name = f'train_{config.model.kind}' + ('_all_steps_valid' if all_valid else '')
@@ -201,7 +201,7 @@ def bench_inference(config):
     trained = predict.Classifier.from_workdir(_WORKDIR.value)
     config, params, batch_stats = trained.config, trained.params, trained.batch_stats
   else:
-    model = models.build_model(config.model, len(config.sim.class_names), config.sim.n_w)
+    model = models.build_model(config.model, len(config.sim.class_names))
     s = int(config.sim.stamp_size)
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, config.sim.n_w)),
                                         jnp.zeros((1, 1, config.sim.n_w)),

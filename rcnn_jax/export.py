@@ -101,7 +101,7 @@ def export_model(classifier, conv_impl):
   m.encoder_chunk, m.dtype = 0, classifier.dtype
   if conv_impl:
     m.conv_impl = conv_impl
-  return models.build_model(m, classifier.num_classes, classifier.n_w)
+  return models.build_model(m, classifier.num_classes)
 
 
 def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla'):
@@ -151,7 +151,7 @@ def batch_multiple(classifier, conv_impl) -> int:
   if conv_impl != 'auto':
     return 1
   from rcnn_jax import models  # pylint: disable=g-import-not-at-top
-  chunk = models.resolve_encoder_chunk(int(classifier.config.model.get('encoder_chunk', -1)))
+  chunk = models.resolve_encoder_chunk(int(classifier.config.model.encoder_chunk))
   return max(chunk, 1)
 
 

@@ -135,7 +135,7 @@ def _configured(config):
 
 
 def _per_epoch(config):
-  return bool(config.sim.astrometry.get('subpixel_per_epoch', False))
+  return bool(config.sim.astrometry.subpixel_per_epoch)
 
 
 def _pooled_jitter(rows, idx, noise_var):

@@ -67,9 +67,6 @@ import numpy as np
 
 from rcnn_jax.errors import UserError
 
-# The paper's classes, in its label order (the default config.sim.class_names).
-CLASS_ORDER = ('Supernova', 'RRLyrae', 'Cepheid', 'EclipsingBinary', 'NonVariable', 'Galaxy',
-               'Asteroid')
 NO_SOURCE = jnp.inf
 
 _IA_REF_ABSMAG = -19.3  # M_B of the tabulated template

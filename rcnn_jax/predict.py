@@ -122,7 +122,7 @@ class Classifier:
     self.stamp_size = int(config.sim.stamp_size)
     self.rules = preprocess.Rules.from_config(config)
     self.dtype = str(model_config.dtype)
-    self.model = models.build_model(model_config, len(self.class_names), self.n_w)
+    self.model = models.build_model(model_config, len(self.class_names))
     self.params = params
     self.batch_stats = batch_stats
     self.checkpoint_step = None  # set by from_workdir

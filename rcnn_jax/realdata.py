@@ -331,5 +331,5 @@ def model_inputs(seq: RealSequence, n_w, max_steps=None) -> dict:
   num_steps, with T = max_steps when given (truncated or zero-padded), else E - n_w + 1.
   """
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
-  return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), max_seeing_arcsec=None),
+  return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), pre_detection=0),
                             start='first', max_steps=max_steps)

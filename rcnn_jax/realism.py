@@ -512,7 +512,7 @@ def _pad(x, n):
 
 def camera_params(config, camera_path=None):
   """(gain, read_noise_e, saturation_adu, source): medians of a camera table, else the config's."""
-  path = camera_path or config.survey.get('camera_path', '')
+  path = camera_path or config.survey.camera_path
   if path:
     from rcnn_jax import survey  # pylint: disable=g-import-not-at-top
     cam = survey.read_camera(path)
@@ -553,7 +553,7 @@ def _measure(d, sigma):
 def psf_seeing_relation(config):
   """(seeing_scale, seeing_offset_arcsec) of config.sim.psf: PSF FWHM = offset + scale seeing."""
   psf = config.sim.psf
-  return float(psf.get('seeing_scale', 1.0)), float(psf.get('seeing_offset_arcsec', 0.0))
+  return float(psf.seeing_scale), float(psf.seeing_offset_arcsec)
 
 
 def compare_sequence(seq: realdata.RealSequence, exp_time_s, key, config, camera, psf_bank=None,

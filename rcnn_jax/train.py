@@ -106,7 +106,7 @@ def make_simulate_fn(sim, mesh):
 def build(config):
   """Simulator, model and optimiser from a config."""
   sim = sim_lib.build_simulator(config)
-  model = models.build_model(config.model, num_classes=sim.num_classes, n_w=sim.n_w)
+  model = models.build_model(config.model, num_classes=sim.num_classes)
   tx = optax.adam(config.train.learning_rate)
   return sim, model, tx
 

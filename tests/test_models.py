@@ -32,7 +32,7 @@ def _small_model(kind, conv_impl='auto'):
   m = hits.get_config('smoke').model
   m.kind = kind
   m.conv_impl = conv_impl
-  return models.build_model(m, C, N_W)
+  return models.build_model(m, C)
 
 
 def _init(model, x, gaps, mask):
@@ -61,7 +61,7 @@ def small(request):
 
 def test_paper_parameter_count_matches_table3():
   config = hits.get_config()  # 'paper'
-  model = models.build_model(config.model, 7, 3)
+  model = models.build_model(config.model, 7)
   x = jnp.zeros((1, 2, 21, 21, 3))
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, jnp.zeros((1, 2, 3)),
@@ -99,7 +99,7 @@ def test_paper_parameter_count_matches_table3():
 
 def test_light_curve_model_parameter_count():
   config = hits.get_config('paper,lc')
-  model = models.build_model(config.model, 7, 3)
+  model = models.build_model(config.model, 7)
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.zeros((1, 2, 6)),
       jnp.zeros((1, 2, 3)), jnp.ones((1, 2), bool), train=False))
@@ -351,9 +351,9 @@ def test_chunked_encoder_equals_whole_batch():
   m.conv_impl = 'rows'
   m.dropout = 0.0
   m.encoder_chunk = 0
-  whole = models.build_model(m, C, N_W)
+  whole = models.build_model(m, C)
   m.encoder_chunk = 4
-  chunked = models.build_model(m, C, N_W)
+  chunked = models.build_model(m, C)
   variables = _init(whole, x, gaps, mask)
   assert (jax.tree.structure(variables) ==
           jax.tree.structure(jax.eval_shape(lambda: _init(chunked, x, gaps, mask))))
@@ -409,9 +409,9 @@ def test_eval_encoder_with_winograd_layers_equals_whole_batch():
   m = hits.get_config('smoke').model
   m.conv_impl, m.filters = 'rows', 16
   m.encoder_chunk = 0
-  whole = models.build_model(m, C, N_W)
+  whole = models.build_model(m, C)
   m.encoder_chunk = 4
-  chunked = models.build_model(m, C, N_W)
+  chunked = models.build_model(m, C)
   assert models._winograd_wins((21, 21, 16)) and not models._winograd_wins((11, 11, 16))
   mask = mask.at[2].set(False)  # a whole sequence of padding: skipped chunks
   variables = _init(whole, x, gaps, mask)

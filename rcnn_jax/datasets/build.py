@@ -70,11 +70,13 @@ def build_sim(config, data_dir) -> str:
 
 
 def build_real(folders, data_dir, config=None, split='dev') -> str:
+  """``config``: the classes, stamp size and n_w (default: configs/hits.py's)."""
   from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
-  import rcnn_jax  # pylint: disable=g-import-not-at-top
-  names = tuple(config.sim.class_names) if config is not None else rcnn_jax.CLASS_NAMES
-  s = int(config.sim.stamp_size) if config is not None else 21
-  n_w = int(config.sim.n_w) if config is not None else 3
+  if config is None:
+    from configs import hits  # pylint: disable=g-import-not-at-top
+    config = hits.get_config()
+  names = tuple(config.sim.class_names)
+  s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
   bc = hits_real.builder_config(folders, names, s, n_w, split)
   return prepare(_quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
                                                    file_format='array_record')))
