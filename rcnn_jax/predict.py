@@ -46,9 +46,9 @@ import ml_collections
 import numpy as np
 
 from rcnn_jax import models
+from rcnn_jax import photometry
 from rcnn_jax import preprocess
 from rcnn_jax import realdata
-from rcnn_jax import realism
 from rcnn_jax import sequences
 from rcnn_jax import utils
 from rcnn_jax.errors import UserError
@@ -451,7 +451,7 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
     for seq, p, m, path in zip(seqs, probs, mjds, plot_paths(seqs, plot_dir)):
       images = eq4_images(seq)
       plots.plot_sequence_prediction(
-          path, seq.name, seq.mjd, realism.aperture_flux(images, radius=APERTURE_RADIUS_PX),
+          path, seq.name, seq.mjd, photometry.aperture_flux(images, radius=APERTURE_RADIUS_PX),
           m, p, classifier.class_names, images)
     print(f'wrote {len(seqs)} figures to {plot_dir}')
   return 2 if errors else 0
