@@ -18,10 +18,8 @@ import copy
 import json
 import os
 import platform
-import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -125,14 +123,14 @@ def bench_train(config):
   """The fused training step on simulated batches as they come (their padding steps, about
   43 % of a paper batch, are skipped by the CPU encoder), then with every step valid: the
   work of a fixed-length implementation such as the PyTorch peer's."""
-  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import common  # pylint: disable=g-import-not-at-top
   config.train.batch_size = _BATCH.value
   config.sim.max_steps = _STEPS.value
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
   for all_valid in (False, True):
-    state = train.init_state(config, sim, model, tx, mesh)
-    step = train.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
+    state = common.init_state(config, sim, model, tx, mesh)
+    step = common.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
     root = jax.random.key(0)
     t0 = time.perf_counter()
     state, m = step(state, root)

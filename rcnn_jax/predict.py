@@ -133,11 +133,10 @@ class Classifier:
   def from_workdir(cls, workdir, step=None, dtype=None) -> 'Classifier':
     """The best checkpoint of a training workdir (or ``step``)."""
     # Training and simulator modules only when a workdir is read (not for bench or a broker).
-    from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
-    from rcnn_jax import train  # pylint: disable=g-import-not-at-top
-    config = train.load_config(workdir)
+    from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    config = checkpoints.load_config(workdir)
     _check_kind(config)
-    config, _, _, state, step = evaluate.restore_for_eval(workdir, step)
+    config, _, _, state, step = checkpoints.restore_for_eval(workdir, step)
     out = cls(config, state.params, state.batch_stats, dtype)
     out.checkpoint_step = int(step)
     return out
@@ -417,9 +416,9 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
   ``classifier`` reuses an already restored model (``workdir`` and ``step`` are then unused).
   ``start`` and ``full_length`` as in ``Classifier.classify``.
   """
-  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
   stderr = stderr or sys.stderr
-  config = classifier.config if classifier is not None else train.load_config(workdir)
+  config = classifier.config if classifier is not None else checkpoints.load_config(workdir)
   _check_kind(config)
   try:
     seqs, errors = realdata.load_many(inputs, int(config.sim.stamp_size), int(config.sim.n_w),

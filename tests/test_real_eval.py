@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ from rcnn_jax import evaluate
 from rcnn_jax import finetune
 from rcnn_jax import predict
 from rcnn_jax import realdata
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import train
 
 NAMES = list(hits.CLASS_NAMES)
@@ -106,7 +107,7 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert max(starts['NonVariable']) == 0 and max(starts['Supernova']) > 0
   assert (out / 'real_recall.png').stat().st_size > 10_000
 
-  config, sim, model, state, _ = evaluate.restore_for_eval(workdir)
+  config, sim, model, state, _ = checkpoints.restore_for_eval(workdir)
   seqs, labels = evaluate.load_labelled(dirs, config)
   batch = evaluate.real_inputs(seqs, labels, config)
   before = evaluate.real_logits(config, sim, model, state, batch)
@@ -116,7 +117,7 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
                     progress=False)
   rec = json.loads((tmp_path / 'ft' / 'finetune.json').read_text())
   assert len(rec['files']) == 30 and len(rec['loss']) == 3
-  _, _, _, state2, step2 = evaluate.restore_for_eval(w2)
+  _, _, _, state2, step2 = checkpoints.restore_for_eval(w2)
   assert step2 == 1 + 3
   after = evaluate.real_logits(config, sim, model, state2, batch)
   assert np.abs(after - before).max() > 1e-3
@@ -138,8 +139,8 @@ def test_light_curve_classifier_on_real_files(hits_data):
   noise) feeds the light-curve classifier; files without seeing are refused in one line."""
   dirs = _dev_dirs(hits_data)
   config = hits.get_config('smoke,lc')
-  sim, model, tx = train.build(config)
-  state = train.init_state(config, sim, model, tx, train.make_mesh())
+  sim, model, tx = common.build(config)
+  state = common.init_state(config, sim, model, tx, common.make_mesh())
   seqs, labels = evaluate.load_labelled([dirs[0]], config)
   seqs, labels = seqs[::10], labels[::10]
   batch = evaluate.real_inputs(seqs, labels, config)
