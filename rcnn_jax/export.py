@@ -6,7 +6,8 @@
 writes ``DIR/update.jax`` (the serialized function, parameters included) and
 ``DIR/manifest.json`` (format version, project version, class names, n_w, stamp size, LSTM
 size, preprocessing rules, max seeing, input, state and output shapes with the symbolic batch
-dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and runs it without the project's model code.
+dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and
+runs it without the project's model code.
 
 The update is ``Classifier.update``'s alert-broker step as one jax function, eq. 4 included:
 (state, raw image [B, S, S], MJD, zero point, sky, seeing, active [B]) -> (probs [B, C], state).

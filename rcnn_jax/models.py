@@ -634,7 +634,7 @@ def build_model(model_config, num_classes: int) -> SequenceClassifier:
   if missing:
     raise UserError(f'config.model.{missing[0]} is missing (model kind {kind!r})')
   model = cls(num_classes=num_classes, **{n: model_config[n] for n in names})
-  model.compute_dtype  # pylint: disable=pointless-statement  (an unknown dtype, said now)
+  model.compute_dtype  # noqa: B018  (an unknown dtype, said now)
   if 'conv_impl' in names:
     resolve_conv_impl(model.conv_impl)
   if 'encoder_chunk' in names:

@@ -167,11 +167,11 @@ def first_detection(flux, sigma, baseline_epochs, nsigma=5.0) -> int:
   field 3 to 4 times on its first night: the median of three is robust to one outlier and is
   the object before it could have changed much). sigma is each epoch's own photometric error
   (``epoch_photometry``: sky, read noise and the flux's Poisson noise, so a bright host or
-  star does not make noise look like a detection). This is the simulator's rule (``sequences.first_detection``:
-  source magnitude brighter than the epoch's 5-sigma limiting magnitude, i.e. source flux above
-  5 sigma of that epoch's sky noise), with the early baseline standing in for the flux of
-  whatever was there before the transient (a host, a template), which the simulator knows and
-  a real stamp does not.
+  star does not make noise look like a detection). This is the simulator's rule
+  (``sequences.first_detection``: source magnitude brighter than the epoch's 5-sigma limiting
+  magnitude, i.e. source flux above 5 sigma of that epoch's sky noise), with the early baseline
+  standing in for the flux of whatever was there before the transient (a host, a template),
+  which the simulator knows and a real stamp does not.
   """
   flux, sigma = np.asarray(flux, np.float64), np.asarray(sigma, np.float64)
   base = np.median(flux[:max(1, int(baseline_epochs))])

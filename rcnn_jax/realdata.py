@@ -122,7 +122,8 @@ def _read_npz(path) -> dict:
       raise BadInput(path, 'contains pickled data, refused') from None
     raise BadInput(path, f'cannot read (corrupt or truncated npz: {e})') from None
   except _READ_ERRORS as e:
-    raise BadInput(path, f'cannot read (corrupt or truncated npz: {type(e).__name__}: {e})') from None
+    raise BadInput(path, f'cannot read (corrupt or truncated npz: {type(e).__name__}: '
+                   f'{e})') from None
   return out
 
 
@@ -152,7 +153,8 @@ def _read_fits(path) -> dict:
             if key in cols:
               out[key] = np.array(table.data[cols[key]])
   except _READ_ERRORS as e:
-    raise BadInput(path, f'cannot read (corrupt or truncated FITS: {type(e).__name__}: {e})') from None
+    raise BadInput(path, f'cannot read (corrupt or truncated FITS: {type(e).__name__}: '
+                   f'{e})') from None
   return out
 
 

@@ -166,7 +166,7 @@ def _parse_flags(argv):
       if type(flag).__name__ == '_ConfigFlag':
         value = flag.value
         if type(value).__name__ == '_ErrorConfig':  # a config file that failed to load
-          getattr(value, 'seed')  # raises its error
+          value.seed  # noqa: B018  (raises its error)
     return rest
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]

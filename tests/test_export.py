@@ -128,7 +128,7 @@ def test_bad_seeing_epoch_is_skipped(loaded):
   # The same object without the bad epoch, alone: identical probabilities at every kept image.
   keep = [k for k in range(t) if k != 3]
   solo = loaded.new_state(1)
-  for j, k in enumerate(keep):
+  for k in keep:
     p, solo = loaded.update(solo, stamps[k, :1], mjd[k, :1], zp[k, :1], sky[k, :1],
                             seeing[k, :1])
     np.testing.assert_allclose(p[0], probs[k][0], atol=1e-6, rtol=0, equal_nan=True)

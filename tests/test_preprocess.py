@@ -1,4 +1,5 @@
-"""One preparation for simulated and real stamps: identical inputs, seeing cut, zp_ref, detection."""
+"""One preparation for simulated and real stamps: identical inputs, seeing cut, zp_ref,
+detection."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Writes a ``hits_sim`` or ``hits_real`` dataset (array_record) with tensorflow-datasets.
 
-    python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py [--config.dataset.size=full] --data_dir DIR
-    python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
+    python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py \
+        [--config.dataset.size=full] --data_dir DIR
+    python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev \
+        --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
 
 Prints the prepared folder (the path ``evaluate --tfds`` and ``tfds.builder_from_directory``
 take). Splits are written into a temporary ``incomplete.*`` folder that is renamed only when all
