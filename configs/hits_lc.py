@@ -2,7 +2,7 @@
 
     python -m rcnn_jax.train --config configs/hits_lc.py:cpu
 
-Variants as in ``configs/hits.py`` (paper, cpu, smoke). The same simulator renders the same
+Variants as in ``configs/hits.py`` (paper, cpu, long, smoke). The same simulator renders the same
 stamps; optimal photometry (Naylor 1998) on them, inside the jitted step, feeds the dense + LSTM
 head of Table 3's last three rows.
 """

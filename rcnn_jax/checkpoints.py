@@ -77,6 +77,21 @@ def restore_newest_intact(manager, target, steps=None):
 # Fields that may differ when a run is resumed (length of the run, logging cadence).
 _RESUMABLE = ('train.num_steps', 'train.log_every', 'train.eval_every', 'ckpt.every',
               'ckpt.max_to_keep')
+# Sections that training never reads (real inputs, fine-tuning, dataset export): free to differ.
+_NOT_TRAINING = ('real.', 'finetune.', 'dataset.')
+# Fields added after runs were saved without them: what their absence meant.
+_ABSENT_MEANS = {'train.schedule': 'constant', 'train.warmup_steps': 0,
+                 'train.final_lr_fraction': 0.0}
+
+
+def _config_differences(old: dict, new: dict) -> list[str]:
+  """Flattened keys in which a saved config and a new one differ for training."""
+  a, b = _flatten(old), _flatten(new)
+  for k, v in _ABSENT_MEANS.items():
+    a.setdefault(k, v)
+    b.setdefault(k, v)
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE
+                and not k.startswith(_NOT_TRAINING))
 
 
 def _flatten(d, prefix=''):
@@ -100,9 +115,9 @@ def save_config(workdir, config):
     except (OSError, ValueError) as e:
       raise utils.UserError(f'{path} cannot be read ({e}) although {workdir} holds checkpoints; '
                             'restore it or use another --workdir') from None
-    a, b = _flatten(old), _flatten(new)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE)
+    diff = _config_differences(old, new)
     if diff:
+      a, b = _flatten(old), _flatten(new)
       raise utils.UserError(
           f'{workdir} holds a run with a different config ({diff[0]}: {a.get(diff[0])!r} there,'
           f' {b.get(diff[0])!r} now); use another --workdir')
@@ -143,6 +158,9 @@ def restore_for_eval(workdir, step=None):
   """
   if not os.path.isdir(workdir):
     raise utils.UserError(f'{workdir}: no such workdir')
+  from rcnn_jax import pretrained  # pylint: disable=g-import-not-at-top
+  if pretrained.is_pretrained(workdir):  # a shipped model folder (pretrained.py)
+    return pretrained.load(workdir, step)
   config = load_config(workdir)
   config_check.validate(config, strict=False)
   mesh = common.make_mesh()

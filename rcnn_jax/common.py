@@ -22,6 +22,7 @@ import optax
 
 from rcnn_jax import models
 from rcnn_jax import simulator as sim_lib
+from rcnn_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -73,8 +74,30 @@ def build(config):
   """Simulator, model and optimiser from a config."""
   sim = sim_lib.build_simulator(config)
   model = models.build_model(config.model, num_classes=sim.num_classes)
-  tx = optax.adam(config.train.learning_rate)
+  tx = optax.adam(learning_rate_schedule(config.train))
   return sim, model, tx
+
+
+def learning_rate_schedule(train_config):
+  """The step -> learning rate of ``config.train``.
+
+  ``schedule='constant'`` (the paper, Sec. 3.4: Adam at a fixed rate; also a saved config
+  without the field): ``learning_rate`` throughout. ``'warmup_cosine'``: a linear warm-up from
+  0 over ``warmup_steps``, then a cosine decay to ``final_lr_fraction * learning_rate`` at
+  ``num_steps`` (Loshchilov & Hutter 2017, SGDR; the warm-up of Goyal et al. 2017), which
+  settles a short run at a low rate instead of ending at the noisy fixed-rate loss.
+  """
+  t = train_config
+  lr = float(t.learning_rate)
+  kind = str(t.get('schedule', 'constant'))
+  if kind == 'constant':
+    return lr  # a float, not a schedule: Adam's state (and older checkpoints) as before
+  if kind == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=int(t.warmup_steps),
+        decay_steps=int(t.num_steps), end_value=lr * float(t.final_lr_fraction))
+  raise UserError(f'config.train.schedule={kind!r} is invalid: must be constant or '
+                  'warmup_cosine')
 
 
 def init_state(config, sim, model, tx, mesh) -> TrainState:

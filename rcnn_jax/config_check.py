@@ -17,10 +17,11 @@ import os
 from rcnn_jax import utils
 
 PSF_KINDS = ('moffat', 'gaussian', 'bank')
+SCHEDULES = ('constant', 'warmup_cosine')
 
 _KNOWN = {
     'train': {'batch_size', 'num_steps', 'learning_rate', 'log_every', 'eval_every',
-              'distributed'},
+              'distributed', 'schedule', 'warmup_steps', 'final_lr_fraction'},
     'ckpt': {'max_to_keep', 'every'},
     'model': {'kind', 'filters', 'convs_per_block', 'num_blocks', 'dense', 'dropout',
               'lstm_size', 'bn_momentum', 'input_asinh_scale', 'conv_impl', 'encoder_chunk',
@@ -146,6 +147,15 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.int('train.log_every', 1)
   c.int('train.eval_every', 1)
   c.bool('train.distributed')
+  schedule = c.get('train.schedule')
+  if schedule is not _MISSING and schedule not in SCHEDULES:
+    _bad('train.schedule', schedule, 'one of ' + ', '.join(SCHEDULES))
+  if schedule == 'warmup_cosine':
+    for name in ('train.warmup_steps', 'train.final_lr_fraction'):
+      if c.get(name) is _MISSING:
+        raise utils.UserError(f'config.{name} is missing (needed by schedule warmup_cosine)')
+    c.int('train.warmup_steps', 0, c.get('train.num_steps') - 1)
+    c.float('train.final_lr_fraction', 0.0, 1.0)
   # eval
   c.int('eval.val_size', 1)
   c.int('eval.test_size', 1)

@@ -12,7 +12,9 @@ runs it without the project's model code.
 The update is ``Classifier.update``'s alert-broker step as one jax function, eq. 4 included:
 (state, raw image [B, S, S], MJD, zero point, sky, seeing, active [B]) -> (probs [B, C], state).
 An image with seeing above ``config.survey.max_seeing_arcsec`` is skipped (state unchanged, as
-if not given), as the simulator drops such epochs; NaN seeing is unknown and kept. Eq. 4's
+if not given), as the simulator drops such epochs; so is one of NaN seeing (conditions not
+measured) when ``config.real.drop_unknown_seeing`` (``preprocess``, step 1; the manifest's
+``drop_unknown_seeing``). Eq. 4's
 reference zero point is the first kept image's; a NaN zero point (either one) means no scaling
 and a NaN sky is estimated from the stamp's outer ring as ``realdata.estimate_sky`` does. The
 MJD travels as two float32 (hi + lo) so that time gaps keep float64 precision without x64.
@@ -105,14 +107,16 @@ def export_model(classifier, conv_impl):
   return models.build_model(m, classifier.num_classes)
 
 
-def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla'):
+def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla', drop_unknown_seeing=True):
   """The pure update (state arrays..., inputs...) -> (probs, state dict) of a Classifier."""
   variables = classifier._variables()  # pylint: disable=protected-access
   model, n_w = export_model(classifier, conv_impl), classifier.n_w
 
   def update(c, h, mjd0_hi, mjd0_lo, num_images, probs, window, window_t, zp0,
              image, mjd_hi, mjd_lo, zero_point, sky_adu, seeing_arcsec, active):
-    kept = active & ~(seeing_arcsec > max_seeing_arcsec)  # NaN seeing: unknown, kept
+    kept = active & ~(seeing_arcsec > max_seeing_arcsec)
+    if drop_unknown_seeing:  # NaN seeing: conditions not measured (preprocess, step 1)
+      kept = kept & jnp.isfinite(seeing_arcsec)
     first = kept & (num_images == 0)
     mjd0_hi = jnp.where(first, mjd_hi, mjd0_hi)
     mjd0_lo = jnp.where(first, mjd_lo, mjd0_lo)
@@ -169,6 +173,7 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
       'stamp_size': classifier.stamp_size,
       'lstm_size': int(classifier.model.lstm_size),
       'max_seeing_arcsec': float(max_seeing_arcsec),
+      'drop_unknown_seeing': bool(classifier.rules.drop_unknown_seeing),
       'conv_impl': conv_impl,
       'batch_multiple': batch_multiple(classifier, conv_impl),
       'dtype': classifier.dtype,
@@ -178,7 +183,8 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
           'sky_when_nan': f'clipped median ({SKY_NSIGMA}-sigma MAD, at most {SKY_MAX_ITER} '
                           f'rounds) of the stamp\'s outer {realdata.SKY_RING}-pixel ring',
           'seeing': f'an image with seeing_arcsec > {float(max_seeing_arcsec)} is skipped '
-                    '(state unchanged); NaN seeing is kept',
+                    '(state unchanged); so is NaN seeing (conditions not measured) when '
+                    'drop_unknown_seeing',
           'crop': 'larger stamps are centre-cropped by the loader: rows (H - S) // 2 ..',
           'time': "time gaps are days since the object's first kept image; mjd = mjd_hi + mjd_lo",
           'steps': 'probabilities from the n_w-th kept image on; NaN before',
@@ -206,7 +212,8 @@ def export_classifier(classifier, out_dir, max_seeing_arcsec, platforms=('cpu',)
       tuple(b if isinstance(d, str) else d for d in shape), jnp.dtype(dtype))
   args = ([spec(*manifest['state'][k]) for k in exported_lib.STATE_NAMES]
           + [spec(*manifest['inputs'][k]) for k in exported_lib.INPUT_NAMES])
-  fn = jax.jit(make_update_fn(classifier, max_seeing_arcsec, conv_impl))
+  fn = jax.jit(make_update_fn(classifier, max_seeing_arcsec, conv_impl,
+                              manifest['drop_unknown_seeing']))
   exp = jax.export.export(fn, platforms=tuple(platforms))(*args)
   os.makedirs(out_dir, exist_ok=True)
   blob = exp.serialize()

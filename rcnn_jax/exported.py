@@ -9,7 +9,8 @@ project's model code: this module imports only json, os, numpy and jax.
 An artifact is a folder with ``manifest.json`` and ``update.jax`` (``jax.export``'s serialized
 form, parameters included). The update takes, per object slot, the state, one raw image
 [B, S, S] (ADU, sky included), its MJD, zero point, sky (NaN: estimated from the stamp's outer
-ring), seeing (NaN: unknown, kept) and an ``active`` flag, and returns the probabilities [B, C]
+ring), seeing (None: not given, kept; NaN: not measured, skipped when the manifest's
+``drop_unknown_seeing``) and an ``active`` flag, and returns the probabilities [B, C]
 (NaN until n_w images are kept; unchanged for inactive or skipped slots) and the new state.
 An image whose seeing is above the manifest's ``max_seeing_arcsec`` is skipped: the state stays
 as if it had not been given. The batch dimension is symbolic: any number of slots, one compile
@@ -199,8 +200,9 @@ class ExportedClassifier:
              active=None):
     """One image per slot for the first N slots (``active`` [N] bool says which carry one; the
     state's slots past N, if any, are inactive) -> (probs [N, C] numpy, new state). Larger
-    stamps are centre-cropped; None means NaN for zero_point (no eq. 4 scaling), sky_adu
-    (estimated) and seeing_arcsec (unknown, kept)."""
+    stamps are centre-cropped; None means NaN for zero_point (no eq. 4 scaling) and sky_adu
+    (estimated); seeing_arcsec None: not given, every image kept (NaN: not measured, skipped
+    when the manifest's ``drop_unknown_seeing``)."""
     slots, s = state['num_images'].shape[0], self.stamp_size
     images = np.asarray(images, np.float32)
     n = images.shape[0] if images.ndim == 3 else -1
@@ -222,7 +224,8 @@ class ExportedClassifier:
     act = np.ones(n, bool) if active is None else per(active, 'active', bool)
     inputs = [images, hi, lo, per(zero_point, 'zero_point').astype(np.float32),
               per(sky_adu, 'sky_adu').astype(np.float32),
-              per(seeing_arcsec, 'seeing_arcsec').astype(np.float32), act]
+              (np.zeros(n, np.float32) if seeing_arcsec is None
+               else per(seeing_arcsec, 'seeing_arcsec').astype(np.float32)), act]
     if n < slots:  # padding slots: inactive
       inputs = [np.concatenate([a, np.zeros((slots - n,) + a.shape[1:], a.dtype)])
                 for a in inputs]

@@ -3,7 +3,9 @@
     python -m rcnn_jax.finetune --workdir W --real DIR [DIR...] --out W2 [--set KEY=VALUE ...]
     python -m rcnn_jax.finetune --workdir W --real DIR [DIR...] --out DIR --kfold
 
-Continues from W's best checkpoint (the latest when none is best) for ``finetune.num_steps``
+Uses the first ``finetune.per_class`` files of each class (sorted; the published protocol: 10
+real examples per class) and continues from W's best checkpoint (the latest when none is best;
+W may be a shipped ``pretrained/`` folder) for ``finetune.num_steps``
 Adam steps (``finetune.learning_rate``) on batches of ``finetune.batch_size`` sequences, a
 ``finetune.real_fraction`` share drawn from the real sequences (with replacement, each with a
 random symmetry of the square when ``finetune.augment``) and the rest simulated as in training,
@@ -185,6 +187,9 @@ def finetune(workdir, real_dirs, out, overrides=(), progress=True):
     raise utils.UserError(f'{out} already holds checkpoints; use another --out')
   config = finetune_config(checkpoints.load_config(workdir), overrides)
   seqs, labels = evaluate.load_labelled(real_dirs, config)
+  # The published protocol: finetune.per_class examples per class (the first in sorted order).
+  keep = np.flatnonzero(stratified_folds(labels, 1, int(config.finetune.per_class)) >= 0)
+  seqs, labels = [seqs[i] for i in keep], np.asarray(labels)[keep]
   return _finetune_on(workdir, config, seqs, labels, out, progress)
 
 

@@ -21,11 +21,13 @@ epochs with seeing at most ``config.survey.max_seeing_arcsec`` (the epochs train
   development set, the light curve (epoch magnitudes) and ``num_sim`` simulated curves of the
   same class drawn by the simulator's light-curve model at the real epochs' times, shifted to
   the real star's median magnitude and rendered under the real epochs' conditions (with the
-  configured registration and calibration errors). Statistics (``curve_stats``): amplitude =
-  95th - 5th percentile of the magnitudes; skewness of the magnitudes (scipy.stats.skew;
-  > 0 for a faint tail, e.g. eclipses); faint fraction = share of epochs fainter than the
-  median by more than max(0.1 mag, 3 x the epoch's photometric error). The 20 real variables
-  only check the simulator; nothing is fitted to them.
+  configured registration and calibration errors). The simulated curves pass the simulator's
+  variability selection first (``select_detectable`` at the real star's epochs and limiting
+  magnitudes, as training keeps them); the kept share is reported. Statistics
+  (``curve_stats``): amplitude = 95th - 5th percentile of the magnitudes; skewness of the
+  magnitudes (scipy.stats.skew; > 0 for a faint tail, e.g. eclipses); faint fraction = share
+  of epochs fainter than the median by more than max(0.1 mag, 3 x the epoch's photometric
+  error). The 20 real variables only check the simulator; nothing is fitted to them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from rcnn_jax.errors import UserError
 MIN_BRIGHT_EPOCHS = 5   # bright usable epochs a star needs to enter the scatter statistics
 FAINT_MIN_MAG = 0.1     # faint-epoch threshold (mag) below which the noise threshold applies
 VARIABLE_CLASSES = ('RRLyrae', 'EclipsingBinary')
+SELECTION_OVERSAMPLE = 4  # simulated candidates drawn per kept curve, for the selection
 
 
 def _mad_std(x):
@@ -58,8 +61,38 @@ def _mad_std(x):
 
 
 def usable_epochs(record, config):
-  """Epochs with seeing <= the survey's cut (known or fallback seeing)."""
-  return record['seeing'] <= float(config.survey.max_seeing_arcsec)
+  """Epochs a model input keeps (``preprocess``, step 1): seeing <= the survey's cut, and no
+  epoch of unknown seeing when ``config.real.drop_unknown_seeing`` (the default)."""
+  ok = record['seeing'] <= float(config.survey.max_seeing_arcsec)
+  real = config.get('real', None) or {}
+  if real.get('drop_unknown_seeing', True) and 'seeing_known' in record:
+    ok = ok & np.asarray(record['seeing_known'], bool)
+  return ok
+
+
+def limiting_magnitude(record, config):
+  """Per-epoch 5-sigma limiting magnitude of a real record, by the survey model's relation
+  (``survey``: a ~3.7 FWHM^2 px aperture on the epoch's per-pixel noise): the limmag5 that the
+  variability selection uses for simulated epochs."""
+  pix = float(config.survey.pixel_scale_arcsec)
+  fwhm_px = np.asarray(record['seeing'], np.float64) / pix
+  s_ap = np.sqrt(3.7 * fwhm_px**2) * np.asarray(record['sigma'], np.float64)
+  return np.asarray(record['zero_point']) - 2.5 * np.log10(
+      5.0 * s_ap / np.asarray(record['exp_time_s'], np.float64))
+
+
+def select_detectable(curves, limmag5, use, config):
+  """Which simulated curves [N, E] pass the simulator's variability selection (config
+  ``sim.variability``) at a real star's first ``sim.max_steps`` usable epochs."""
+  v = config.sim.get('variability', None)
+  if not v:
+    return np.ones(len(curves), bool)
+  idx = np.flatnonzero(use)[:int(config.sim.max_steps)]
+  valid = jnp.ones(len(idx), bool)
+  fn = jax.vmap(lambda m: lightcurves.detectable_variability(
+      m, jnp.asarray(limmag5[idx], jnp.float32), valid, int(v.min_epochs), float(v.k_sigma),
+      float(v.floor)))
+  return np.asarray(fn(jnp.asarray(curves[:, idx], jnp.float32)))
 
 
 def epoch_scatter(meas, record, use):
@@ -247,7 +280,7 @@ def variable_stats(data_dir, key, config, camera, bank=None, num_sim=10, progres
     files = realdata.expand_inputs([folder])
     seqs = [(f, realdata.load_sequence(f, stamp, n_w=1)) for f in files]
     pad_to = -(-max(s.num_epochs for _, s in seqs) // 8) * 8
-    res = {'real': [], 'sim': [], 'names': []}
+    res = {'real': [], 'sim': [], 'names': [], 'kept': []}
     for i, (f, seq) in enumerate(utils.progress(seqs, total=len(seqs), desc=cls,
                                                disable=not progress)):
       t_exp, _ = realism.exposure_times(f, seq.num_epochs, config.survey.exp_time_s)
@@ -260,7 +293,13 @@ def variable_stats(data_dir, key, config, camera, bank=None, num_sim=10, progres
       res['real'].append(curve_stats(rec['real_mag_epoch'][use], err[use]))
       res['names'].append(seq.name)
       t = np.asarray(seq.mjd, np.float64) - float(config.survey.mjd_start)
-      curves = sample_class_curves(jax.random.fold_in(k, 1), cls, t, config, model, num_sim)
+      curves = sample_class_curves(jax.random.fold_in(k, 1), cls, t, config, model,
+                                   num_sim * SELECTION_OVERSAMPLE)
+      selected = np.ones(len(curves), bool)
+      if cls in tuple((config.sim.get('variability', None) or {}).get('classes', ())):
+        selected = select_detectable(curves, limiting_magnitude(rec, config), use, config)
+      res['kept'].append(float(selected.mean()))
+      curves = curves[selected][:num_sim]
       cx, cy = _centre(rec, use & rec['real']['fit_ok'])
       for j, curve in enumerate(curves):
         shifted = curve - np.median(curve[use]) + rec['mag']
@@ -271,7 +310,8 @@ def variable_stats(data_dir, key, config, camera, bank=None, num_sim=10, progres
                                              rec['exp_time_s']))
         u = use & (meas['flux'] > 0)
         res['sim'].append(curve_stats(mag[u], photometric_error_mag(rec, meas)[u]))
-    out[cls] = {k2: (np.asarray(v).tolist() if k2 != 'names' else v) for k2, v in res.items()}
+    out[cls] = {k2: (np.asarray(v).tolist() if k2 not in ('names', 'kept') else v)
+                for k2, v in res.items()}
   return out
 
 
@@ -288,6 +328,8 @@ def summarize_variables(stats):
                      'ks_pvalue': (float(sstats.ks_2samp(r, s).pvalue) if r.size and s.size
                                    else float('nan'))}
     out[cls]['num_real'], out[cls]['num_sim'] = int(real.shape[0]), int(sim.shape[0])
+    if d.get('kept'):
+      out[cls]['selection_kept_fraction'] = float(np.mean(d['kept']))
   return out
 
 

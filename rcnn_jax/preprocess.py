@@ -7,9 +7,15 @@ becomes a model input by the same steps as a simulated object, and through the s
 
 1. Epoch selection (``select_epochs``): epochs with seeing above
    ``config.survey.max_seeing_arcsec`` are dropped, as ``survey.build_survey`` drops them from
-   every training field (about 15 % of the real HiTS epochs, up to 3.45"). Fallbacks, each said
-   once on stderr: a file without seeing keeps all its epochs; an epoch whose seeing is NaN
-   (unknown) is kept.
+   every training field (about 15 % of the real HiTS epochs, up to 3.45"). An epoch whose seeing
+   is NaN (its observing conditions were not measured) is dropped too (``config.real.
+   drop_unknown_seeing``): the survey's conditions table, from which the simulator draws every
+   training epoch, has no row for it, so its zero point and sky in the file are fill values and
+   eq. 4 cannot be trusted. Measured on the development files: all 13 field-17 non-variables
+   carry one such epoch (MJD 57073.05, zero point 25.045 copied from another epoch), 33 % fainter
+   in a 9.5 px aperture than their median, which the first issue-12 CPU model read as
+   variability (12 of its 14 non-variable errors; experiments/real_dev/README.md). Fallback,
+   said once on stderr: a file without seeing keeps all its epochs.
 2. Reference zero point: the zero point of the first kept epoch of the file (the file covers
    its field from the start of the campaign), as the simulator takes its field's first good
    epoch, whatever epoch the sequence starts on. A file without zero points: no scaling
@@ -58,6 +64,7 @@ class Rules:
   max_steps: int | None = None
   pre_detection: int | None = None
   max_seeing_arcsec: float | None = None  # None: no seeing cut
+  drop_unknown_seeing: bool | None = None  # NaN seeing: conditions not measured, dropped
   # First detection (Sec. 3.1 on real stamps): baseline epochs and threshold.
   baseline_epochs: int | None = None
   detection_sigma: float | None = None
@@ -80,6 +87,8 @@ class Rules:
     return cls(
         n_w=int(sc.n_w), max_steps=int(sc.max_steps), pre_detection=int(sc.pre_detection),
         max_seeing_arcsec=float(sv.max_seeing_arcsec),
+        # Saved configs from before the field get today's rule (NaN seeing dropped).
+        drop_unknown_seeing=bool(config.real.get('drop_unknown_seeing', True)),
         baseline_epochs=int(config.real.baseline_epochs),
         detection_sigma=float(config.real.detection_sigma),
         pixel_scale=float(sv.pixel_scale_arcsec),
@@ -122,8 +131,9 @@ class Warnings:
 _DEFAULT_WARN = Warnings()
 
 
-def select_epochs(seq, max_seeing_arcsec, warn=None) -> np.ndarray:
-  """Indices of the epochs kept: seeing <= max_seeing_arcsec (None: all), as in training."""
+def select_epochs(seq, max_seeing_arcsec, warn=None, drop_unknown=True) -> np.ndarray:
+  """Indices of the epochs kept: seeing <= max_seeing_arcsec (None: all), as in training; an
+  epoch of NaN (unknown) seeing is dropped when ``drop_unknown`` (module docstring, step 1)."""
   warn = warn or _DEFAULT_WARN
   e = seq.num_epochs
   if max_seeing_arcsec is None:
@@ -135,9 +145,10 @@ def select_epochs(seq, max_seeing_arcsec, warn=None) -> np.ndarray:
   seeing = np.asarray(seq.seeing_arcsec, np.float64)
   unknown = ~np.isfinite(seeing)
   if unknown.any():
+    what = 'dropped (conditions not measured)' if drop_unknown else 'kept'
     warn('nan_seeing', f'{seq.name}: {int(unknown.sum())} epoch(s) of unknown (NaN) seeing '
-         'kept; said once for all such files')
-  return np.flatnonzero(unknown | (seeing <= max_seeing_arcsec))
+         f'{what}; said once for all such files')
+  return np.flatnonzero((unknown & (not drop_unknown)) | (seeing <= max_seeing_arcsec))
 
 
 def epoch_photometry(images, seeing_arcsec, sky_adu, rules: Rules):
@@ -220,7 +231,7 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
   """
   warn = warn or _DEFAULT_WARN
   n_w = rules.n_w
-  kept = select_epochs(seq, rules.max_seeing_arcsec, warn)
+  kept = select_epochs(seq, rules.max_seeing_arcsec, warn, rules.drop_unknown_seeing)
   if seq.zero_point is None:
     warn('no_zero_point', f'{seq.name}: no zero points: no eq. 4 scaling; said once for all '
          'such files')

@@ -254,9 +254,11 @@ def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
 
 
 def expand_inputs(paths) -> list[str]:
-  """Files as given; folders -> their *.npz, *.fits, *.fits.gz, *.fit files, sorted.
+  """Files as given; folders -> their *.npz, *.fits, *.fits.gz, *.fit files, sorted; a folder
+  with none but with subfolders (one per class, as ``real_labelled_dev/``) -> theirs, in
+  sorted subfolder order.
 
-  A missing path, or a folder with no such file, raises BadInput.
+  A missing path, or a folder with no such file at either level, raises BadInput.
   """
   if isinstance(paths, (str, os.PathLike)):
     paths = [paths]
@@ -267,7 +269,14 @@ def expand_inputs(paths) -> list[str]:
       found = sorted(os.path.join(p, f) for f in os.listdir(p)
                      if _suffix(f) and os.path.isfile(os.path.join(p, f)))
       if not found:
-        raise BadInput(p, 'folder has no .npz, .fits, .fits.gz or .fit files')
+        for sub in sorted(os.listdir(p)):
+          q = os.path.join(p, sub)
+          if os.path.isdir(q):
+            found += sorted(os.path.join(q, f) for f in os.listdir(q)
+                            if _suffix(f) and os.path.isfile(os.path.join(q, f)))
+      if not found:
+        raise BadInput(p, 'folder has no .npz, .fits, .fits.gz or .fit files (nor do its '
+                       'subfolders)')
       out.extend(found)
     elif os.path.exists(p):
       out.append(p)

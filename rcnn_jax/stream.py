@@ -104,9 +104,10 @@ class Streaming:
     [K, H, W] raw ADU (sky included, centre-cropped to the stamp size like ``realdata``), ``mjd``
     [K]; ``zero_point`` [K] (None or NaN: no eq. 4 scaling, as ``realdata`` without zero
     points) and ``sky_adu`` [K] (None or NaN: the outer-ring estimate of ``realdata``).
-    ``seeing_arcsec`` [K] (None or NaN: unknown, kept): an image whose seeing is above
-    ``config.survey.max_seeing_arcsec`` is dropped, as training never contains one (its object
-    is left as if it had no new image).
+    ``seeing_arcsec`` [K] (None: not given, every image kept): an image whose seeing is above
+    ``config.survey.max_seeing_arcsec``, or NaN (conditions not measured, with
+    ``config.real.drop_unknown_seeing``, as ``preprocess`` drops a file's), is dropped, as
+    training never contains one (its object is left as if it had no new image).
     ``probs`` holds every object's latest probabilities: NaN until it has n_w images, unchanged
     for objects without a new image. All N slots go through one jitted call of fixed shape.
     """
@@ -118,7 +119,9 @@ class Streaming:
       raise UserError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
     if seeing_arcsec is not None and self.rules.max_seeing_arcsec is not None:
       seeing = _per_object(seeing_arcsec, k, 'seeing_arcsec')
-      good = ~(seeing > self.rules.max_seeing_arcsec)  # NaN: unknown, kept
+      good = ~(seeing > self.rules.max_seeing_arcsec)
+      if self.rules.drop_unknown_seeing:
+        good &= np.isfinite(seeing)
       if not good.all():
         sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
         return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),

@@ -210,6 +210,8 @@ def _train_locked(config, workdir, mesh, progress):
   n_params = models.count_params(state.params)
 
   total = config.train.num_steps
+  lr_at = common.learning_rate_schedule(config.train)  # the rate of the logged step's update
+  lr_at = lr_at if callable(lr_at) else (lambda _, v=lr_at: v)
   bar = utils.progress(range(start, total), total=max(total - start, 0), desc='train',
                        disable=not progress)
   last = {}
@@ -237,7 +239,7 @@ def _train_locked(config, workdir, mesh, progress):
         dt = time.perf_counter() - t_log
         rate = n_log / dt
         last = {f'train_{k}': v for k, v in window.result().items()}
-        last |= {'train_learning_rate': config.train.learning_rate, 'train_steps_per_s': rate,
+        last |= {'train_learning_rate': float(lr_at(step)), 'train_steps_per_s': rate,
                  'train_sequences_per_s': rate * config.train.batch_size}
         writer.write(done, last)
         if hasattr(bar, 'set_postfix'):

@@ -134,7 +134,11 @@ def try_restore(restore, directory: str, step: int):
   except Exception as e:  # pylint: disable=broad-except
     # Damage reaches us as TensorStore, JSON, Unicode or orbax errors of many types; a bug in
     # our target would fail for every step and end in the error below with its reason.
-    return None, f'checkpoint {os.path.join(directory, str(step))} is damaged ({reason(e)})'
+    where = os.path.join(directory, str(step))
+    if 'tree structures do not match' in str(e):  # intact, but another model or optimizer
+      return None, (f'checkpoint {where} does not fit the model and optimizer that this code '
+                    'and config build (saved by another version?)')
+    return None, f'checkpoint {where} is damaged ({reason(e)})'
 
 
 def restore_newest_intact(restore, directory: str, steps, what: str = 'checkpoint'):

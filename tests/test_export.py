@@ -113,7 +113,7 @@ def test_bad_seeing_epoch_is_skipped(loaded):
   stamps, mjd, zp, sky = _stream(n, t, 1)
   seeing = np.full((t, n), 1.3)
   seeing[3, 0] = 2.6  # above max_seeing_arcsec (2.0): object 0 skips its 4th image
-  seeing[2, :] = np.nan  # unknown: kept
+  seeing[2, 1] = np.nan  # not measured: object 1 skips its 3rd image (preprocess, step 1)
   state = loaded.new_state(n)
   probs = []
   for k in range(t):
@@ -124,14 +124,15 @@ def test_bad_seeing_epoch_is_skipped(loaded):
       for key, v in state.items():  # object 0's slot is untouched, as if not given
         np.testing.assert_array_equal(np.asarray(v)[0], before[key][0], err_msg=key)
       assert not np.array_equal(np.asarray(state['window'])[1], before['window'][1])
-  assert np.asarray(state['num_images']).tolist() == [t - 1, t]
-  # The same object without the bad epoch, alone: identical probabilities at every kept image.
-  keep = [k for k in range(t) if k != 3]
-  solo = loaded.new_state(1)
-  for k in keep:
-    p, solo = loaded.update(solo, stamps[k, :1], mjd[k, :1], zp[k, :1], sky[k, :1],
-                            seeing[k, :1])
-    np.testing.assert_allclose(p[0], probs[k][0], atol=1e-6, rtol=0, equal_nan=True)
+  assert np.asarray(state['num_images']).tolist() == [t - 1, t - 1]
+  # Each object without its skipped epoch, alone and with no seeing given (None: all kept):
+  # identical probabilities at every kept image.
+  for obj, skipped in ((0, 3), (1, 2)):
+    solo = loaded.new_state(1)
+    for k in [k for k in range(t) if k != skipped]:
+      sl = slice(obj, obj + 1)
+      p, solo = loaded.update(solo, stamps[k, sl], mjd[k, sl], zp[k, sl], sky[k, sl])
+      np.testing.assert_allclose(p[0], probs[k][obj], atol=1e-6, rtol=0, equal_nan=True)
   assert not np.isnan(probs[-1]).any()
 
 

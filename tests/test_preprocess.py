@@ -82,16 +82,32 @@ def test_seeing_cut_and_reference_zero_point():
   stamps = np.ones((5, 21, 21), np.float32) * 100.0
   sky = np.full(5, 90.0)
   zp = np.array([24.0, 25.0, 25.5, 25.0, 26.0])
-  seeing = np.array([2.5, 1.0, 2.01, 1.5, np.nan])  # NaN: unknown, kept
+  seeing = np.array([2.5, 1.0, 2.01, 1.5, np.nan])  # NaN: not measured, dropped
   err = io.StringIO()
-  d = preprocess.prepare(_seq(stamps, np.arange(5.0), sky, zp, seeing), rules,
-                         warn=preprocess.Warnings(err))
+  seq = _seq(stamps, np.arange(5.0), sky, zp, seeing)
+  d = preprocess.prepare(seq, rules, warn=preprocess.Warnings(err))
+  np.testing.assert_array_equal(d['epochs'], [1, 3])
+  assert d['num_steps'] == 2 and d['mask'].sum() == 2 and len(d['mask']) == 10
+  scale = 10.0**((25.0 - zp[[1, 3]]) / 2.5)
+  np.testing.assert_allclose(d['images'][:2, 10, 10, 0], 10.0 * scale, rtol=1e-6)
+  np.testing.assert_allclose(d['time_gaps'][:2, 0], [0.0, 2.0])
+  assert 'unknown (NaN) seeing dropped' in err.getvalue()
+  # config.real.drop_unknown_seeing = False keeps it (the earlier rule).
+  keep = dataclasses.replace(rules, drop_unknown_seeing=False)
+  err = io.StringIO()
+  d = preprocess.prepare(seq, keep, warn=preprocess.Warnings(err))
   np.testing.assert_array_equal(d['epochs'], [1, 3, 4])
-  assert d['num_steps'] == 3 and d['mask'].sum() == 3 and len(d['mask']) == 10
-  scale = 10.0**((25.0 - zp[[1, 3, 4]]) / 2.5)
-  np.testing.assert_allclose(d['images'][:3, 10, 10, 0], 10.0 * scale, rtol=1e-6)
-  np.testing.assert_allclose(d['time_gaps'][:3, 0], [0.0, 2.0, 3.0])
-  assert 'unknown (NaN) seeing' in err.getvalue()
+  assert 'unknown (NaN) seeing kept' in err.getvalue()
+
+
+def test_unknown_seeing_rule_from_config():
+  """The rule comes from config.real, and a saved config without the field drops (default)."""
+  config = hits.get_config('smoke')
+  assert preprocess.Rules.from_config(config).drop_unknown_seeing
+  config.real.drop_unknown_seeing = False
+  assert not preprocess.Rules.from_config(config).drop_unknown_seeing
+  del config.real['drop_unknown_seeing']
+  assert preprocess.Rules.from_config(config).drop_unknown_seeing
 
 
 def test_fallbacks_warn_once():

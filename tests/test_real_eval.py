@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from configs import hits
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import evaluate
 from rcnn_jax import finetune
 from rcnn_jax import predict
 from rcnn_jax import realdata
-from rcnn_jax import checkpoints
-from rcnn_jax import common
 from rcnn_jax import train
 
 NAMES = list(hits.CLASS_NAMES)
@@ -113,10 +114,17 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   before = evaluate.real_logits(config, sim, model, state, batch)
 
   w2 = str(tmp_path / 'ft')
-  finetune.finetune(workdir, [dirs[0]], w2, overrides=['finetune.learning_rate=0.01'],
-                    progress=False)
+  finetune.finetune(workdir, [dirs[0]], w2, progress=False,
+                    overrides=['finetune.learning_rate=0.01', 'finetune.per_class=4'])
   rec = json.loads((tmp_path / 'ft' / 'finetune.json').read_text())
-  assert len(rec['files']) == 30 and len(rec['loss']) == 3
+  assert len(rec['loss']) == 3
+  # The published protocol's per-class count: the first 4 (sorted) of each of the 3 classes.
+  by_class = {}
+  for f in rec['files']:
+    by_class.setdefault(f['label'], []).append(os.path.basename(f['path']))
+  assert sorted(by_class) == ['EclipsingBinary', 'RRLyrae', 'Supernova']
+  for c, names in by_class.items():
+    assert names == sorted(os.listdir(os.path.join(dirs[0], c)))[:4]
   _, _, _, state2, step2 = checkpoints.restore_for_eval(w2)
   assert step2 == 1 + 3
   after = evaluate.real_logits(config, sim, model, state2, batch)

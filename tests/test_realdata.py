@@ -131,6 +131,17 @@ def test_folder_expansion(tmp_path):
   assert realdata.expand_inputs([single, tmp_path / 'sub']) == [single, single]
   with pytest.raises(realdata.BadInput, match='nowhere'):
     realdata.expand_inputs([tmp_path / 'nowhere'])
+  # A folder of class folders (real_labelled_dev/): the subfolders' files, in sorted order.
+  top = tmp_path / 'labelled'
+  for cls, names in (('RRLyrae', ('r2.npz', 'r1.npz')), ('EclipsingBinary', ('e1.npz',))):
+    (top / cls).mkdir(parents=True)
+    for n in names:
+      _save(top / cls / n, **d)
+  assert [os.path.relpath(f, top) for f in realdata.expand_inputs([top])] == [
+      'EclipsingBinary/e1.npz', 'RRLyrae/r1.npz', 'RRLyrae/r2.npz']
+  (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+  with pytest.raises(realdata.BadInput, match='nor do its subfolders'):
+    realdata.expand_inputs([tmp_path / 'empty'])
 
 
 BAD_CASES = {

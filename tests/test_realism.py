@@ -228,3 +228,24 @@ def test_calibrate_jitter_recovers_quadrature_and_per_epoch_jitter():
   np.testing.assert_allclose(cal['zero_point_rms'], 0.012, rtol=1e-6)
   np.testing.assert_allclose(cal['centroid_jitter_px_per_epoch_subpixel'], 0.1, atol=0.02)
   assert cal['centre_offset_kurtosis']['real'] < -0.8
+
+
+def test_realism_variables_pass_the_simulators_selection():
+  """lcstats compares real variables with simulated ones that training would keep: a constant
+  curve fails the selection, a 0.5 mag one passes; unknown-seeing epochs are not used."""
+  from configs import hits  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  config = hits.get_config('smoke')
+  e = 12
+  rec = {'seeing': np.full(e, 1.2), 'seeing_known': np.ones(e, bool), 'sigma': np.full(e, 5.5),
+         'zero_point': np.full(e, 25.0), 'exp_time_s': np.full(e, 86.0)}
+  lim = lcstats.limiting_magnitude(rec, config)
+  # 5 sigma of an aperture of 3.7 FWHM^2 pixels of noise 5.5 ADU, in 86 s at zero point 25.
+  fwhm = 1.2 / config.survey.pixel_scale_arcsec
+  np.testing.assert_allclose(lim, 25.0 - 2.5 * np.log10(5 * np.sqrt(3.7) * fwhm * 5.5 / 86.0))
+  t = np.arange(e)
+  curves = np.stack([np.full(e, 19.0), 19.0 + 0.5 * (t % 2 == 0)])  # 3 of the 6 window epochs
+  use = np.ones(e, bool)
+  assert lcstats.select_detectable(curves, lim, use, config).tolist() == [False, True]
+  rec['seeing_known'][:4] = False
+  assert lcstats.usable_epochs(rec, config).tolist() == [False] * 4 + [True] * 8

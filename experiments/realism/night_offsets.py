@@ -3,7 +3,8 @@
     python experiments/realism/night_offsets.py [DATA_DIR] > experiments/realism/night_offsets.json
 
 Each star's flux per epoch: a 9.5 px aperture sum of (stamp - table sky), scaled by eq. 4 to the
-first kept epoch's zero point, over epochs with seeing <= 2" (as every model input). Its
+first kept epoch's zero point, over epochs with seeing <= 2" (as every model input; NaN seeing,
+conditions not measured, is dropped as preprocess.py drops it). Its
 deviation from the star's median flux, median over the stars and epochs of each night, is the
 night's calibration offset as the model sees it (zero-point error and moonlit-night sky error
 together: eq. 4 uses the table's zero point and sky). Writes the offsets per night, their rms
@@ -25,7 +26,7 @@ ap = (xx**2 + yy**2) <= 9.5**2
 rows = []
 for f in sorted(glob.glob(os.path.join(root, '*.npz'))):
   with np.load(f, allow_pickle=False) as d:
-    keep = ~(d['seeing_arcsec'] > 2.0)
+    keep = d['seeing_arcsec'] <= 2.0  # NaN (not measured) dropped, as preprocess.py
     st = d['stamps'][keep].astype(np.float64) - d['sky_adu'][keep][:, None, None]
     zp, mjd = d['zero_point'][keep], d['mjd'][keep]
   fl = (st * ap).sum((1, 2)) * 10**((zp[0] - zp) / 2.5)

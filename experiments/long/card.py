@@ -1,0 +1,137 @@
+"""Writes a shipped model's MODEL_CARD.md from the measured files (no number typed by hand).
+
+    python experiments/long/card.py pretrained/hits2015_rcnn experiments/long/rcnn \
+        [--finetuned experiments/long/rcnn_ft/finetune.json --kfold experiments/long/kfold/kfold.json]
+        [--weaknesses experiments/long/weaknesses.md] [--compute "..."]
+
+Reads the folder's pretrained.json and config.json, EVAL_DIR/metrics.json (simulated test set,
+``evaluate``) and EVAL_DIR/metrics_real.json (``evaluate --real``), the learning curve
+(EVAL_DIR/../learning_curve_rcnn.jsonl) and, for a fine-tuned model, finetune.json and the
+k-fold estimate.
+"""
+import argparse
+import json
+import os
+
+PAPER_FIG8 = {'Supernova': 0.71, 'RRLyrae': 0.89, 'EclipsingBinary': 0.37, 'NonVariable': 1.00}
+
+
+def _j(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _fmt(x):
+  return f'{x:.2f}'
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('folder')
+  ap.add_argument('eval_dir')
+  ap.add_argument('--finetuned')
+  ap.add_argument('--kfold')
+  ap.add_argument('--weaknesses')
+  ap.add_argument('--compute', default='')
+  ap.add_argument('--title', default='HiTS 2015 RCNN')
+  a = ap.parse_args()
+  m = _j(os.path.join(a.folder, 'pretrained.json'))
+  cfg = _j(os.path.join(a.folder, 'config.json'))
+  real = _j(os.path.join(a.eval_dir, 'metrics_real.json'))
+  sim_path = os.path.join(a.eval_dir, 'metrics.json')
+  sim = _j(sim_path) if os.path.exists(sim_path) else None
+  names = m['class_names']
+  t = cfg['train']
+  out = [f'# {a.title}: model card', '',
+         f'`{os.path.basename(os.path.normpath(a.folder))}/`: the RCNN of Carrasco-Davis et al. '
+         '(2018), Table 3, trained by rcnn_jax on its HiTS 2015 (DECam g) simulator only'
+         + (', then fine-tuned on real development files (below)' if a.finetuned else '') + '.',
+         '', '## What it is', '',
+         f'- Classes: {", ".join(names)}; input: sequences of 21 x 21 stamps, n_w = '
+         f'{cfg["sim"]["n_w"]}, eq. 4 to the first kept epoch, at most {cfg["sim"]["max_steps"]}'
+         ' steps; epochs with seeing above '
+         f'{cfg["survey"]["max_seeing_arcsec"]}" or unknown seeing are dropped (`preprocess.py`).',
+         f'- {m["num_params"]:,} parameters (Table 3); stored in {m["weights_bytes"] / 1e6:.1f} '
+         'MB: weight matrices and kernels in float16, biases, batch-norm parameters and '
+         'statistics in float32; no optimizer state.',
+         f'- Stored precision: on the {m["precision_check"]["files"]} development files the '
+         f'top class at the last step changed for {m["precision_check"]["top_class_changed"]} '
+         'files; the largest probability change was '
+         f'{m["precision_check"]["max_abs_probability_difference"]:.1e}.',
+         f'- Source: step {m["step"]} of `{os.path.relpath(m["source"]["workdir"])}` '
+         f'(config variant `{cfg.get("variant")}`, seed {cfg["seed"]}).', '',
+         '## Training', '',
+         f'- Data: simulated on the fly, {t["num_steps"]:,} steps of {t["batch_size"]} '
+         f'sequences ({t["num_steps"] * t["batch_size"]:,} sequences, every one new), Adam at '
+         f'{t["learning_rate"]} with schedule `{t.get("schedule", "constant")}` (warm-up '
+         f'{t.get("warmup_steps", 0)} steps, final fraction {t.get("final_lr_fraction", 0)}); '
+         'best checkpoint by the loss on '
+         f'{cfg["eval"]["val_size"]:,} simulated validation sequences.',
+         f'- The paper: 30,000 steps of 256 on a GPU; this is '
+         f'{100 * t["num_steps"] * t["batch_size"] / (30000 * 256):.1f} % of its sequences.']
+  if a.compute:
+    out.append(f'- Compute: {a.compute}')
+  if a.finetuned:
+    ft = _j(a.finetuned)
+    per = {}
+    for f in ft['files']:
+      per[f['label']] = per.get(f['label'], 0) + 1
+    out += [f'- Fine-tuning: {ft["finetune"]["num_steps"]} Adam steps at '
+            f'{ft["finetune"]["learning_rate"]}, batches of {ft["finetune"]["batch_size"]} '
+            f'({ft["finetune"]["real_fraction"]:.0%} real), on '
+            + ', '.join(f'{v} {k}' for k, v in sorted(per.items()))
+            + ' real development files (the first of each class in sorted order; the '
+            f'published version\'s protocol), {ft["seconds"]:.0f} s.']
+  out += ['']
+  if sim:
+    rec = sim['recall_at_confusion_step']
+    out += ['## Simulated test set', '',
+            f'{sim["num_examples"]:,} simulated test objects (`config.eval.test_seed_offset`), '
+            f'step {sim["confusion_step"]}: accuracy **{sim["accuracy_at_confusion_step"]:.3f}**'
+            ' (chance 0.143).', '',
+            '| ' + ' | '.join(names) + ' |', '|' + '---|' * len(names),
+            '| ' + ' | '.join(_fmt(rec[n]) for n in names) + ' |', '']
+  r = real['recall_at_step']
+  cls = real['classes_present']
+  out += ['## Real HiTS development files', '',
+          f'{real["num_sequences"]} real sequences (`../shared/data/hits2015/real_*_dev`), the '
+          f'paper\'s Sec. 4 protocol (supernovae from {cfg["sim"]["pre_detection"]} epochs '
+          f'before their first 5-sigma detection), recall at step {real["confusion_step"]}; one '
+          'file is 0.10 of a class of 10, 0.025 of the 40 non-variables.', '',
+          '| recall | ' + ' | '.join(f'{c} ({real["count_per_class"][c]})' for c in cls)
+          + ' | mean |', '|---|' + '---|' * (len(cls) + 1),
+          '| paper Fig. 8 (real HiTS, full GPU training) | '
+          + ' | '.join(_fmt(PAPER_FIG8[c]) for c in cls)
+          + f' | {_fmt(sum(PAPER_FIG8[c] for c in cls) / len(cls))} |',
+          '| this model | ' + ' | '.join(_fmt(r[c]) for c in cls)
+          + f' | {_fmt(real["mean_recall"])} |']
+  if a.kfold:
+    k = _j(a.kfold)
+    out.append('| k-fold estimate of fine-tuning (each file tested by a model that never saw '
+               f'it; {k["finetune"]["num_steps"]} steps per fold) | '
+               + ' | '.join(_fmt(k['after']['recall_at_step'].get(c, float('nan')))
+                            for c in cls) + f' | {_fmt(k["after"]["mean_recall"])} |')
+  counts = real['confusion_counts']
+  out += ['', 'Where the real files went (rows: true class; columns: '
+          + ', '.join(names) + '):', '']
+  for c, row in zip(cls, counts):
+    out.append(f'- {c}: ' + ', '.join(f'{names[j]} {v}' for j, v in enumerate(row) if v))
+  if a.finetuned:
+    out += ['', 'The fine-tuned model was trained on 40 of these 70 files (10 per class); its '
+            'row above is therefore optimistic for those classes. The k-fold row is the honest '
+            'estimate; the 30 non-variables it never saw are in the row too.']
+  if a.weaknesses:
+    with open(a.weaknesses) as f:
+      out += ['', '## Known weaknesses', '', f.read().strip()]
+  out += ['', '## Use', '',
+          f'    python -m rcnn_jax.predict --workdir {os.path.normpath(a.folder)} '
+          '../shared/data/hits2015/real_nonvariable_dev --out predictions.csv', '',
+          '`evaluate`, `finetune`, `export` and `predict.Classifier.from_workdir` take the folder '
+          'as they take a training workdir.', '']
+  with open(os.path.join(a.folder, 'MODEL_CARD.md'), 'w') as f:
+    f.write('\n'.join(out))
+  print(f'wrote {os.path.join(a.folder, "MODEL_CARD.md")}')
+
+
+if __name__ == '__main__':
+  main()
