@@ -5,6 +5,11 @@ Both map per-step inputs [B, T, ...], time gaps [B, T, n_w] and a step mask [B, 
 concatenated, an LSTM with a zero initial state scanned over the steps (padded steps leave
 its state unchanged), and a dense softmax layer at every step.
 
+Model kinds: ``MODELS`` maps ``config.model.kind`` to a class ('rcnn': ``RCNN``, 'lc':
+``LightCurveClassifier``), each a ``SequenceClassifier`` with its own ``encode``;
+``build_model`` reads the class's fields from ``config.model`` by name. A new model is a
+subclass registered with ``@register('kind')``.
+
 Speed (measurements: experiments/speed/README.md). On the CPU the 3 x 3 convolutions are
 matmuls ('rows': one matmul per layer over 1 x 3 row patches that yields the three kernel
 rows' partial outputs at once, summed after a vertical shift; a hand-written backward of two
