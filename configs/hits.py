@@ -288,7 +288,8 @@ def _dataset():
 
 
 def get_config(arg=None):
-  """Returns the configuration; ``arg`` is 'paper' (default), 'cpu', 'long' or 'smoke', plus ',lc'."""
+  """Returns the configuration; ``arg`` is 'paper' (default), 'cpu', 'long' or 'smoke', plus
+  ',lc'."""
   parts = [p for p in (arg or 'paper').split(',') if p]
   variant = next((p for p in parts if p in VARIANTS), 'paper')
   kind = 'lc' if 'lc' in parts else 'rcnn'

@@ -18,10 +18,8 @@ import copy
 import json
 import os
 import platform
-import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -125,14 +123,14 @@ def bench_train(config):
   """The fused training step on simulated batches as they come (their padding steps, about
   43 % of a paper batch, are skipped by the CPU encoder), then with every step valid: the
   work of a fixed-length implementation such as the PyTorch peer's."""
-  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import common  # pylint: disable=g-import-not-at-top
   config.train.batch_size = _BATCH.value
   config.sim.max_steps = _STEPS.value
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
   for all_valid in (False, True):
-    state = train.init_state(config, sim, model, tx, mesh)
-    step = train.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
+    state = common.init_state(config, sim, model, tx, mesh)
+    step = common.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
     root = jax.random.key(0)
     t0 = time.perf_counter()
     state, m = step(state, root)
@@ -147,7 +145,7 @@ def bench_train(config):
     best, med, calls = _time(call, _ITERS.value)
     cfg = {'batch': _BATCH.value, 'steps': _STEPS.value, 'n_w': sim.n_w,
            'model': config.model.kind, 'conv_impl': config.model.conv_impl,
-           'encoder_chunk': config.model.get('encoder_chunk', -1),
+           'encoder_chunk': config.model.encoder_chunk,
            'filters': config.model.filters, 'lstm_size': config.model.lstm_size,
            'all_steps_valid': all_valid}
     name = f'train_{config.model.kind}' + ('_all_steps_valid' if all_valid else '')
@@ -201,7 +199,7 @@ def bench_inference(config):
     trained = predict.Classifier.from_workdir(_WORKDIR.value)
     config, params, batch_stats = trained.config, trained.params, trained.batch_stats
   else:
-    model = models.build_model(config.model, len(config.sim.class_names), config.sim.n_w)
+    model = models.build_model(config.model, len(config.sim.class_names))
     s = int(config.sim.stamp_size)
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, config.sim.n_w)),
                                         jnp.zeros((1, 1, config.sim.n_w)),

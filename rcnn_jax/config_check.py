@@ -16,9 +16,6 @@ import os
 
 from rcnn_jax import utils
 
-MODEL_KINDS = ('rcnn', 'lc')
-CONV_IMPLS = ('auto', 'rows', 'im2col', 'xla')
-DTYPES = ('float32', 'bfloat16')
 PSF_KINDS = ('moffat', 'gaussian', 'bank')
 SCHEDULES = ('constant', 'warmup_cosine')
 
@@ -184,15 +181,16 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
         raise utils.UserError(f'config.{name}={v} is not divisible by the {num_devices} devices')
 
   # model
-  c.choice('model.kind', MODEL_KINDS)
+  from rcnn_jax import models  # pylint: disable=g-import-not-at-top  (jax, only when checking)
+  c.choice('model.kind', tuple(models.MODELS))
   for name in ('filters', 'convs_per_block', 'num_blocks', 'dense', 'lstm_size'):
     c.int(f'model.{name}', 1)
   c.float('model.dropout', 0.0, 1.0, hi_open=True)
   c.float('model.bn_momentum', 0.0, 1.0, hi_open=True)
   c.float('model.input_asinh_scale', 0.0)
-  c.choice('model.conv_impl', CONV_IMPLS)
+  c.choice('model.conv_impl', ('auto',) + models.CONV_IMPLS)
   c.int('model.encoder_chunk', -1, must='-1 (auto), 0 (off) or a positive integer')
-  c.choice('model.dtype', DTYPES)
+  c.choice('model.dtype', tuple(models.DTYPES))
 
   # sim (fields known today; new ones pass)
   names = c.get('sim.class_names')

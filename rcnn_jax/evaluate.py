@@ -30,7 +30,6 @@ seeing and the camera's median gain and read noise, ``preprocess.camera_gain_rea
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app
@@ -39,16 +38,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcnn_jax import config_check
-from rcnn_jax import pretrained
-from rcnn_jax import train
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import utils
 from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
   global _WORKDIR, _STEP, _OUT, _REAL, _TFDS, _TFDS_SPLIT
-  _WORKDIR = flags.DEFINE_multi_string('workdir', None, 'Training workdir(s); two for side by side.')
+  _WORKDIR = flags.DEFINE_multi_string('workdir', None,
+                                       'Training workdir(s); two for side by side.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
   _REAL = flags.DEFINE_multi_string('real', None, 'Folders of real labelled sequences '
@@ -172,84 +171,10 @@ def _nan_to_none(x):
 # Running a workdir's model over the test set
 
 
-def restore_for_eval(workdir, step=None):
-  """(config, sim, model, state, step) from a workdir: the best checkpoint unless ``step``.
-
-  Reads only (no lock, nothing created). Each restored checkpoint is verified; a damaged best
-  falls back to the same step in ``checkpoints/`` where it is there, else to the newest intact
-  checkpoint, each fallback named in one line on stderr.
-  """
-  if not os.path.isdir(workdir):
-    raise utils.UserError(f'{workdir}: no such workdir')
-  if pretrained.is_pretrained(workdir):  # a shipped model folder (pretrained.py)
-    return pretrained.load(workdir, step)
-  config = train.load_config(workdir)
-  config_check.validate(config, strict=False)
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
-  target = train.init_state(config, sim, model, tx, mesh)
-  latest = train.open_manager(workdir, config, 'latest', read_only=True)
-  best = train.open_manager(workdir, config, 'best', read_only=True)
-  latest_steps = latest.all_steps() if latest is not None else []
-  best_steps = best.all_steps() if best is not None else []
-  from_latest = lambda s: train.restore_state(latest, s, target)
-  from_best = lambda s: train.restore_state(best, s, target)
-  latest_dir = os.path.join(workdir, 'checkpoints')
-  best_dir = os.path.join(workdir, 'best')
-
-  def done(state, s):
-    return config, sim, model, state, s
-
-  if step is not None:
-    tried = []
-    for steps, restore, d in ((latest_steps, from_latest, latest_dir),
-                              (best_steps, from_best, best_dir)):
-      if step in steps:
-        state, why = workdir_lib.try_restore(restore, d, step)
-        if state is not None:
-          if tried:
-            workdir_lib.warn(tried[-1] + f'; using step {step} of {d}')
-          return done(state, step)
-        tried.append(why)
-    if tried:
-      raise utils.UserError(tried[-1] if len(tried) == 1 else ' and '.join(tried))
-    raise utils.UserError(f'{workdir}: no checkpoint at step {step} (have: '
-                          f'{sorted(set(latest_steps) | set(best_steps))})')
-
-  best_step = best.best_step() if best is not None else None
-  if best_step is None:
-    best_step = _best_json_step(workdir)  # best/ unreadable or absent: best.json may name it
-  if best_step is not None and best_step in best_steps:
-    state, why = workdir_lib.try_restore(from_best, best_dir, best_step)
-    if state is not None:
-      return done(state, best_step)
-    more = ('; using the same step in ' + latest_dir if best_step in latest_steps else
-            '; using the newest intact checkpoint in ' + latest_dir)
-    workdir_lib.warn(why + more)
-  if not latest_steps:
-    raise utils.UserError(f'{workdir}: no checkpoint to evaluate' if best_step is None else
-                          f'{workdir}: no intact checkpoint to evaluate')
-  order = sorted(latest_steps, reverse=True)
-  if best_step in latest_steps:  # the best step first, then the newest
-    order = [best_step] + [s for s in order if s != best_step]
-  state, s, _ = workdir_lib.restore_newest_intact(from_latest, latest_dir, order)
-  if s != best_step and best_step is not None:
-    workdir_lib.warn(f'evaluating step {s} of {latest_dir}, not the best step {best_step}')
-  return done(state, s)
-
-
-def _best_json_step(workdir):
-  try:
-    with open(os.path.join(workdir, 'best.json')) as f:
-      return int(json.load(f)['step'])
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-
-
 def predict_test_set(config, sim, model, state, progress=True):
   """Per-step logits, labels, masks and magnitudes of the seeded test set (padding dropped)."""
-  mesh = train.make_mesh()
-  eval_step = train.make_eval_step(config, sim, model, mesh, with_logits=True)
+  mesh = common.make_mesh()
+  eval_step = common.make_eval_step(config, sim, model, mesh, with_logits=True)
   key = jax.random.fold_in(jax.random.key(config.seed), config.eval.test_seed_offset)
   n, eb = config.eval.test_size, config.eval.batch_size
   parts = []
@@ -265,7 +190,7 @@ def predict_test_set(config, sim, model, state, progress=True):
 
 
 def evaluate_workdir(workdir, step=None, progress=True):
-  config, sim, model, state, step = restore_for_eval(workdir, step)
+  config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
   out = predict_test_set(config, sim, model, state, progress)
   m = compute_metrics(out['logits'], out['label'], out['mask'], out['magnitude'],
                       sim.class_names, config.eval.magnitude_bins,
@@ -283,7 +208,7 @@ def evaluate_tfds(workdir, path, split=None, step=None):
   folder (DATA_DIR/<name>/<config>/<version>)."""
   from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
   real = reading.producer(path).endswith('hits_real')
-  config = train.load_config(workdir)
+  config = checkpoints.load_config(workdir)
   names = tuple(config.sim.class_names)
   if real:
     from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
@@ -298,13 +223,13 @@ def evaluate_tfds(workdir, path, split=None, step=None):
       logits[i, :len(p)], mask[i, :len(p)] = np.log(np.maximum(p, 1e-30)), True
     magnitude = np.full(len(probs), np.nan)
   else:
-    config, sim, model, state, step = restore_for_eval(workdir, step)
+    config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
     keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'seeing_arcsec', 'gain',
             'read_noise_e', 'zero_point', 'zero_point_ref', 'epoch_valid', 'label', 'magnitude')
     eb = int(config.eval.batch_size)
     n, data_names, batches = reading.sim_batches(path, split or 'test', eb, keys)
     _check_classes(path, data_names, names)
-    apply = jax.jit(lambda v, b: model.apply(v, train.model_inputs(b, sim, config.model.kind),
+    apply = jax.jit(lambda v, b: model.apply(v, common.model_inputs(b, sim, config.model.kind),
                                              b['time_gaps'], b['mask'], train=False))
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     parts = []
@@ -469,7 +394,7 @@ def real_logits(config, sim, model, state, batch, seqs=None):
                                                 'zero_point_ref', 'epoch_valid', 'gain',
                                                 'read_noise_e')}
     feats['seeing_arcsec'] = jnp.asarray(seeing)
-    x = train.model_inputs(feats, sim, 'lc')
+    x = common.model_inputs(feats, sim, 'lc')
   fn = _APPLY.get(id(model))
   if fn is None:
     fn = _APPLY[id(model)] = jax.jit(lambda v, x, g, m: model.apply(v, x, g, m, train=False))
@@ -481,7 +406,7 @@ def real_logits(config, sim, model, state, batch, seqs=None):
 def evaluate_real(workdir, dirs, step=None, stderr=None):
   """metrics_real dict of a workdir's model on labelled real folders (see the module doc)."""
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
-  config, sim, model, state, step = restore_for_eval(workdir, step)
+  config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
   seqs, labels = load_labelled(dirs, config)
   batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr))
   logits = real_logits(config, sim, model, state, batch, seqs)

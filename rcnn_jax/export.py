@@ -6,7 +6,8 @@
 writes ``DIR/update.jax`` (the serialized function, parameters included) and
 ``DIR/manifest.json`` (format version, project version, class names, n_w, stamp size, LSTM
 size, preprocessing rules, max seeing, input, state and output shapes with the symbolic batch
-dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and runs it without the project's model code.
+dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and
+runs it without the project's model code.
 
 The update is ``Classifier.update``'s alert-broker step as one jax function, eq. 4 included:
 (state, raw image [B, S, S], MJD, zero point, sky, seeing, active [B]) -> (probs [B, C], state).
@@ -103,7 +104,7 @@ def export_model(classifier, conv_impl):
   m.encoder_chunk, m.dtype = 0, classifier.dtype
   if conv_impl:
     m.conv_impl = conv_impl
-  return models.build_model(m, classifier.num_classes, classifier.n_w)
+  return models.build_model(m, classifier.num_classes)
 
 
 def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla', drop_unknown_seeing=True):
@@ -155,7 +156,7 @@ def batch_multiple(classifier, conv_impl) -> int:
   if conv_impl != 'auto':
     return 1
   from rcnn_jax import models  # pylint: disable=g-import-not-at-top
-  chunk = models.resolve_encoder_chunk(int(classifier.config.model.get('encoder_chunk', -1)))
+  chunk = models.resolve_encoder_chunk(int(classifier.config.model.encoder_chunk))
   return max(chunk, 1)
 
 

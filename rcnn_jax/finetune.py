@@ -42,9 +42,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rcnn_jax import errors
 from rcnn_jax import evaluate
 from rcnn_jax import simulator as sim_lib
-from rcnn_jax import train
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import utils
 
 DEFAULTS = dict(num_steps=150, batch_size=32, real_fraction=0.5, learning_rate=1e-4,
@@ -100,7 +102,7 @@ def real_training_arrays(config, sim, seqs, labels):
                                                 'zero_point_ref', 'epoch_valid', 'gain',
                                                 'read_noise_e')}
     feats['seeing_arcsec'] = jnp.asarray(seeing)
-    x = np.asarray(train.model_inputs(feats, sim, 'lc'))
+    x = np.asarray(common.model_inputs(feats, sim, 'lc'))
   return {'x': x, 'time_gaps': batch['time_gaps'], 'mask': batch['mask'],
           'label': batch['label']}
 
@@ -109,7 +111,7 @@ def make_mixed_train_step(config, sim, model, tx, mesh):
   """Jitted (state, key, real arrays) -> (state, metrics): real and simulated sequences in one
   batch. The real arrays are arguments, so the step compiles once for all folds of one size."""
   n_real, n_sim = split_batch(config)
-  simulate = train.make_simulate_fn(sim, mesh) if n_sim else None
+  simulate = common.make_simulate_fn(sim, mesh) if n_sim else None
   data = NamedSharding(mesh, P('data'))
   augment = bool(config.finetune.augment) and config.model.kind == 'rcnn'
 
@@ -124,7 +126,7 @@ def make_mixed_train_step(config, sim, model, tx, mesh):
     if n_sim:
       index = jax.lax.with_sharding_constraint(jnp.arange(n_sim, dtype=jnp.int32), data)
       batch = simulate(k_sim, index)
-      parts.append((train.model_inputs(batch, sim, config.model.kind), batch['time_gaps'],
+      parts.append((common.model_inputs(batch, sim, config.model.kind), batch['time_gaps'],
                     batch['mask'], batch['label']))
     x, gaps, mask, labels = (jnp.concatenate([p[i] for p in parts]) for i in range(4))
     is_real = jnp.arange(x.shape[0]) < n_real
@@ -134,15 +136,15 @@ def make_mixed_train_step(config, sim, model, tx, mesh):
       logits, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, gaps, mask, train=True,
           rngs={'dropout': k_drop}, mutable=['batch_stats'])
-      return train.sequence_loss(logits, labels, maskf), (logits, updates)
+      return common.sequence_loss(logits, labels, maskf), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     upd, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, upd)
-    ok = jnp.argmax(train.last_valid(logits, maskf), -1) == labels
+    ok = jnp.argmax(common.last_valid(logits, maskf), -1) == labels
     metrics = {'loss': loss, 'real_accuracy': jnp.sum(ok * is_real) / n_real,
                'grad_norm': optax.tree.norm(grads)}
-    return train.TrainState(step=state.step + 1, params=params,
+    return common.TrainState(step=state.step + 1, params=params,
                             batch_stats=updates.get('batch_stats', state.batch_stats),
                             opt_state=opt_state), metrics
 
@@ -153,12 +155,12 @@ def make_mixed_train_step(config, sim, model, tx, mesh):
 def _restore(workdir, config):
   """(sim, model, tx, state) of a workdir's best (else latest) checkpoint, with a fresh Adam
   at ``finetune.learning_rate``."""
-  _, sim, model, state, step = evaluate.restore_for_eval(workdir)
+  _, sim, model, state, step = checkpoints.restore_for_eval(workdir)
   tx = optax.adam(float(config.finetune.learning_rate))
-  state = train.TrainState(step=state.step, params=state.params, batch_stats=state.batch_stats,
+  state = common.TrainState(step=state.step, params=state.params, batch_stats=state.batch_stats,
                            opt_state=tx.init(state.params))
   # Placed as the step returns it, so the second step does not compile again.
-  state = jax.device_put(state, NamedSharding(train.make_mesh(), P()))
+  state = jax.device_put(state, NamedSharding(common.make_mesh(), P()))
   return sim, model, tx, state, int(step)
 
 
@@ -172,7 +174,7 @@ def _run_steps(step_fn, state, config, real, progress=True):
     state, m = step_fn(state, root, real)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not np.isfinite(m['loss']):
-      raise FloatingPointError(f'non-finite fine-tuning loss at step {int(state.step)}')
+      raise errors.Diverged(f'non-finite fine-tuning loss at step {int(state.step)}')
     losses.append(m)
   return state, losses
 
@@ -183,7 +185,7 @@ def finetune(workdir, real_dirs, out, overrides=(), progress=True):
     raise utils.UserError('--out must be a new workdir, not the base one')
   if os.path.isdir(os.path.join(out, 'checkpoints')):
     raise utils.UserError(f'{out} already holds checkpoints; use another --out')
-  config = finetune_config(train.load_config(workdir), overrides)
+  config = finetune_config(checkpoints.load_config(workdir), overrides)
   seqs, labels = evaluate.load_labelled(real_dirs, config)
   # The published protocol: finetune.per_class examples per class (the first in sorted order).
   keep = np.flatnonzero(stratified_folds(labels, 1, int(config.finetune.per_class)) >= 0)
@@ -192,7 +194,7 @@ def finetune(workdir, real_dirs, out, overrides=(), progress=True):
 
 
 def _finetune_on(workdir, config, seqs, labels, out, progress=True):
-  mesh = train.make_mesh()
+  mesh = common.make_mesh()
   sim, model, tx, state, base_step = _restore(workdir, config)
   real = real_training_arrays(config, sim, seqs, labels)
   step_fn = make_mixed_train_step(config, sim, model, tx, mesh)
@@ -208,8 +210,8 @@ def _save_workdir(out, config, state, workdir, base_step, seqs, labels, losses, 
   config = ml_collections.ConfigDict(config.to_dict())
   config.finetune.base_workdir = os.path.abspath(workdir)
   config.finetune.base_step = int(base_step)
-  train.save_config(out, config)
-  latest, _ = train.checkpoint_managers(out, config)
+  checkpoints.save_config(out, config)
+  latest, _ = checkpoints.checkpoint_managers(out, config)
   step = int(state.step)
   latest.save(step, args=ocp.args.StandardSave(state))
   latest.wait_until_finished()
@@ -238,11 +240,11 @@ def stratified_folds(labels, folds, per_class, seed=0):
 
 def kfold(workdir, real_dirs, out, overrides=(), progress=True):
   """The k-fold protocol (see the module doc); returns and writes ``out/kfold.json``."""
-  config = finetune_config(train.load_config(workdir), overrides)
+  config = finetune_config(checkpoints.load_config(workdir), overrides)
   seqs, labels = evaluate.load_labelled(real_dirs, config)
   k, per_class = int(config.finetune.folds), int(config.finetune.per_class)
   fold = stratified_folds(labels, k, per_class)
-  mesh = train.make_mesh()
+  mesh = common.make_mesh()
   sim, model, tx, base, base_step = _restore(workdir, config)
   batch = evaluate.real_inputs(seqs, labels, config)
   steps = min(20, int(config.sim.max_steps))

@@ -1,12 +1,12 @@
 """Epoch-to-epoch statistics of real and simulated sequences: constant stars and variables.
 
 Part of ``python -m rcnn_jax.realism`` (see there); every measurement is the realism module's
-(``realism._measure``: 9 x 9 pixel-integrated Gaussian centre, 8 px aperture flux corrected
+(``stars.measure``: 9 x 9 pixel-integrated Gaussian centre, 8 px aperture flux corrected
 by the model PSF's aperture fraction), applied identically to real and simulated stamps, on
 epochs with seeing at most ``config.survey.max_seeing_arcsec`` (the epochs training sees).
 
 * Constant stars (``twin_scatter``, ``calibrate_jitter``): per star, the scatter between its
-  bright epochs (peak > realism.MIN_PEAK_SIGMA sigma) of the fitted centre (robust std per axis,
+  bright epochs (peak > stars.MIN_PEAK_SIGMA sigma) of the fitted centre (robust std per axis,
   ``astropy.stats.mad_std``, rms of the two axes) and of the flux relative to its median. Each
   real star has two simulated twins at its epochs, conditions and median centre: one with
   noise only (no registration or calibration error, a fixed centre) and one with the configured
@@ -23,11 +23,11 @@ epochs with seeing at most ``config.survey.max_seeing_arcsec`` (the epochs train
   the real star's median magnitude and rendered under the real epochs' conditions (with the
   configured registration and calibration errors). The simulated curves pass the simulator's
   variability selection first (``select_detectable`` at the real star's epochs and limiting
-  magnitudes, as training keeps them); the kept share is reported. Statistics (``curve_stats``): amplitude =
-  95th - 5th percentile of the magnitudes; skewness of the magnitudes (scipy.stats.skew;
-  > 0 for a faint tail, e.g. eclipses); faint fraction = share of epochs fainter than the
-  median by more than max(0.1 mag, 3 x the epoch's photometric error). The 20 real variables
-  only check the simulator; nothing is fitted to them.
+  magnitudes, as training keeps them); the kept share is reported. Statistics
+  (``curve_stats``): amplitude = 95th - 5th percentile of the magnitudes; skewness of the
+  magnitudes (scipy.stats.skew; > 0 for a faint tail, e.g. eclipses); faint fraction = share
+  of epochs fainter than the median by more than max(0.1 mag, 3 x the epoch's photometric
+  error). The 20 real variables only check the simulator; nothing is fitted to them.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ from astropy import stats as astats
 from scipy import stats as sstats
 
 from rcnn_jax import lightcurves
+from rcnn_jax import photometry
 from rcnn_jax import realdata
 from rcnn_jax import realism
 from rcnn_jax import render
+from rcnn_jax import stars
+from rcnn_jax.errors import UserError
 
 MIN_BRIGHT_EPOCHS = 5   # bright usable epochs a star needs to enter the scatter statistics
 FAINT_MIN_MAG = 0.1     # faint-epoch threshold (mag) below which the noise threshold applies
@@ -128,7 +131,7 @@ def _render(key, record, mag_epoch, cx, cy, jitter_px, zp_rms, config, camera, b
       kind=str(config.sim.psf.kind), beta=float(config.sim.psf.moffat_beta),
       poisson=bool(config.sim.poisson))
   d = np.asarray(raw, np.float64)[:e] - record['sky'][:, None, None]
-  return realism._measure(d, record['sigma'])  # pylint: disable=protected-access
+  return stars.measure(d, record['sigma'])
 
 
 def _centre(record, use):
@@ -167,7 +170,7 @@ def _configured(config):
 
 
 def _per_epoch(config):
-  return bool(config.sim.astrometry.get('subpixel_per_epoch', False))
+  return bool(config.sim.astrometry.subpixel_per_epoch)
 
 
 def _pooled_jitter(rows, idx, noise_var):
@@ -189,7 +192,7 @@ def calibrate_jitter(rows, num_bootstrap=200, seed=0):
   """
   ok = [r for r in rows if np.isfinite(r['real'][0]) and np.isfinite(r['noise'][0])]
   if not ok:
-    raise realdata.BadInput('no constant star with enough bright epochs to measure scatter')
+    raise UserError('no constant star with enough bright epochs to measure scatter')
   arr = {w: np.array([r[w] for r in ok]) for w in ('real', 'noise', 'model')}
 
   def est(idx):
@@ -230,7 +233,7 @@ def photometric_error_mag(record, meas):
   """Per-epoch magnitude error from sky and read noise in the aperture and the star's shot
   noise: 1.0857 sqrt(N_ap sigma^2 + F / gain) / F."""
   flux = np.asarray(meas['flux'])
-  n_ap = np.pi * realism.APERTURE_PX**2
+  n_ap = np.pi * photometry.APERTURE_PX**2
   gain = record.get('gain', 4.0)
   var = n_ap * record['sigma']**2 + np.maximum(flux, 0.0) / gain
   with np.errstate(divide='ignore', invalid='ignore'):
@@ -321,7 +324,7 @@ def summarize_variables(stats):
     out[cls] = {}
     for j, n in enumerate(names):
       r, s = real[:, j][np.isfinite(real[:, j])], sim[:, j][np.isfinite(sim[:, j])]
-      out[cls][n] = {'real_16_50_84': realism._q(r), 'sim_16_50_84': realism._q(s),  # pylint: disable=protected-access
+      out[cls][n] = {'real_16_50_84': stars.quantiles(r), 'sim_16_50_84': stars.quantiles(s),
                      'ks_pvalue': (float(sstats.ks_2samp(r, s).pvalue) if r.size and s.size
                                    else float('nan'))}
     out[cls]['num_real'], out[cls]['num_sim'] = int(real.shape[0]), int(sim.shape[0])

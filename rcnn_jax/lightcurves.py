@@ -65,9 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The paper's classes, in its label order (the default config.sim.class_names).
-CLASS_ORDER = ('Supernova', 'RRLyrae', 'Cepheid', 'EclipsingBinary', 'NonVariable', 'Galaxy',
-               'Asteroid')
+from rcnn_jax.errors import UserError
+
 NO_SOURCE = jnp.inf
 
 _IA_REF_ABSMAG = -19.3  # M_B of the tabulated template
@@ -153,14 +152,14 @@ def build_lightcurve_model(sim_config) -> LightCurveModel:
   names = tuple(sim_config.class_names)
   missing = [n for n in names if n not in CURVES]
   if missing:
-    raise ValueError(f'config.sim.class_names: no light-curve model for {missing[0]!r} '
-                     f'(known: {sorted(CURVES)}); add a function to lightcurves.CURVES')
+    raise UserError(f'config.sim.class_names: no light-curve model for {missing[0]!r} '
+                    f'(known: {sorted(CURVES)}); add a function to lightcurves.CURVES')
   lo, hi = lc.mag_range
   w = float(lc.bright_weight)
   b_lo, b_hi = lc.bright_range
   if not (0.0 <= w <= 1.0 and lo <= b_lo < b_hi <= hi):
-    raise ValueError('config.sim.lightcurves: bright_weight must be in [0, 1] and bright_range '
-                     f'an interval inside mag_range, got {w} and {tuple(lc.bright_range)}')
+    raise UserError('config.sim.lightcurves: bright_weight must be in [0, 1] and bright_range '
+                    f'an interval inside mag_range, got {w} and {tuple(lc.bright_range)}')
   m = np.linspace(lo, hi, 8001)
   icdf = np.stack([_icdf(m, stellar_magnitude_density(m, c, lc.count_slope_dex, w,
                                                       (b_lo, b_hi)))

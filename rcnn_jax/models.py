@@ -5,6 +5,11 @@ Both map per-step inputs [B, T, ...], time gaps [B, T, n_w] and a step mask [B, 
 concatenated, an LSTM with a zero initial state scanned over the steps (padded steps leave
 its state unchanged), and a dense softmax layer at every step.
 
+Model kinds: ``MODELS`` maps ``config.model.kind`` to a class ('rcnn': ``RCNN``, 'lc':
+``LightCurveClassifier``), each a ``SequenceClassifier`` with its own ``encode``;
+``build_model`` reads the class's fields from ``config.model`` by name. A new model is a
+subclass registered with ``@register('kind')``.
+
 Speed (measurements: experiments/speed/README.md). On the CPU the 3 x 3 convolutions are
 matmuls ('rows': one matmul per layer over 1 x 3 row patches that yields the three kernel
 rows' partial outputs at once, summed after a vertical shift; a hand-written backward of two
@@ -22,6 +27,7 @@ recurrent matmul runs inside the scan. Batch norm statistics use valid steps onl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -29,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rcnn_jax.errors import UserError
 
 
 CONV_IMPLS = ('rows', 'im2col', 'xla')
@@ -39,7 +47,7 @@ def resolve_encoder_chunk(chunk: int) -> int:
   if chunk == -1:
     return 16 if jax.default_backend() == 'cpu' else 0
   if chunk < 0:
-    raise ValueError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
+    raise UserError(f'config.model.encoder_chunk must be -1 (auto), 0 (off) or > 0, got {chunk}')
   return int(chunk)
 
 
@@ -47,8 +55,8 @@ def resolve_conv_impl(impl: str) -> str:
   if impl == 'auto':
     return 'rows' if jax.default_backend() == 'cpu' else 'xla'
   if impl not in CONV_IMPLS:
-    raise ValueError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}, got "
-                     f'{impl!r}')
+    raise UserError(f"config.model.conv_impl must be 'auto' or one of {CONV_IMPLS}, got "
+                    f'{impl!r}')
   return impl
 
 
@@ -221,8 +229,8 @@ class MaskedBatchNorm(nn.Module):
   broadcast mask (mean, then E[x^2] - mean^2 clipped at 0), written as one per-channel affine
   map so that XLA fuses the statistics into one pass and the normalisation into its consumer.
   """
-  momentum: float = 0.99
-  epsilon: float = 1e-3
+  momentum: float
+  epsilon: float = 1e-3  # Keras' default, as the paper
 
   @nn.compact
   def __call__(self, x, mask, train: bool, sums=None, affine_only: bool = False):
@@ -428,14 +436,14 @@ class MaskedLSTM(nn.Module):
 
 class ImageEncoder(nn.Module):
   """Table 3 up to the flattened features: BN, blocks of (conv, BN, ReLU) x k and max pool."""
-  filters: int = 64
-  convs_per_block: int = 3
-  num_blocks: int = 2
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.99
-  input_asinh_scale: float = 0.0
-  encoder_chunk: int = 0
+  filters: int
+  convs_per_block: int
+  num_blocks: int
+  conv_impl: str
+  dtype: Any
+  bn_momentum: float
+  input_asinh_scale: float
+  encoder_chunk: int
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
@@ -511,49 +519,41 @@ class ImageEncoder(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-  """RCNN (kind 'rcnn', Table 3) or light-curve classifier (kind 'lc', Sec. 3.3)."""
-  num_classes: int = 7
-  kind: str = 'rcnn'
-  filters: int = 64
-  convs_per_block: int = 3
-  num_blocks: int = 2
-  dense: int = 1024
-  dropout: float = 0.5
-  lstm_size: int = 512
-  conv_impl: str = 'auto'
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.99
-  input_asinh_scale: float = 10.0
-  encoder_chunk: int = 0
+  """The recurrent head shared by every model kind: per-step features [B, T, D] from
+  ``encode`` (a subclass's), dense (ReLU, dropout), the n_w time gaps, a masked LSTM and a
+  dense layer to logits at every step."""
+  num_classes: int
+  dense: int
+  dropout: float
+  lstm_size: int
+  dtype: str  # 'float32' | 'bfloat16': dense (and convolution) operands
 
   def setup(self):
-    if self.kind == 'rcnn':
-      self.encoder = ImageEncoder(self.filters, self.convs_per_block, self.num_blocks,
-                                  self.conv_impl, self.dtype, self.bn_momentum,
-                                  self.input_asinh_scale, self.encoder_chunk)
-    elif self.kind == 'lc':
-      self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
-    else:
-      raise ValueError(f"config.model.kind must be 'rcnn' or 'lc', got {self.kind!r}")
-    self.fc = nn.Dense(self.dense, dtype=self.dtype)
+    self.setup_encoder()
+    self.fc = nn.Dense(self.dense, dtype=self.compute_dtype)
     self.drop = nn.Dropout(self.dropout)
     self.lstm = MaskedLSTM(self.lstm_size)
     self.out = nn.Dense(self.num_classes)
 
+  @property
+  def compute_dtype(self):
+    if self.dtype not in DTYPES:
+      raise UserError(f'config.model.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}')
+    return DTYPES[self.dtype]
+
+  def setup_encoder(self):
+    """Submodules of ``encode``."""
+    raise NotImplementedError
+
+  def encode(self, x, mask, train: bool):
+    """x [N, ...] (the steps of the batch), mask [N] -> features [N, F]."""
+    raise NotImplementedError
+
   def features(self, x, time_gaps, mask, train: bool = False):
     """Per-step LSTM inputs [B, T, dense + n_w] (everything before the recurrence)."""
     b, t = mask.shape
-    m = mask.reshape(b * t)
-    if self.kind == 'rcnn':
-      f = self.encoder(x.reshape((b * t,) + x.shape[2:]), m, train)
-    else:
-      # Fluxes and variances span six decades: asinh compresses them before the batch norm.
-      f = x.reshape(b * t, -1)
-      if self.input_asinh_scale > 0:
-        f = jnp.arcsinh(f / self.input_asinh_scale)
-      f = self.input_bn(f, use_running_average=not train,
-                        mask=jnp.broadcast_to(m[:, None], f.shape))
-    f = nn.relu(self.fc(f.astype(self.dtype))).astype(jnp.float32)
+    f = self.encode(x.reshape((b * t,) + x.shape[2:]), mask.reshape(b * t), train)
+    f = nn.relu(self.fc(f.astype(self.compute_dtype))).astype(jnp.float32)
     f = self.drop(f, deterministic=not train)
     return jnp.concatenate([f.reshape(b, t, -1), time_gaps.astype(jnp.float32)], axis=-1)
 
@@ -574,31 +574,77 @@ class SequenceClassifier(nn.Module):
     return self.lstm.initial_carry(batch_size)
 
 
-def build_model(model_config, num_classes: int, n_w: int) -> SequenceClassifier:
-  del n_w  # the input width follows the data
-  m = model_config
-  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(m.dtype)
-  if dtype is None:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
-  for name in ('filters', 'convs_per_block', 'num_blocks', 'dense', 'lstm_size'):
-    if int(m[name]) < 1:
-      raise ValueError(f'config.model.{name} must be >= 1, got {m[name]}')
-  if not 0.0 <= float(m.dropout) < 1.0:
-    raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}')
-  bn_momentum = float(m.get('bn_momentum', 0.99))
-  if not 0.0 <= bn_momentum < 1.0:
-    raise ValueError(f'config.model.bn_momentum must be in [0, 1), got {bn_momentum}')
-  asinh = float(m.get('input_asinh_scale', 10.0))
-  if asinh < 0:
-    raise ValueError(f'config.model.input_asinh_scale must be >= 0, got {asinh}')
-  resolve_conv_impl(m.conv_impl)
-  chunk = int(m.get('encoder_chunk', -1))
-  resolve_encoder_chunk(chunk)
-  return SequenceClassifier(
-      num_classes=num_classes, kind=m.kind, filters=int(m.filters),
-      convs_per_block=int(m.convs_per_block), num_blocks=int(m.num_blocks), dense=int(m.dense),
-      dropout=float(m.dropout), lstm_size=int(m.lstm_size), conv_impl=m.conv_impl, dtype=dtype,
-      bn_momentum=bn_momentum, input_asinh_scale=asinh, encoder_chunk=chunk)
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# config.model.kind -> model class. A new model: a SequenceClassifier subclass (its fields are
+# read from config.model by name) registered here with ``@register('kind')``.
+MODELS: dict[str, type[SequenceClassifier]] = {}
+
+
+def register(kind: str):
+  def add(cls):
+    MODELS[kind] = cls
+    return cls
+  return add
+
+
+@register('rcnn')
+class RCNN(SequenceClassifier):
+  """Table 3: the image encoder on each step's n_w stacked stamps [N, S, S, n_w]."""
+  filters: int
+  convs_per_block: int
+  num_blocks: int
+  conv_impl: str
+  bn_momentum: float
+  input_asinh_scale: float
+  encoder_chunk: int
+
+  def setup_encoder(self):
+    self.encoder = ImageEncoder(self.filters, self.convs_per_block, self.num_blocks,
+                                self.conv_impl, self.compute_dtype, self.bn_momentum,
+                                self.input_asinh_scale, self.encoder_chunk)
+
+  def encode(self, x, mask, train):
+    return self.encoder(x, mask, train)
+
+
+@register('lc')
+class LightCurveClassifier(SequenceClassifier):
+  """Sec. 3.3: optimal photometry (flux and variance of each of the n_w images) per step."""
+  bn_momentum: float
+  input_asinh_scale: float
+
+  def setup_encoder(self):
+    self.input_bn = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-3)
+
+  def encode(self, x, mask, train):
+    # Fluxes and variances span six decades: asinh compresses them before the batch norm.
+    f = x.reshape(x.shape[0], -1)
+    if self.input_asinh_scale > 0:
+      f = jnp.arcsinh(f / self.input_asinh_scale)
+    return self.input_bn(f, use_running_average=not train,
+                         mask=jnp.broadcast_to(mask[:, None], f.shape))
+
+
+def build_model(model_config, num_classes: int) -> SequenceClassifier:
+  """The model ``config.model.kind`` names, its fields read from ``config.model`` by name."""
+  kind = model_config.kind
+  if kind not in MODELS:
+    raise UserError(f'config.model.kind must be one of {", ".join(map(repr, MODELS))}, got '
+                    f'{kind!r}')
+  cls = MODELS[kind]
+  names = [f.name for f in dataclasses.fields(cls)
+           if f.init and f.name not in ('parent', 'name', 'num_classes')]
+  missing = [n for n in names if n not in model_config]
+  if missing:
+    raise UserError(f'config.model.{missing[0]} is missing (model kind {kind!r})')
+  model = cls(num_classes=num_classes, **{n: model_config[n] for n in names})
+  model.compute_dtype  # noqa: B018  (an unknown dtype, said now)
+  if 'conv_impl' in names:
+    resolve_conv_impl(model.conv_impl)
+  if 'encoder_chunk' in names:
+    resolve_encoder_chunk(model.encoder_chunk)
+  return model
 
 
 def count_params(params) -> int:

@@ -6,11 +6,14 @@ epoch's PSF at the stamp centre, averaged over the sub-pixel position (uniform i
 pixel, as the simulator draws it). Since sum_i w_i <P_i> = 1, F is unbiased for a point source
 at an unknown sub-pixel position, and counts the flux beyond the stamp through the PSF model.
 Var(F) = sum_i w_i^2 (V_i + max(F, 0) P_i / gain).
+
+``aperture_flux``: the plain aperture sum (numpy) of the realism check and the figures.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from rcnn_jax import render
 
@@ -36,3 +39,16 @@ def optimal_flux(stamp_minus_sky, fwhm_px, sky_adu, gain, read_noise_e, kind='mo
   flux = jnp.sum(w * stamp_minus_sky)
   var = jnp.sum(w * w * (v + jnp.maximum(flux, 0.0) * p / gain))
   return flux, var
+
+
+APERTURE_PX = 8.0  # px, aperture radius of the realism check's flux
+
+
+def aperture_flux(img, dx=0.0, dy=0.0, radius=APERTURE_PX):
+  """Sum of pixels whose centre lies within ``radius`` of (dx, dy); img [..., S, S]."""
+  img = np.asarray(img, np.float64)
+  size = img.shape[-1]
+  yy, xx = np.indices((size, size)) - (size - 1) / 2.0
+  dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+  inside = np.hypot(xx - dx[..., None, None], yy - dy[..., None, None]) <= radius
+  return (img * inside).sum((-2, -1))

@@ -207,3 +207,100 @@ def plot_real_recall(m, path):
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_realism(records, summary, path, num_objects=4, num_epochs=4):
+  """Appendix A (``realism.run``): (a) stamps real | sim, (b) pixel values, (c) background
+  noise, (d) FWHM, (e) peak/flux."""
+  from rcnn_jax import photometry  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.realism import column  # pylint: disable=g-import-not-at-top
+  pix = summary['settings']['pixel_scale_arcsec']
+  fig = plt.figure(figsize=(17, 15))
+  outer = fig.add_gridspec(2, 1, height_ratios=(1.55, 1), hspace=0.18)
+  grid = outer[0].subgridspec(num_objects, 2 * num_epochs, wspace=0.04, hspace=0.28)
+  order = np.argsort([r['mag'] for r in records])
+  picks = order[np.linspace(0, len(order) - 1, min(num_objects, len(order))).astype(int)]
+  for row, i in enumerate(picks):
+    r = records[i]
+    e_order = np.argsort(r['seeing'])
+    eps = np.sort(e_order[np.linspace(0, len(e_order) - 1, num_epochs).astype(int)])
+    for j, e in enumerate(eps):
+      s = 3.0 * r['sigma'][e]
+      pair = [np.arcsinh(r['real_stamps'][e] / s), np.arcsinh(r['sim_stamps'][e] / s)]
+      lo, hi = -2.0, max(pair[0].max(), pair[1].max())
+      for k, (img, lab) in enumerate(zip(pair, ('real', 'sim'))):
+        ax = fig.add_subplot(grid[row, 2 * j + k])
+        ax.imshow(img, cmap='gray', origin='lower', vmin=lo, vmax=hi)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f'{lab} {r["seeing"][e]:.2f}"', fontsize=7, pad=2)
+        if j == 0 and k == 0:
+          ax.set_ylabel(f'{r["name"][9:]}\ng = {r["mag"]:.2f}', fontsize=7)
+  fig.text(0.5, 0.905, '(a) real | simulated pairs (same asinh stretch per pair, in units of '
+           '3 expected sigma; epochs of low to high seeing)', ha='center', fontsize=10)
+
+  bottom = outer[1].subgridspec(1, 4, wspace=0.38)
+  ax = fig.add_subplot(bottom[0])
+  vr = np.concatenate([(r['real_stamps'] / r['sigma'][:, None, None]).ravel() for r in records])
+  vs = np.concatenate([(r['sim_stamps'] / r['sigma'][:, None, None]).ravel() for r in records])
+  edges = np.sinh(np.linspace(np.arcsinh(-8.0), np.arcsinh(max(vr.max(), vs.max())), 90))
+  ax.hist(vr, edges, histtype='step', color='k', label='real, all pixels')
+  ax.hist(vs, edges, histtype='step', color='tab:red', label='sim, all pixels')
+  rr = np.concatenate([(r['real']['ring_residuals'] / r['sigma'][:, None]).ravel()
+                       for r in records])
+  rs = np.concatenate([(r['sim']['ring_residuals'] / r['sigma'][:, None]).ravel()
+                       for r in records])
+  ax.hist(rr, edges, histtype='step', color='k', ls='--', label='real, ring - radial fit')
+  ax.hist(rs, edges, histtype='step', color='tab:red', ls='--', label='sim, ring - radial fit')
+  ax.set_xscale('symlog', linthresh=3.0)
+  ax.set_xticks([-10, -3, 0, 3, 10, 100, 1000], ['-10', '-3', '0', '3', '10', '100', '1000'])
+  ax.set_yscale('log')
+  px = summary['pixels']
+  ax.set(xlabel='(pixel - sky) / expected sigma', ylabel='pixels',
+         title=f'(b) pixels: KS ring {px["ring_ks_statistic"]:.2f}, '
+               f'resid. {px["ring_residual_ks_statistic"]:.3f}')
+  ax.legend(fontsize=7, loc='upper right')
+
+  ax = fig.add_subplot(bottom[1])
+  sig = column(records, 'sigma')
+  ax.plot(sig, column(records, 'real', 'noise'), 'k.', ms=3, alpha=0.6, label='real')
+  ax.plot(sig, column(records, 'sim', 'noise'), 'x', color='tab:red', ms=3, alpha=0.6, label='sim')
+  lim = np.array([sig.min() * 0.8, sig.max() * 1.25])
+  ax.plot(lim, lim, ':', c='gray', label='expected')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  b = summary['background_noise']
+  ax.set(xlabel='expected sqrt(sky/g + (rn/g)^2) [ADU]', ylabel='ring robust std [ADU]',
+         title=f'(c) background noise: real/sim = {b["ratio_real_sim"]:.3f}')
+  ax.legend(fontsize=8)
+
+  ax = fig.add_subplot(bottom[2])
+  use = (column(records, 'real', 'bright') & column(records, 'real', 'fit_ok')
+         & column(records, 'sim', 'fit_ok') & column(records, 'seeing_known'))
+  see = column(records, 'seeing')[use]
+  ax.plot(see, column(records, 'real', 'fwhm_px')[use] * pix, 'k.', ms=3, alpha=0.6, label='real')
+  ax.plot(see, column(records, 'sim', 'fwhm_px')[use] * pix, 'x', color='tab:red', ms=3,
+          alpha=0.6, label='sim')
+  o = np.argsort(see)
+  ax.plot(see[o], column(records, 'model_fwhm_px')[use][o] * pix, '-', c='tab:red', lw=0.8,
+          label='noiseless model')
+  lim = np.array([see.min() * 0.9, see.max() * 1.1])
+  ax.plot(lim, lim, ':', c='gray', label='1:1')
+  f = summary['fwhm']
+  ax.set(xlabel='table seeing [arcsec]', ylabel='fitted Gaussian FWHM, 9x9 [arcsec]',
+         title=f'(d) PSF width: real/sim = {f["ratio_real_sim"]:.3f}')
+  ax.legend(fontsize=8)
+
+  ax = fig.add_subplot(bottom[3])
+  seeing = column(records, 'seeing')
+  for who, style, col in (('real', '.', 'k'), ('sim', 'x', 'tab:red')):
+    flux = column(records, who, 'flux')
+    ok = flux > 0
+    ax.plot(seeing[ok], column(records, who, 'peak')[ok] / flux[ok], style, color=col, ms=3,
+            alpha=0.6, label=who)
+  ax.set_yscale('log')
+  ax.set(xlabel='seeing used [arcsec]', ylabel=f'peak / flux (r = {photometry.APERTURE_PX:g} px)',
+         title=f'(e) peak-to-flux: real/sim = {summary["peak_to_flux"]["ratio_real_sim"]:.3f}')
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=100, bbox_inches='tight')
+  plt.close(fig)

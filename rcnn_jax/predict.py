@@ -1,4 +1,6 @@
-"""Classifying real image sequences with a trained RCNN: files to CSV and figures, or streamed.
+"""The command that classifies real image sequences with a trained RCNN: files to CSV and
+figures. The classifier itself is ``classifier.Classifier`` (re-exported here as
+``predict.Classifier``), its incremental (alert-broker) mode ``stream.py``.
 
     python -m rcnn_jax.predict --workdir W INPUT... [--out predictions.csv] [--step S]
         [--plot DIR] [--fail-fast] [--batch N] [--start first|detection] [--full_length]
@@ -20,11 +22,7 @@ point, and the sequence starts at the first kept epoch (``--start first``, the d
 for supernovae and asteroids). Sequences are truncated at ``config.sim.max_steps`` steps (the
 paper's "after 20 inputs"; the model never saw more). ``--full_length`` (``classify(...,
 full_length=True)``) keeps the old behaviour: every step, the LSTM running on with its carry,
-an extrapolation. The incremental mode (``Classifier.new_state`` / ``update``) keeps each
-object's LSTM carry, its last n_w - 1 eq. 4 images, and its first MJD and zero point, drops
-images whose seeing is above the cut, and gives the same probabilities as ``classify(...,
-full_length=True)`` on the whole sequence; it starts at an object's first image (a broker
-starts the stream where it wants the sequence to start) and does not truncate.
+an extrapolation.
 
 Only the image model (``model.kind == 'rcnn'``) is supported: the light-curve classifier needs
 per-image seeing, gain and read noise for its optimal photometry, which real files lack.
@@ -33,24 +31,22 @@ per-image seeing, gain and read noise for its optimal photometry, which real fil
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import os
 import sys
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from rcnn_jax import models
+from rcnn_jax import photometry
 from rcnn_jax import preprocess
 from rcnn_jax import realdata
-from rcnn_jax import realism
 from rcnn_jax import sequences
 from rcnn_jax import utils
+from rcnn_jax.classifier import Classifier as Classifier  # re-exported: predict.Classifier
+from rcnn_jax.classifier import check_kind
+from rcnn_jax.stream import StreamState as StreamState  # re-exported
 
 APERTURE_RADIUS_PX = 3.0  # light curve of the figures: sum of eq. 4 counts within this radius
 
@@ -69,299 +65,6 @@ def _define_flags():
                              'the first 5-sigma detection (transients).')
   _FULL = flags.DEFINE_bool('full_length', False, 'Classify past config.sim.max_steps (an '
                             'extrapolation) instead of truncating there.')
-
-
-# ----------------------------------------------------------------------------------------------
-# The classifier: whole sequences and the incremental mode
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamState:
-  """Per-object state of the incremental mode, one slot per object; opaque, never mutated.
-
-  Device: LSTM ``carry`` (c, h) [N, H] float32, ``window`` [N, n_w - 1, S, S] eq. 4 images of
-  the last n_w - 1 epochs, ``window_t`` [N, n_w - 1] their days since the object's first image
-  and ``probs`` [N, C] the latest probabilities (NaN before the first step). Host (float64, as
-  the time gaps and eq. 4 need them exactly): ``num_images``, ``mjd0``, ``zp0``, ``last_mjd``.
-  """
-  carry: tuple
-  window: jax.Array
-  window_t: jax.Array
-  probs: jax.Array
-  num_images: np.ndarray
-  mjd0: np.ndarray
-  zp0: np.ndarray
-  last_mjd: np.ndarray
-  n_w: int
-
-  @property
-  def num_objects(self) -> int:
-    return int(self.num_images.shape[0])
-
-  @property
-  def num_steps(self) -> np.ndarray:
-    """[N] complete steps seen per object (0 until n_w images have arrived)."""
-    return np.maximum(self.num_images - self.n_w + 1, 0)
-
-
-class Classifier:
-  """A trained RCNN for real sequences: whole ones (``classify``) or image by image (``update``)."""
-
-  def __init__(self, config, params, batch_stats, dtype=None):
-    """``dtype`` ('float32' or 'bfloat16') overrides config.model.dtype for conv and dense layers;
-    the LSTM and its state stay in float32 either way."""
-    _check_kind(config)
-    model_config = ml_collections.ConfigDict(config.model.to_dict())
-    if dtype is not None:
-      model_config.dtype = dtype
-    self.config = config
-    self.class_names = tuple(str(c) for c in config.sim.class_names)
-    self.n_w = int(config.sim.n_w)
-    self.max_steps = int(config.sim.max_steps)
-    self.stamp_size = int(config.sim.stamp_size)
-    self.rules = preprocess.Rules.from_config(config)
-    self.dtype = str(model_config.dtype)
-    self.model = models.build_model(model_config, len(self.class_names), self.n_w)
-    self.params = params
-    self.batch_stats = batch_stats
-    self.checkpoint_step = None  # set by from_workdir
-    self._chunk = jax.jit(self._chunk_fn)
-    self._update = jax.jit(self._update_fn)
-
-  @classmethod
-  def from_workdir(cls, workdir, step=None, dtype=None) -> 'Classifier':
-    """The best checkpoint of a training workdir (or ``step``)."""
-    # Training and simulator modules only when a workdir is read (not for bench or a broker).
-    from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
-    from rcnn_jax import train  # pylint: disable=g-import-not-at-top
-    config = train.load_config(workdir)
-    _check_kind(config)
-    config, _, _, state, step = evaluate.restore_for_eval(workdir, step)
-    out = cls(config, state.params, state.batch_stats, dtype)
-    out.checkpoint_step = int(step)
-    return out
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def _variables(self):
-    return {'params': self.params, 'batch_stats': self.batch_stats}
-
-  def _initial_carry(self, n):
-    z = jnp.zeros((n, self.model.lstm_size), jnp.float32)
-    return (z, z)
-
-  # Whole sequences ----------------------------------------------------------------------------
-
-  def _chunk_fn(self, variables, x, time_gaps, mask, carry):
-    logits, carry = self.model.apply(variables, x, time_gaps, mask, carry, method='step')
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), carry
-
-  def classify(self, seqs, batch_size=64, max_steps=None, start='first',
-               full_length=False, warn=None) -> list[np.ndarray]:
-    """Per sequence, probabilities [num_steps, C] over its first ``config.sim.max_steps`` steps.
-
-    ``max_steps`` overrides that limit; ``full_length`` classifies every step instead.
-    ``start``: 'first', 'detection' or a list of either per sequence (``preprocess.prepare``).
-    Sequences are batched by length into [batch, config.sim.max_steps] chunks (zero-padded,
-    masked) run one after another with the LSTM carry, so every call has the same shapes.
-    """
-    seqs = list(seqs)
-    if not seqs:
-      return []
-    starts = start if isinstance(start, (list, tuple)) else [start] * len(seqs)
-    limit = None if full_length else (self.max_steps if max_steps is None else int(max_steps))
-    inputs = [self._inputs(s, limit, st, warn) for s, st in zip(seqs, starts)]
-    lengths = np.array([len(m) for _, _, m in inputs])
-    order = np.argsort(-lengths, kind='stable')  # similar lengths share a batch: less padding
-    b = int(min(batch_size, _next_pow2(len(seqs))))
-    t = self.max_steps
-    s, n_w = self.stamp_size, self.n_w
-    out = [None] * len(seqs)
-    variables = self._variables()
-    for start in range(0, len(seqs), b):
-      idx = order[start:start + b]
-      total = -(-int(lengths[idx].max()) // t) * t
-      x = np.zeros((b, total, s, s, n_w), np.float32)
-      gaps = np.zeros((b, total, n_w), np.float32)
-      mask = np.zeros((b, total), bool)
-      for row, i in enumerate(idx):
-        images, g, m = inputs[i]
-        x[row, :len(m)], gaps[row, :len(m)], mask[row, :len(m)] = images, g, m
-      carry = self._initial_carry(b)
-      probs = []
-      for c in range(0, total, t):
-        p, carry = self._chunk(variables, x[:, c:c + t], gaps[:, c:c + t], mask[:, c:c + t],
-                               carry)
-        probs.append(p)
-      probs = np.concatenate(jax.device_get(probs), axis=1)
-      for row, i in enumerate(idx):
-        out[i] = probs[row, :lengths[i]]
-    return out
-
-  def prepare(self, seq, max_steps='config', start='first', warn=None) -> dict:
-    """``preprocess.prepare`` with this model's rules (seeing cut, zp_ref, start, window)."""
-    if seq.stamps.shape[1:] != (self.stamp_size, self.stamp_size):
-      raise ValueError(f'{seq.name}: stamps are {seq.stamps.shape[1]}x{seq.stamps.shape[2]}, '
-                       f'the model takes {self.stamp_size}x{self.stamp_size}')
-    return preprocess.prepare(seq, self.rules, start=start, max_steps=max_steps, warn=warn)
-
-  def _inputs(self, seq, max_steps, start='first', warn=None):
-    """(images [T, S, S, n_w], time gaps [T, n_w], mask [T]) of a sequence's valid steps."""
-    d = self.prepare(seq, max_steps, start, warn)
-    n = d['num_steps']
-    return d['images'][:n], d['time_gaps'][:n], d['mask'][:n]
-
-  # Incremental (alert-broker) mode --------------------------------------------------------------
-
-  def new_state(self, num_objects) -> StreamState:
-    """Empty slots for ``num_objects`` objects; each starts at its first ``update``."""
-    n, s = int(num_objects), self.stamp_size
-    return StreamState(
-        carry=self._initial_carry(n),
-        window=jnp.zeros((n, self.n_w - 1, s, s), jnp.float32),
-        window_t=jnp.zeros((n, self.n_w - 1), jnp.float32),
-        probs=jnp.full((n, self.num_classes), jnp.nan, jnp.float32),
-        num_images=np.zeros(n, np.int64), mjd0=np.full(n, np.nan), zp0=np.full(n, np.nan),
-        last_mjd=np.full(n, -np.inf), n_w=self.n_w)
-
-  def reset(self, state: StreamState, objects) -> StreamState:
-    """The state with the given slots emptied, to be reused by new objects."""
-    idx = _indices(objects, state.num_objects)
-    fresh = self.new_state(len(idx))
-
-    def put(old, new):
-      if isinstance(old, np.ndarray):
-        old = old.copy()
-        old[idx] = new
-        return old
-      return old.at[idx].set(new)
-
-    fields = ('carry', 'window', 'window_t', 'probs', 'num_images', 'mjd0', 'zp0', 'last_mjd')
-    return dataclasses.replace(state, **{
-        f: jax.tree.map(put, getattr(state, f), getattr(fresh, f)) for f in fields})
-
-  def _update_fn(self, variables, carry, window, window_t, probs, image, t, active, ready):
-    x = jnp.moveaxis(jnp.concatenate([window, image[:, None]], axis=1), 1, -1)[:, None]
-    gaps = jnp.concatenate([window_t, t[:, None]], axis=1)[:, None]
-    logits, carry = self.model.apply(variables, x, gaps, ready[:, None], carry, method='step')
-    p = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
-    probs = jnp.where(ready[:, None], p, probs)
-    if self.n_w > 1:
-      window = jnp.where(active[:, None, None, None],
-                         jnp.concatenate([window[:, 1:], image[:, None]], axis=1), window)
-      window_t = jnp.where(active[:, None],
-                           jnp.concatenate([window_t[:, 1:], t[:, None]], axis=1), window_t)
-    return carry, window, window_t, probs
-
-  def update(self, state: StreamState, images, mjd, zero_point=None, sky_adu=None,
-             objects=None, seeing_arcsec=None):
-    """One new image for each of some objects -> (probs [N, C], new state).
-
-    ``objects``: None (all N slots), K distinct slot indices, or a boolean mask [N]; ``images``
-    [K, H, W] raw ADU (sky included, centre-cropped to the stamp size like ``realdata``), ``mjd``
-    [K]; ``zero_point`` [K] (None or NaN: no eq. 4 scaling, as ``realdata`` without zero
-    points) and ``sky_adu`` [K] (None or NaN: the outer-ring estimate of ``realdata``).
-    ``seeing_arcsec`` [K] (None: not given, every image kept): an image whose seeing is above
-    ``config.survey.max_seeing_arcsec``, or NaN (conditions not measured, with
-    ``config.real.drop_unknown_seeing``, as ``preprocess`` drops a file's), is dropped, as
-    training never contains one (its object is left as if it had no new image).
-    ``probs`` holds every object's latest probabilities: NaN until it has n_w images, unchanged
-    for objects without a new image. All N slots go through one jitted call of fixed shape.
-    """
-    n, s = state.num_objects, self.stamp_size
-    idx = _indices(objects, n)
-    k = len(idx)
-    images = np.asarray(images)
-    if images.ndim != 3 or images.shape[0] != k:
-      raise ValueError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
-    if seeing_arcsec is not None and self.rules.max_seeing_arcsec is not None:
-      seeing = _per_object(seeing_arcsec, k, 'seeing_arcsec')
-      good = ~(seeing > self.rules.max_seeing_arcsec)
-      if self.rules.drop_unknown_seeing:
-        good &= np.isfinite(seeing)
-      if not good.all():
-        sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
-        return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),
-                           idx[good])
-    h, w = images.shape[1:]
-    if h < s or w < s:
-      raise ValueError(f'stamps are {h}x{w}, smaller than the stamp size {s}')
-    r0, c0 = (h - s) // 2, (w - s) // 2
-    raw = images[:, r0:r0 + s, c0:c0 + s].astype(np.float32)
-    mjd = _per_object(mjd, k, 'mjd')
-    zp = np.full(k, np.nan) if zero_point is None else _per_object(zero_point, k, 'zero_point')
-    sky = (np.full(k, np.nan, np.float32) if sky_adu is None else
-           _per_object(sky_adu, k, 'sky_adu').astype(np.float32))
-    unknown = np.isnan(sky)
-    if unknown.any():
-      sky[unknown] = realdata.estimate_sky(raw[unknown])
-    for name, a in (('images', raw), ('mjd', mjd), ('sky_adu', sky)):
-      if not np.all(np.isfinite(a)):
-        raise ValueError(f'{name} contains NaN or Inf')
-    if np.any(mjd <= state.last_mjd[idx]):
-      bad = idx[np.argmax(mjd <= state.last_mjd[idx])]
-      raise ValueError(f'object {bad}: mjd is not after its previous image')
-
-    first = state.num_images[idx] == 0
-    mjd0, zp0 = state.mjd0.copy(), state.zp0.copy()
-    mjd0[idx[first]], zp0[idx[first]] = mjd[first], zp[first]
-    last_mjd, num_images = state.last_mjd.copy(), state.num_images.copy()
-    last_mjd[idx] = mjd
-    num_images[idx] += 1
-    known = np.isfinite(zp) & np.isfinite(zp0[idx])  # else no scaling, as realdata without zp
-    proc = sequences.preprocess(raw.astype(np.float64), sky.astype(np.float64),
-                                np.where(known, zp, 0.0), np.where(known, zp0[idx], 0.0))
-
-    image = np.zeros((n, s, s), np.float32)
-    image[idx] = proc
-    t = np.zeros(n, np.float32)
-    t[idx] = (mjd - mjd0[idx]).astype(np.float32)
-    active = np.zeros(n, bool)
-    active[idx] = True
-    ready = active & (num_images >= self.n_w)
-    carry, window, window_t, probs = self._update(
-        self._variables(), state.carry, state.window, state.window_t, state.probs, image, t,
-        active, ready)
-    new = StreamState(carry=carry, window=window, window_t=window_t, probs=probs,
-                      num_images=num_images, mjd0=mjd0, zp0=zp0, last_mjd=last_mjd, n_w=self.n_w)
-    return np.asarray(probs), new
-
-
-def _check_kind(config):
-  if config.model.kind != 'rcnn':
-    raise utils.UserError(f"prediction needs the image model (model.kind 'rcnn'), got "
-                          f"{config.model.kind!r}: the light-curve classifier's photometry "
-                          'needs per-image seeing, gain and read noise')
-
-
-def _next_pow2(n):
-  return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def _indices(objects, n) -> np.ndarray:
-  """Slot indices from None (all), an index array or a boolean mask [n]."""
-  if objects is None:
-    return np.arange(n)
-  a = np.asarray(objects)
-  if a.dtype == bool:
-    if a.shape != (n,):
-      raise ValueError(f'object mask has shape {a.shape}, expected ({n},)')
-    return np.flatnonzero(a)
-  a = a.reshape(-1).astype(np.int64)
-  if a.size and (a.min() < 0 or a.max() >= n):
-    raise ValueError(f'object indices must be in [0, {n}), got {a.min()}..{a.max()}')
-  if len(np.unique(a)) != len(a):
-    raise ValueError('object indices must be distinct (one new image per object per update)')
-  return a
-
-
-def _per_object(x, k, name) -> np.ndarray:
-  a = np.asarray(x, np.float64).reshape(-1)
-  if a.shape != (k,):
-    raise ValueError(f'{name} must have one value per object ({k}), got shape {np.shape(x)}')
-  return a
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,10 +122,10 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
   ``classifier`` reuses an already restored model (``workdir`` and ``step`` are then unused).
   ``start`` and ``full_length`` as in ``Classifier.classify``.
   """
-  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
   stderr = stderr or sys.stderr
-  config = classifier.config if classifier is not None else train.load_config(workdir)
-  _check_kind(config)
+  config = classifier.config if classifier is not None else checkpoints.load_config(workdir)
+  check_kind(config)
   try:
     seqs, errors = realdata.load_many(inputs, int(config.sim.stamp_size), int(config.sim.n_w),
                                       fail_fast=fail_fast)
@@ -453,7 +156,7 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
     for seq, p, m, path in zip(seqs, probs, mjds, plot_paths(seqs, plot_dir)):
       images = eq4_images(seq)
       plots.plot_sequence_prediction(
-          path, seq.name, seq.mjd, realism.aperture_flux(images, radius=APERTURE_RADIUS_PX),
+          path, seq.name, seq.mjd, photometry.aperture_flux(images, radius=APERTURE_RADIUS_PX),
           m, p, classifier.class_names, images)
     print(f'wrote {len(seqs)} figures to {plot_dir}')
   return 2 if errors else 0

@@ -50,50 +50,54 @@ import numpy as np
 from rcnn_jax import photometry
 from rcnn_jax import render
 from rcnn_jax import sequences
+from rcnn_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-  """The settings the preparation needs, from a config (``Rules.from_config``)."""
-  n_w: int = 3
-  max_steps: int = 20
-  pre_detection: int = 5
-  max_seeing_arcsec: float | None = 2.0
-  drop_unknown_seeing: bool = True  # NaN seeing: conditions not measured, epoch dropped
+  """The settings the preparation needs, all from a config (``Rules.from_config``).
+
+  A field left None is not set: the preparation steps that need it fail (no default can
+  contradict the config's).
+  """
+  n_w: int | None = None
+  max_steps: int | None = None
+  pre_detection: int | None = None
+  max_seeing_arcsec: float | None = None  # None: no seeing cut
+  drop_unknown_seeing: bool | None = None  # NaN seeing: conditions not measured, dropped
   # First detection (Sec. 3.1 on real stamps): baseline epochs and threshold.
-  baseline_epochs: int = 3
-  detection_sigma: float = 5.0
+  baseline_epochs: int | None = None
+  detection_sigma: float | None = None
   # Photometry of the detection rule: PSF as the simulator renders it, camera as the survey's.
-  pixel_scale: float = 0.263
-  seeing_scale: float = 1.0
-  seeing_offset_arcsec: float = 0.0
-  psf_kind: str = 'moffat'
-  moffat_beta: float = 3.0
-  gain: float = 4.0
-  read_noise_e: float = 6.0
-  transient_classes: tuple = ('Supernova', 'Asteroid')
+  pixel_scale: float | None = None
+  seeing_scale: float | None = None
+  seeing_offset_arcsec: float | None = None
+  psf_kind: str | None = None
+  moffat_beta: float | None = None
+  gain: float | None = None
+  read_noise_e: float | None = None
+  transient_classes: tuple | None = None
 
   @classmethod
   def from_config(cls, config) -> 'Rules':
-    """Rules of a (possibly older, saved) config; ``config.real`` fields default as in hits.py."""
-    sc, sv = config.sim, config.survey
-    real = config.get('real', None) or {}
-    psf = sc.get('psf', None) or {}
+    """Rules of a config (a training workdir's saved one included)."""
+    sc, sv, psf = config.sim, config.survey, config.sim.psf
     gain, rn = camera_gain_read_noise(config)
-    kind = str(psf.get('kind', 'moffat'))
+    kind = str(psf.kind)
     return cls(
         n_w=int(sc.n_w), max_steps=int(sc.max_steps), pre_detection=int(sc.pre_detection),
         max_seeing_arcsec=float(sv.max_seeing_arcsec),
-        drop_unknown_seeing=bool(real.get('drop_unknown_seeing', True)),
-        baseline_epochs=int(real.get('baseline_epochs', 3)),
-        detection_sigma=float(real.get('detection_sigma', 5.0)),
+        # Saved configs from before the field get today's rule (NaN seeing dropped).
+        drop_unknown_seeing=bool(config.real.get('drop_unknown_seeing', True)),
+        baseline_epochs=int(config.real.baseline_epochs),
+        detection_sigma=float(config.real.detection_sigma),
         pixel_scale=float(sv.pixel_scale_arcsec),
-        seeing_scale=float(psf.get('seeing_scale', 1.0)),
-        seeing_offset_arcsec=float(psf.get('seeing_offset_arcsec', 0.0)),
+        seeing_scale=float(psf.seeing_scale),
+        seeing_offset_arcsec=float(psf.seeing_offset_arcsec),
         # A PSF bank is the simulator's; the detection's matched filter uses its Moffat model.
         psf_kind='moffat' if kind == 'bank' else kind,
-        moffat_beta=float(psf.get('moffat_beta', 3.0)), gain=gain, read_noise_e=rn,
-        transient_classes=tuple(sc.get('transient_classes', ('Supernova', 'Asteroid'))))
+        moffat_beta=float(psf.moffat_beta), gain=gain, read_noise_e=rn,
+        transient_classes=tuple(sc.transient_classes))
 
 
 def camera_gain_read_noise(config) -> tuple[float, float]:
@@ -101,13 +105,13 @@ def camera_gain_read_noise(config) -> tuple[float, float]:
   when ``survey.camera_path`` is set, else the built-in model's (middle of ``gain_range``,
   ``read_noise_median_e``)."""
   sv = config.survey
-  path = str(sv.get('camera_path', '') or '')
+  path = str(sv.camera_path or '')
   if path:
     from rcnn_jax import survey as survey_lib  # pylint: disable=g-import-not-at-top
     cam = survey_lib.read_camera(path)
     return float(np.median(cam['gain'])), float(np.median(cam['read_noise_e']))
-  lo, hi = sv.get('gain_range', (4.0, 4.0))
-  return 0.5 * (float(lo) + float(hi)), float(sv.get('read_noise_median_e', 6.0))
+  lo, hi = sv.gain_range
+  return 0.5 * (float(lo) + float(hi)), float(sv.read_noise_median_e)
 
 
 class Warnings:
@@ -174,11 +178,11 @@ def first_detection(flux, sigma, baseline_epochs, nsigma=5.0) -> int:
   field 3 to 4 times on its first night: the median of three is robust to one outlier and is
   the object before it could have changed much). sigma is each epoch's own photometric error
   (``epoch_photometry``: sky, read noise and the flux's Poisson noise, so a bright host or
-  star does not make noise look like a detection). This is the simulator's rule (``sequences.first_detection``:
-  source magnitude brighter than the epoch's 5-sigma limiting magnitude, i.e. source flux above
-  5 sigma of that epoch's sky noise), with the early baseline standing in for the flux of
-  whatever was there before the transient (a host, a template), which the simulator knows and
-  a real stamp does not.
+  star does not make noise look like a detection). This is the simulator's rule
+  (``sequences.first_detection``: source magnitude brighter than the epoch's 5-sigma limiting
+  magnitude, i.e. source flux above 5 sigma of that epoch's sky noise), with the early baseline
+  standing in for the flux of whatever was there before the transient (a host, a template),
+  which the simulator knows and a real stamp does not.
   """
   flux, sigma = np.asarray(flux, np.float64), np.asarray(sigma, np.float64)
   base = np.median(flux[:max(1, int(baseline_epochs))])
@@ -247,8 +251,8 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
     max_steps = rules.max_steps
   steps = len(kept) - s0 - n_w + 1
   if steps < 1:
-    raise ValueError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
-                     f'n_w = {n_w}')
+    raise UserError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
+                    f'n_w = {n_w}')
   if max_steps is not None:
     steps = min(steps, int(max_steps))
   epochs = kept[s0:s0 + steps + n_w - 1]

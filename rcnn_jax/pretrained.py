@@ -8,7 +8,7 @@ A folder holds ``config.json`` (the training run's resolved config, as in a work
 ``weights.npz`` (parameters and batch-norm statistics only, no optimizer state: one array per
 leaf, named by its path, e.g. ``params/Conv_0/kernel``) and ``pretrained.json`` (format,
 source run and step, how each array is stored, the SHA-256 of ``weights.npz``, and the
-precision check below). ``evaluate.restore_for_eval`` (so ``predict``, ``evaluate``,
+precision check below). ``checkpoints.restore_for_eval`` (so ``predict``, ``evaluate``,
 ``finetune``, ``export`` and ``predict.Classifier``) accepts such a folder wherever it accepts a
 workdir.
 
@@ -33,7 +33,6 @@ import shutil
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from rcnn_jax import utils
@@ -119,14 +118,15 @@ def read_manifest(path) -> dict:
 
 
 def load(path, step=None):
-  """(config, sim, model, state, step) as ``evaluate.restore_for_eval`` returns them; the
+  """(config, sim, model, state, step) as ``checkpoints.restore_for_eval`` returns them; the
   state's ``opt_state`` is None (no optimizer state is shipped)."""
   from rcnn_jax import config_check  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import common  # pylint: disable=g-import-not-at-top
   m = read_manifest(path)
   if step is not None and int(step) != int(m['step']):
     raise utils.UserError(f'{path} holds step {m["step"]} only, not {step}')
-  config = train.load_config(path)
+  config = checkpoints.load_config(path)
   config_check.validate(config, strict=False)
   wpath = os.path.join(path, WEIGHTS)
   if not os.path.isfile(wpath):
@@ -134,8 +134,8 @@ def load(path, step=None):
   if m.get('weights_sha256') and sha256(wpath) != m['weights_sha256']:
     raise utils.UserError(f'{wpath} does not match the SHA-256 of {MANIFEST} (damaged or '
                           'replaced)')
-  sim, model, tx = train.build(config)
-  target = jax.eval_shape(lambda: train.init_state(config, sim, model, tx, train.make_mesh()))
+  sim, model, tx = common.build(config)
+  target = jax.eval_shape(lambda: common.init_state(config, sim, model, tx, common.make_mesh()))
   with np.load(wpath, allow_pickle=False) as z:
     stored = {k: z[k] for k in z.files}
   trees = {}
@@ -155,7 +155,7 @@ def load(path, step=None):
   if stored:
     raise utils.UserError(f'{wpath} does not fit the model of {CONFIG}: unexpected '
                           f'{sorted(stored)[0]}')
-  state = train.TrainState(step=jax.numpy.asarray(int(m['step']), jax.numpy.int32),
+  state = common.TrainState(step=jax.numpy.asarray(int(m['step']), jax.numpy.int32),
                            params=trees['params'], batch_stats=trees['batch_stats'],
                            opt_state=None)
   return config, sim, model, state, int(m['step'])
@@ -230,7 +230,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError('--workdir and --out are required')
-  from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
   out = _OUT.value.rstrip(os.sep)
   if os.path.exists(out):
     raise utils.UserError(f'{out} exists; choose another --out (a shipped model is never '
@@ -239,7 +239,7 @@ def main(argv):
   for d in dirs:
     if not os.path.isdir(d):
       raise utils.UserError(f'--check_dir {d}: no such folder')
-  config, _, _, state, step = evaluate.restore_for_eval(_WORKDIR.value, _STEP.value)
+  config, _, _, state, step = checkpoints.restore_for_eval(_WORKDIR.value, _STEP.value)
   src = {'workdir': os.path.relpath(os.path.abspath(_WORKDIR.value)), 'step': step}
   tmp = out + '.partial'
   if os.path.exists(tmp):

@@ -29,6 +29,8 @@ import zlib
 
 import numpy as np
 
+from rcnn_jax.errors import UserError
+
 NPZ_SUFFIXES = ('.npz',)
 FITS_SUFFIXES = ('.fits.gz', '.fits', '.fit')
 SKY_RING = 3  # width in pixels of the border used to estimate the sky
@@ -37,7 +39,7 @@ _READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, 
                 zlib.error)
 
 
-class BadInput(ValueError):
+class BadInput(UserError):
   """A file that cannot be used; the message is one line: '{path}: {problem}'."""
 
   def __init__(self, path, problem):
@@ -120,7 +122,8 @@ def _read_npz(path) -> dict:
       raise BadInput(path, 'contains pickled data, refused') from None
     raise BadInput(path, f'cannot read (corrupt or truncated npz: {e})') from None
   except _READ_ERRORS as e:
-    raise BadInput(path, f'cannot read (corrupt or truncated npz: {type(e).__name__}: {e})') from None
+    raise BadInput(path, f'cannot read (corrupt or truncated npz: {type(e).__name__}: '
+                   f'{e})') from None
   return out
 
 
@@ -150,7 +153,8 @@ def _read_fits(path) -> dict:
             if key in cols:
               out[key] = np.array(table.data[cols[key]])
   except _READ_ERRORS as e:
-    raise BadInput(path, f'cannot read (corrupt or truncated FITS: {type(e).__name__}: {e})') from None
+    raise BadInput(path, f'cannot read (corrupt or truncated FITS: {type(e).__name__}: '
+                   f'{e})') from None
   return out
 
 
@@ -338,5 +342,5 @@ def model_inputs(seq: RealSequence, n_w, max_steps=None) -> dict:
   num_steps, with T = max_steps when given (truncated or zero-padded), else E - n_w + 1.
   """
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
-  return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), max_seeing_arcsec=None),
+  return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), pre_detection=0),
                             start='first', max_steps=max_steps)

@@ -26,6 +26,8 @@ import numpy as np
 from scipy import optimize
 from scipy import special
 
+from rcnn_jax.errors import MissingFile, UserError
+
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
@@ -113,7 +115,7 @@ def psf_mixture(kind: str, beta: float, num: int = 4):
     return np.ones(1, np.float32), np.full(1, 1.0 / FWHM_PER_SIGMA, np.float32)
   if kind in ('moffat', 'bank'):  # bank: the mixture is used only by photometry's fallback
     return moffat_mixture(float(beta), num)
-  raise ValueError(f"config.sim.psf.kind must be 'moffat', 'gaussian' or 'bank', got {kind!r}")
+  raise UserError(f"config.sim.psf.kind must be 'moffat', 'gaussian' or 'bank', got {kind!r}")
 
 
 # --------------------------------------------------------------------------- PSF stamps
@@ -176,21 +178,21 @@ class PSFBank:
 def load_psf_bank(path, pixel_scale=0.263) -> PSFBank:
   """Reads an npz with ``psf`` [K, S, S] and ``fwhm_arcsec`` [K] (never unpickled)."""
   if not path:
-    raise ValueError("config.sim.psf.kind is 'bank' but config.sim.psf.bank_path is empty")
+    raise UserError("config.sim.psf.kind is 'bank' but config.sim.psf.bank_path is empty")
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: PSF bank not found')
+    raise MissingFile(f'{path}: PSF bank not found')
   try:
     with np.load(path, allow_pickle=False) as f:
       psf, fwhm = np.asarray(f['psf'], np.float64), np.asarray(f['fwhm_arcsec'], np.float64)
   except KeyError as e:
-    raise ValueError(f'{path}: PSF bank lacks {e.args[0]!r} (needs psf and fwhm_arcsec)') from e
+    raise UserError(f'{path}: PSF bank lacks {e.args[0]!r} (needs psf and fwhm_arcsec)') from e
   except (ValueError, OSError) as e:
-    raise ValueError(f'{path}: cannot read PSF bank ({str(e).splitlines()[0]})') from e
+    raise UserError(f'{path}: cannot read PSF bank ({str(e).splitlines()[0]})') from e
   if psf.ndim != 3 or psf.shape[1] != psf.shape[2] or fwhm.shape != (psf.shape[0],):
-    raise ValueError(f'{path}: psf must be [K, S, S] and fwhm_arcsec [K], got {psf.shape} '
-                     f'and {fwhm.shape}')
+    raise UserError(f'{path}: psf must be [K, S, S] and fwhm_arcsec [K], got {psf.shape} '
+                    f'and {fwhm.shape}')
   if not (np.isfinite(psf).all() and np.isfinite(fwhm).all()) or (psf.sum((1, 2)) <= 0).any():
-    raise ValueError(f'{path}: PSF bank has non-finite values or an empty PSF')
+    raise UserError(f'{path}: PSF bank has non-finite values or an empty PSF')
   order = np.argsort(fwhm)
   psf = psf[order] / psf[order].sum((1, 2), keepdims=True)
   n = psf.shape[1]
@@ -286,13 +288,13 @@ def build_host_tables(galaxy_config) -> HostTables:
   cosmo = cosmology.Planck18
   lo, hi, num = c['host_z_grid']
   if not 0.0 < lo < hi or int(num) < 2:
-    raise ValueError('config.sim.galaxy.host_z_grid must be (min > 0, max > min, num >= 2)')
+    raise UserError('config.sim.galaxy.host_z_grid must be (min > 0, max > min, num >= 2)')
   z = np.linspace(float(lo), float(hi), int(num))
   mu = cosmo.distmod(z).value
   arcsec_per_kpc = cosmo.arcsec_per_kpc_proper(z).value
   a = float(c['host_schechter_alpha']) + 2.0
   if a <= 0:
-    raise ValueError('config.sim.galaxy.host_schechter_alpha must be > -2')
+    raise UserError('config.sim.galaxy.host_schechter_alpha must be > -2')
   l_lo, l_hi = (float(v) for v in c['host_lum_range'])
   p_lo, p_hi = special.gammainc(a, l_lo), special.gammainc(a, l_hi)
   q = np.linspace(0.0, 1.0, 2049)

@@ -21,6 +21,7 @@ from rcnn_jax import photometry
 from rcnn_jax import render
 from rcnn_jax import sequences
 from rcnn_jax import survey as survey_lib
+from rcnn_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -79,20 +80,20 @@ def build_simulator(config) -> Simulator:
   names = tuple(sc.class_names)
   for required in ('Supernova', 'Galaxy', 'Asteroid'):
     if required not in names:
-      raise ValueError(f'config.sim.class_names must include {required!r}')
+      raise UserError(f'config.sim.class_names must include {required!r}')
   unknown = [c for c in sc.transient_classes if c not in names]
   if unknown:
-    raise ValueError(f'config.sim.transient_classes: unknown class {unknown[0]!r}')
+    raise UserError(f'config.sim.transient_classes: unknown class {unknown[0]!r}')
   var = sc.get('variability', None)
   var_classes = tuple(var.classes) if var is not None else ()
   unknown = [c for c in var_classes if c not in names or c in sc.transient_classes]
   if unknown:
-    raise ValueError(f'config.sim.variability.classes: {unknown[0]!r} is not a non-transient '
-                     'class of config.sim.class_names')
+    raise UserError(f'config.sim.variability.classes: {unknown[0]!r} is not a non-transient '
+                    'class of config.sim.class_names')
   if var_classes and (var.min_epochs < 1 or var.k_sigma <= 0 or var.floor < 0):
-    raise ValueError('config.sim.variability: min_epochs must be >= 1, k_sigma > 0, floor >= 0')
+    raise UserError('config.sim.variability: min_epochs must be >= 1, k_sigma > 0, floor >= 0')
   if sc.n_w < 1 or sc.max_steps < 1 or sc.pre_detection < 0:
-    raise ValueError('config.sim: n_w and max_steps must be >= 1 and pre_detection >= 0')
+    raise UserError('config.sim: n_w and max_steps must be >= 1 and pre_detection >= 0')
   surv = survey_lib.build_survey(config.survey, min_epochs=sc.pre_detection + sc.n_w)
   host = [sc.host_fraction_supernova if n == 'Supernova' else
           1.0 if n == 'Galaxy' else sc.host_fraction_other for n in names]
@@ -100,9 +101,9 @@ def build_simulator(config) -> Simulator:
   jitter = float(sc.astrometry.centroid_jitter_px) if 'astrometry' in sc else 0.0
   zp_rms = float(sc.calibration.zero_point_rms) if 'calibration' in sc else 0.0
   if jitter < 0 or zp_rms < 0 or float(sc.psf.get('fwhm_scatter', 0.0)) < 0:
-    raise ValueError('config.sim.astrometry.centroid_jitter_px, '
-                     'config.sim.calibration.zero_point_rms and config.sim.psf.fwhm_scatter '
-                     'must be >= 0')
+    raise UserError('config.sim.astrometry.centroid_jitter_px, '
+                    'config.sim.calibration.zero_point_rms and config.sim.psf.fwhm_scatter '
+                    'must be >= 0')
   tables = (render.build_host_tables(sc.galaxy) if 'host_z_grid' in sc.galaxy else None)
   return Simulator(
       survey=surv, lightcurves=lightcurves.build_lightcurve_model(sc), psf_bank=bank,

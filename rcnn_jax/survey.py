@@ -18,6 +18,8 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn_jax.errors import MissingFile, UserError
+
 CONDITION_COLUMNS = ('field', 'filter', 'mjd', 'exp_time_s', 'seeing_arcsec', 'sky_adu',
                      'zero_point', 'limmag5')
 CAMERA_COLUMNS = ('gain_e_per_adu', 'read_noise_e', 'saturation_adu')
@@ -63,7 +65,7 @@ def build_survey(survey_config, min_epochs: int = 1) -> Survey:
   """Builds the survey from files when paths are given, else from the built-in model."""
   sc = survey_config
   if bool(sc.conditions_path) != bool(sc.camera_path):
-    raise ValueError('config.survey: set both conditions_path and camera_path, or neither')
+    raise UserError('config.survey: set both conditions_path and camera_path, or neither')
   if sc.conditions_path:
     fields = read_conditions(sc.conditions_path, band=sc.band,
                              max_seeing_arcsec=sc.max_seeing_arcsec, min_epochs=min_epochs)
@@ -73,8 +75,8 @@ def build_survey(survey_config, min_epochs: int = 1) -> Survey:
     fields = [_cut_seeing(f, sc.max_seeing_arcsec) for f in fields]
     fields = [f for f in fields if len(f['mjd']) >= min_epochs]
     if not fields:
-      raise ValueError(f'config.survey: the built-in model leaves no field with >= {min_epochs} '
-                       f'epochs of seeing <= {sc.max_seeing_arcsec}"')
+      raise UserError(f'config.survey: the built-in model leaves no field with >= {min_epochs} '
+                      f'epochs of seeing <= {sc.max_seeing_arcsec}"')
   return _pack(fields, camera, sc)
 
 
@@ -113,28 +115,28 @@ def _pack(fields, camera, sc) -> Survey:
 def _read_table(path, what):
   from astropy.table import Table  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} table not found: {path}')
+    raise MissingFile(f'{what} table not found: {path}')
   try:
     return Table.read(path, format='ascii.csv')
   except Exception as e:  # astropy raises many types for malformed text
-    raise ValueError(f'{path}: cannot be read as a CSV table ({type(e).__name__}: '
-                     f'{str(e).splitlines()[0] if str(e) else ""})') from None
+    raise UserError(f'{path}: cannot be read as a CSV table ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else ""})') from None
 
 
 def _column(table, path, name, finite=True, positive=False):
   if name not in table.colnames:
-    raise ValueError(f'{path}: missing column {name!r} (has: {", ".join(table.colnames)})')
+    raise UserError(f'{path}: missing column {name!r} (has: {", ".join(table.colnames)})')
   col = table[name]
   try:
     v = np.ma.filled(np.ma.asarray(col, dtype=np.float64), np.nan)
   except (TypeError, ValueError):
-    raise ValueError(f'{path}: column {name!r} is not numeric') from None
+    raise UserError(f'{path}: column {name!r} is not numeric') from None
   bad = ~np.isfinite(v) if finite else np.zeros(len(v), bool)
   if positive:
     bad |= ~(v > 0)
   if bad.any():
     i = int(np.flatnonzero(bad)[0])
-    raise ValueError(f'{path}: unusable value {col[i]!r} in column {name!r} at data row {i + 1}')
+    raise UserError(f'{path}: unusable value {col[i]!r} in column {name!r} at data row {i + 1}')
   return v
 
 
@@ -143,10 +145,10 @@ def read_conditions(path, band='g', max_seeing_arcsec=2.0, min_epochs=1):
   t = _read_table(path, 'conditions')
   for c in CONDITION_COLUMNS:
     if c not in t.colnames:
-      raise ValueError(f'{path}: missing column {c!r} (has: {", ".join(t.colnames)})')
+      raise UserError(f'{path}: missing column {c!r} (has: {", ".join(t.colnames)})')
   t = t[np.asarray([str(x) == band for x in t['filter']])]
   if len(t) == 0:
-    raise ValueError(f'{path}: no epochs in band {band!r}')
+    raise UserError(f'{path}: no epochs in band {band!r}')
   cols = {
       'mjd': _column(t, path, 'mjd'),
       'exp_time_s': _column(t, path, 'exp_time_s', positive=True),
@@ -159,8 +161,8 @@ def read_conditions(path, band='g', max_seeing_arcsec=2.0, min_epochs=1):
                      else np.ones(len(t)))
   if (cols['sky_adu'] < 0).any():
     i = int(np.flatnonzero(cols['sky_adu'] < 0)[0])
-    raise ValueError(f'{path}: unusable value {cols["sky_adu"][i]!r} in column \'sky_adu\' at '
-                     f'{band}-band row {i + 1}')
+    raise UserError(f'{path}: unusable value {cols["sky_adu"][i]!r} in column \'sky_adu\' at '
+                    f'{band}-band row {i + 1}')
   field = np.asarray([str(x) for x in t['field']])
   fields = []
   for name in sorted(set(field), key=lambda s: (len(s), s)):
@@ -171,8 +173,8 @@ def read_conditions(path, band='g', max_seeing_arcsec=2.0, min_epochs=1):
     if len(f['mjd']) >= min_epochs:
       fields.append(f)
   if not fields:
-    raise ValueError(f'{path}: no field keeps >= {min_epochs} {band}-band epochs with seeing '
-                     f'<= {max_seeing_arcsec}"')
+    raise UserError(f'{path}: no field keeps >= {min_epochs} {band}-band epochs with seeing '
+                    f'<= {max_seeing_arcsec}"')
   return fields
 
 
@@ -180,7 +182,7 @@ def read_camera(path):
   """Reads per-CCD gain, read noise and saturation."""
   t = _read_table(path, 'camera')
   if len(t) == 0:
-    raise ValueError(f'{path}: no CCD rows')
+    raise UserError(f'{path}: no CCD rows')
   return {c: _column(t, path, c, positive=True) for c in CAMERA_COLUMNS}
 
 

@@ -1,4 +1,9 @@
-"""Small shared helpers for the commands: progress bars, atomic writes, clean CLI errors."""
+"""Small shared helpers for the commands: progress bars, atomic writes, the CLI wrapper.
+
+``run(main)`` is how every command starts: it re-runs the process once with huge pages for
+malloc (``hugepage_env``; the only place that does), then reports ``errors.UserError`` as one
+line and exit status 2; any other exception keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,7 @@ import tempfile
 import numpy as np
 
 
-class UserError(Exception):
-  """Bad input from the user: reported as one line, exit status 2."""
+from rcnn_jax.errors import UserError  # pylint: disable=unused-import  (re-exported)
 
 
 def progress(iterable, total=None, desc='', disable=False):
@@ -116,10 +120,11 @@ def _rerun_with_hugepages():
 
 
 def run(main):
-  """absl.app.run with user errors turned into one line on stderr and exit status 2.
+  """absl.app.run with ``UserError`` (bad input, bad config) as one line on stderr and exit
+  status 2; any other exception (a bug) propagates with its traceback.
 
   On Linux with glibc the command first re-runs itself once with huge pages for malloc
-  (``hugepage_env``).
+  (``hugepage_env``): the one place where a command re-executes itself.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
@@ -130,7 +135,7 @@ def run(main):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
       return main(argv)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       _quiet_exit()
       sys.exit(2)
@@ -161,7 +166,7 @@ def _parse_flags(argv):
       if type(flag).__name__ == '_ConfigFlag':
         value = flag.value
         if type(value).__name__ == '_ErrorConfig':  # a config file that failed to load
-          getattr(value, 'seed')  # raises its error
+          value.seed  # noqa: B018  (raises its error)
     return rest
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]

@@ -10,6 +10,7 @@ import pytest
 from configs import hits
 from configs import hits_lc
 from rcnn_jax import config_check
+from rcnn_jax import common
 from rcnn_jax import train
 from rcnn_jax import utils
 
@@ -95,7 +96,7 @@ def test_bad_config_is_refused_before_anything_is_built(tmp_path, monkeypatch):
   def no_build(*a, **k):
     raise AssertionError('built (and would compile) before validating')
 
-  monkeypatch.setattr(train, 'build', no_build)
+  monkeypatch.setattr(common, 'build', no_build)
   for name, value in [('train.learning_rate', -1.0), ('train.batch_size', 0),
                       ('eval.val_size', 0)]:
     config = hits.get_config('smoke')

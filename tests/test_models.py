@@ -8,7 +8,7 @@ import pytest
 
 from configs import hits
 from rcnn_jax import models
-from rcnn_jax import train
+from rcnn_jax import common
 
 B, T, N_W, C = 3, 5, 3, 7
 
@@ -32,7 +32,7 @@ def _small_model(kind, conv_impl='auto'):
   m = hits.get_config('smoke').model
   m.kind = kind
   m.conv_impl = conv_impl
-  return models.build_model(m, C, N_W)
+  return models.build_model(m, C)
 
 
 def _init(model, x, gaps, mask):
@@ -61,7 +61,7 @@ def small(request):
 
 def test_paper_parameter_count_matches_table3():
   config = hits.get_config()  # 'paper'
-  model = models.build_model(config.model, 7, 3)
+  model = models.build_model(config.model, 7)
   x = jnp.zeros((1, 2, 21, 21, 3))
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, jnp.zeros((1, 2, 3)),
@@ -99,7 +99,7 @@ def test_paper_parameter_count_matches_table3():
 
 def test_light_curve_model_parameter_count():
   config = hits.get_config('paper,lc')
-  model = models.build_model(config.model, 7, 3)
+  model = models.build_model(config.model, 7)
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.zeros((1, 2, 6)),
       jnp.zeros((1, 2, 3)), jnp.ones((1, 2), bool), train=False))
@@ -270,14 +270,14 @@ def test_sequence_loss_by_hand():
         z = logits[i, t].astype(np.float64)
         log_softmax = z - np.log(np.exp(z - z.max()).sum()) - z.max()
         per_seq[i] += -log_softmax[labels[i]]
-  got = float(train.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)))
+  got = float(common.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)))
   np.testing.assert_allclose(got, per_seq.mean(), rtol=1e-5)
   w = np.array([1.0, 0.0, 3.0], np.float32)
-  got_w = float(train.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
+  got_w = float(common.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
                                     jnp.asarray(w)))
   np.testing.assert_allclose(got_w, (per_seq[0] + 3 * per_seq[2]) / 4.0, rtol=1e-5)
   # Uniform logits: log(7) per valid step, summed over steps (not averaged).
-  got_u = float(train.sequence_loss(jnp.zeros((3, 4, 7)), jnp.asarray(labels),
+  got_u = float(common.sequence_loss(jnp.zeros((3, 4, 7)), jnp.asarray(labels),
                                     jnp.asarray(mask)))
   np.testing.assert_allclose(got_u, np.log(7.0) * mask.sum() / 3, rtol=1e-6)
 
@@ -351,9 +351,9 @@ def test_chunked_encoder_equals_whole_batch():
   m.conv_impl = 'rows'
   m.dropout = 0.0
   m.encoder_chunk = 0
-  whole = models.build_model(m, C, N_W)
+  whole = models.build_model(m, C)
   m.encoder_chunk = 4
-  chunked = models.build_model(m, C, N_W)
+  chunked = models.build_model(m, C)
   variables = _init(whole, x, gaps, mask)
   assert (jax.tree.structure(variables) ==
           jax.tree.structure(jax.eval_shape(lambda: _init(chunked, x, gaps, mask))))
@@ -409,9 +409,9 @@ def test_eval_encoder_with_winograd_layers_equals_whole_batch():
   m = hits.get_config('smoke').model
   m.conv_impl, m.filters = 'rows', 16
   m.encoder_chunk = 0
-  whole = models.build_model(m, C, N_W)
+  whole = models.build_model(m, C)
   m.encoder_chunk = 4
-  chunked = models.build_model(m, C, N_W)
+  chunked = models.build_model(m, C)
   assert models._winograd_wins((21, 21, 16)) and not models._winograd_wins((11, 11, 16))
   mask = mask.at[2].set(False)  # a whole sequence of padding: skipped chunks
   variables = _init(whole, x, gaps, mask)

@@ -15,6 +15,8 @@ import pytest
 from configs import hits
 from rcnn_jax import predict
 from rcnn_jax import realdata
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -250,9 +252,9 @@ def test_evaluate_workdir_counts_each_test_object_once(workdir, tmp_path):
   """Sec. 4 on the simulated test set, from the workdir alone: every object counted once."""
   from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
-  config = train.load_config(workdir)
+  config = checkpoints.load_config(workdir)
   config.eval.batch_size = 7 * 3  # 28 objects in 2 batches: the second is padded by 14
-  out = evaluate.predict_test_set(config, *evaluate.restore_for_eval(workdir)[1:4],
+  out = evaluate.predict_test_set(config, *checkpoints.restore_for_eval(workdir)[1:4],
                                   progress=False)
   n = config.eval.test_size
   assert out['label'].shape == (n,) and np.bincount(out['label']).tolist() == [n // 7] * 7
@@ -261,7 +263,7 @@ def test_evaluate_workdir_counts_each_test_object_once(workdir, tmp_path):
   assert list(m['recall_by_step']) == list(config.sim.class_names)
   assert len(m['accuracy_by_step']) == config.sim.max_steps
   # The test set is not the validation set: same labels (i % 7), different objects.
-  val = jax_magnitudes(config, train.validation_key(config))
+  val = jax_magnitudes(config, common.validation_key(config))
   assert not np.allclose(np.sort(val), np.sort(out['magnitude']))
   paths = plots.plot_evaluation([m, m], str(tmp_path))
   assert all(os.path.getsize(p) > 10_000 for p in paths)

@@ -1,4 +1,5 @@
-"""One preparation for simulated and real stamps: identical inputs, seeing cut, zp_ref, detection."""
+"""One preparation for simulated and real stamps: identical inputs, seeing cut, zp_ref,
+detection."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from rcnn_jax import preprocess
 from rcnn_jax import realdata
 from rcnn_jax import render
 from rcnn_jax import simulator
+
+
+def _rules(**changes):
+  """The rules of the HiTS config, with some fields changed."""
+  return dataclasses.replace(preprocess.Rules.from_config(hits.get_config()), **changes)
 
 
 def _seq(stamps, mjd, sky, zp=None, seeing=None, name='x'):
@@ -72,7 +78,7 @@ def test_real_file_and_simulated_object_give_identical_inputs(sim_batch):
 
 def test_seeing_cut_and_reference_zero_point():
   """A bad-seeing first epoch is dropped, and eq. 4 scales to the first kept epoch's zp."""
-  rules = preprocess.Rules(n_w=1, max_steps=10, max_seeing_arcsec=2.0)
+  rules = _rules(n_w=1, max_steps=10, max_seeing_arcsec=2.0)
   stamps = np.ones((5, 21, 21), np.float32) * 100.0
   sky = np.full(5, 90.0)
   zp = np.array([24.0, 25.0, 25.5, 25.0, 26.0])
@@ -106,7 +112,7 @@ def test_unknown_seeing_rule_from_config():
 
 def test_fallbacks_warn_once():
   """No seeing: all epochs kept; no zero point: no scaling; each said once for many files."""
-  rules = preprocess.Rules(n_w=3, max_steps=4)
+  rules = _rules(n_w=3, max_steps=4)
   err = io.StringIO()
   warn = preprocess.Warnings(err)
   stamps = np.random.default_rng(0).normal(100.0, 5.0, (7, 21, 21))
@@ -121,7 +127,7 @@ def test_fallbacks_warn_once():
 
 
 def test_truncation_and_full_length():
-  rules = preprocess.Rules(n_w=3, max_steps=4)
+  rules = _rules(n_w=3, max_steps=4)
   seq = _seq(np.zeros((10, 21, 21)), np.arange(10.0), np.zeros(10), np.full(10, 25.0),
              np.ones(10))
   assert preprocess.prepare(seq, rules)['num_steps'] == 4
@@ -134,8 +140,9 @@ def test_truncation_and_full_length():
 def _rendered_curve(flux, seed, host=0.0, sky=120.0, gain=4.0, rn=6.0, seeing=1.2):
   """Raw stamps of a centred point source with flux [E] (ADU) on sky (+ a constant host),
   Moffat PSF and Poisson + read noise (render.py)."""
-  rules = preprocess.Rules()
-  fwhm = render.seeing_to_fwhm_px(seeing, rules.pixel_scale)
+  rules = _rules()
+  fwhm = render.seeing_to_fwhm_px(seeing, rules.pixel_scale, rules.seeing_scale,
+                                  rules.seeing_offset_arcsec)
   psf = np.asarray(render.psf_stamp(fwhm, 0.0, 0.0, 21, 'moffat', rules.moffat_beta))
   rng = np.random.default_rng(seed)
   mean = sky + (np.asarray(flux)[:, None, None] + host) * psf
@@ -144,7 +151,7 @@ def _rendered_curve(flux, seed, host=0.0, sky=120.0, gain=4.0, rn=6.0, seeing=1.
 
 
 def _sigma(sky=120.0, gain=4.0, rn=6.0, seeing=1.2):
-  rules = preprocess.Rules(gain=gain, read_noise_e=rn)
+  rules = _rules(gain=gain, read_noise_e=rn)
   _, s = preprocess.epoch_photometry(np.zeros((1, 21, 21)), [seeing], [sky], rules)
   return float(s[0])
 
@@ -159,7 +166,7 @@ def test_detection_rule_on_rendered_light_curves(host):
   flux = np.zeros(e)
   flux[6] = 3.0 * sig  # a 3-sigma fluctuation: not a detection
   flux[10:] = 12.0 * sig * np.arange(1, e - 9)  # the transient: detected at epoch 10
-  rules = preprocess.Rules(pre_detection=5, max_steps=6)
+  rules = _rules(pre_detection=5, max_steps=6)
   stamps = _rendered_curve(flux, seed=1, host=host)
   seq = _seq(stamps, np.arange(e) * 0.1, np.full(e, 120.0), np.full(e, 25.0), np.full(e, 1.2))
   f, s = preprocess.epoch_photometry(stamps - 120.0, np.full(e, 1.2), np.full(e, 120.0), rules)
@@ -183,5 +190,5 @@ def test_first_detection_by_hand():
   sigma = np.ones(6)
   assert preprocess.first_detection(flux, sigma, 3, 5.0) == 4  # 6 - 0 > 5
   assert preprocess.first_detection(flux, sigma * 10, 3, 5.0) == 6  # none
-  assert preprocess.start_for_class('Supernova', preprocess.Rules()) == 'detection'
-  assert preprocess.start_for_class('RRLyrae', preprocess.Rules()) == 'first'
+  assert preprocess.start_for_class('Supernova', _rules()) == 'detection'
+  assert preprocess.start_for_class('RRLyrae', _rules()) == 'first'

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import evaluate
 from rcnn_jax import predict
 from rcnn_jax import pretrained
 from rcnn_jax import realdata
+from rcnn_jax import checkpoints
 from rcnn_jax import train
 from rcnn_jax import utils
 
@@ -34,9 +34,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def packaged(workdir, tmp_path_factory):
-  _, _, _, state, step = evaluate.restore_for_eval(workdir)
+  _, _, _, state, step = checkpoints.restore_for_eval(workdir)
   out = str(tmp_path_factory.mktemp('pre') / 'model')
-  config = train.load_config(workdir)
+  config = checkpoints.load_config(workdir)
   pretrained.save(out, config, state.params, state.batch_stats, step, {'workdir': workdir})
   return out, state
 
@@ -44,7 +44,7 @@ def packaged(workdir, tmp_path_factory):
 def test_round_trip_rounds_only_large_weights(packaged):
   out, state = packaged
   m = pretrained.read_manifest(out)
-  _, _, _, loaded, step = evaluate.restore_for_eval(out)  # the workdir entry point
+  _, _, _, loaded, step = checkpoints.restore_for_eval(out)  # the workdir entry point
   assert step == m['step'] and loaded.opt_state is None
   flat = lambda t, p: pretrained._flatten(t, p)  # pylint: disable=protected-access
   a = {**flat(state.params, 'params'), **flat(state.batch_stats, 'batch_stats')}
@@ -95,7 +95,7 @@ def test_refusals_are_one_line(packaged, tmp_path):
     f.seek(100)
     f.write(bytes([byte[0] ^ 0xFF]))
   with pytest.raises(utils.UserError, match='SHA-256') as e:
-    evaluate.restore_for_eval(str(bad))
+    checkpoints.restore_for_eval(str(bad))
   assert '\n' not in str(e.value)
   m = json.loads((bad / pretrained.MANIFEST).read_text())
   m['format_version'] = 99
@@ -103,7 +103,7 @@ def test_refusals_are_one_line(packaged, tmp_path):
   with pytest.raises(utils.UserError, match='format version'):
     pretrained.read_manifest(str(bad))
   with pytest.raises(utils.UserError, match='already holds'):
-    pretrained.save(out, train.load_config(out), state.params, state.batch_stats, 1)
+    pretrained.save(out, checkpoints.load_config(out), state.params, state.batch_stats, 1)
 
 
 def test_wrong_model_is_refused(packaged, tmp_path):
@@ -122,7 +122,7 @@ def test_shipped_model(folder):
   """The shipped models: their config, Table 3's parameter count, their size and precision."""
   assert folder.exists(), f'{folder} is missing from the repository'
   m = pretrained.read_manifest(str(folder))
-  config = train.load_config(str(folder))
+  config = checkpoints.load_config(str(folder))
   assert config.model.kind == 'rcnn' and tuple(config.sim.class_names) == hits.CLASS_NAMES
   assert (config.model.filters, config.model.dense, config.model.lstm_size) == (64, 1024, 512)
   assert m['num_params'] == 5_705_037  # Table 3 (tests/test_models.py counts it layer by layer)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from configs import hits
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import evaluate
 from rcnn_jax import finetune
 from rcnn_jax import predict
@@ -106,7 +108,7 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert max(starts['NonVariable']) == 0 and max(starts['Supernova']) > 0
   assert (out / 'real_recall.png').stat().st_size > 10_000
 
-  config, sim, model, state, _ = evaluate.restore_for_eval(workdir)
+  config, sim, model, state, _ = checkpoints.restore_for_eval(workdir)
   seqs, labels = evaluate.load_labelled(dirs, config)
   batch = evaluate.real_inputs(seqs, labels, config)
   before = evaluate.real_logits(config, sim, model, state, batch)
@@ -123,7 +125,7 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert sorted(by_class) == ['EclipsingBinary', 'RRLyrae', 'Supernova']
   for c, names in by_class.items():
     assert names == sorted(os.listdir(os.path.join(dirs[0], c)))[:4]
-  _, _, _, state2, step2 = evaluate.restore_for_eval(w2)
+  _, _, _, state2, step2 = checkpoints.restore_for_eval(w2)
   assert step2 == 1 + 3
   after = evaluate.real_logits(config, sim, model, state2, batch)
   assert np.abs(after - before).max() > 1e-3
@@ -145,8 +147,8 @@ def test_light_curve_classifier_on_real_files(hits_data):
   noise) feeds the light-curve classifier; files without seeing are refused in one line."""
   dirs = _dev_dirs(hits_data)
   config = hits.get_config('smoke,lc')
-  sim, model, tx = train.build(config)
-  state = train.init_state(config, sim, model, tx, train.make_mesh())
+  sim, model, tx = common.build(config)
+  state = common.init_state(config, sim, model, tx, common.make_mesh())
   seqs, labels = evaluate.load_labelled([dirs[0]], config)
   seqs, labels = seqs[::10], labels[::10]
   batch = evaluate.real_inputs(seqs, labels, config)

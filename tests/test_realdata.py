@@ -1,4 +1,5 @@
-"""Real sequences: npz/FITS reading, validation errors, pickle refusal, sky estimate, eq. 4 inputs."""
+"""Real sequences: npz/FITS reading, validation errors, pickle refusal, sky estimate, eq. 4
+inputs."""
 
 from __future__ import annotations
 

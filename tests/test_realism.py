@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rcnn_jax import photometry
+from rcnn_jax import psf_calibration
 from rcnn_jax import realism
 from rcnn_jax import render
+from rcnn_jax import stars
 
 
 def _gaussian_star(fwhm_px, flux, dx=0.0, dy=0.0, size=21):
@@ -22,7 +25,7 @@ def test_fwhm_fit_recovers_gaussian(fwhm_px):
   rng = np.random.default_rng(int(fwhm_px))
   dx, dy = 0.3, -0.2
   img = _gaussian_star(fwhm_px, 5e4, dx, dy) + rng.normal(0.0, 6.0, (21, 21))
-  fwhm, x, y, flux, ok = realism.fit_gaussian(img)
+  fwhm, x, y, flux, ok = stars.fit_gaussian(img)
   assert ok
   assert abs(fwhm / fwhm_px - 1.0) < 0.05
   assert abs(x - dx) < 0.05 and abs(y - dy) < 0.05
@@ -31,7 +34,7 @@ def test_fwhm_fit_recovers_gaussian(fwhm_px):
 
 
 def test_fwhm_fit_fails_cleanly_on_empty_stamp():
-  fwhm, _, _, _, ok = realism.fit_gaussian(-np.ones((21, 21)))
+  fwhm, _, _, _, ok = stars.fit_gaussian(-np.ones((21, 21)))
   assert not ok and np.isnan(fwhm)
 
 
@@ -39,7 +42,7 @@ def test_background_noise_recovers_sigma():
   rng = np.random.default_rng(0)
   sigma = 7.0
   noise = rng.normal(100.0, sigma, (400, 21, 21))
-  est = realism.background_noise(noise)
+  est = stars.background_noise(noise)
   assert est.shape == (400,)
   # One estimate has ~8 % scatter (216 ring pixels, MAD); the mean of 400 is good to ~0.5 %.
   assert abs(est.mean() / sigma - 1.0) < 0.02
@@ -54,18 +57,18 @@ def test_background_noise_ignores_star_wings_and_a_cosmic_ray():
   imgs = star + rng.normal(0.0, sigma, (100, 21, 21))
   imgs[:, 1, 3] += 500.0
   plain = np.array([1.4826 * np.median(np.abs(v - np.median(v)))
-                    for v in imgs[:, realism.ring_mask(21)]])
-  est = realism.background_noise(imgs, dx, dy)
+                    for v in imgs[:, stars.ring_mask(21)]])
+  est = stars.background_noise(imgs, dx, dy)
   assert abs(est.mean() / sigma - 1.0) < 0.03
   assert plain.mean() > 1.2 * sigma  # a plain ring MAD is inflated by the wings
 
 
 def test_aperture_flux_and_peak():
   img = _gaussian_star(3.0, 1000.0, 0.4, 0.0)
-  assert abs(realism.aperture_flux(img, 0.4, 0.0) / 1000.0 - 1.0) < 1e-3
-  assert realism.central_peak(img) == img.max()
+  assert abs(photometry.aperture_flux(img, 0.4, 0.0) / 1000.0 - 1.0) < 1e-3
+  assert stars.central_peak(img) == img.max()
   stack = np.stack([img, 2 * img])
-  np.testing.assert_allclose(realism.aperture_flux(stack, [0.4, 0.4], [0.0, 0.0]),
+  np.testing.assert_allclose(photometry.aperture_flux(stack, [0.4, 0.4], [0.0, 0.0]),
                              [1000.0, 2000.0], rtol=1e-3)
 
 
@@ -85,8 +88,8 @@ def test_render_star_matches_conditions():
   # Wider seeing -> lower peak; noise as expected from sky, gain and read noise.
   peaks = np.asarray(clean).max((1, 2))
   assert np.all(np.diff(peaks) < 0)
-  noise = realism.background_noise(np.asarray(raw) - 120.0)
-  exp = realism.expected_noise(120.0, 4.0, 6.0)
+  noise = stars.background_noise(np.asarray(raw) - 120.0)
+  exp = stars.expected_noise(120.0, 4.0, 6.0)
   assert abs(np.median(noise) / exp - 1.0) < 0.15
 
 
@@ -94,7 +97,7 @@ def test_render_star_matches_conditions():
 def test_moffat_pixels_matches_the_renderer():
   for fwhm, beta in ((3.0, 3.75), (5.5, 3.0)):
     ref = np.asarray(render.psf_stamp(fwhm, 0.3, -0.2, 21, 'moffat', beta), np.float64)
-    mine = realism.moffat_pixels(fwhm, beta, 0.3, -0.2, 21)
+    mine = psf_calibration.moffat_pixels(fwhm, beta, 0.3, -0.2, 21)
     assert np.abs(mine - ref).max() < 3e-3 * ref.max()
     assert abs(mine.sum() - ref.sum()) < 1e-3
 
@@ -105,24 +108,25 @@ def test_moffat_fit_recovers_beta_and_fwhm(fwhm_px, beta):
   at a bright HiTS star's signal to noise (peak ~300 sigma), fitted with free beta, FWHM and
   background."""
   e = 16
-  noise_var = float(realism.expected_noise(120.0, 4.0, 6.0))**2
+  noise_var = float(stars.expected_noise(120.0, 4.0, 6.0))**2
   dx = jnp.linspace(-0.45, 0.45, e)
   raw, clean = realism.render_star(
       jax.random.key(int(fwhm_px * 10)), jnp.float32(17.5), jnp.full(e, 25.0),
       jnp.full(e, 86.0), jnp.full(e, fwhm_px), dx, -0.5 * dx, jnp.full(e, 120.0),
       jnp.float32(4.0), jnp.float32(6.0), jnp.float32(45000.0), size=21, beta=beta)
   flux = float(render.mag_to_adu(17.5, 25.0, 86.0))
-  fit = realism.fit_moffat(np.asarray(clean[3], np.float64) - 120.0, noise_var, 4.0)
+  fit = psf_calibration.fit_moffat(np.asarray(clean[3], np.float64) - 120.0, noise_var, 4.0)
   assert fit['ok']
   assert abs(fit['beta'] / beta - 1.0) < 0.01 and abs(fit['fwhm_px'] / fwhm_px - 1.0) < 0.005
   assert abs(fit['flux'] / flux - 1.0) < 0.005 and abs(fit['background']) < 0.5  # sigma ~6 ADU
   assert abs(fit['dx'] - float(dx[3])) < 0.01
-  fits = [realism.fit_moffat(x, noise_var, 4.0) for x in np.asarray(raw, np.float64) - 120.0]
+  fits = [psf_calibration.fit_moffat(x, noise_var, 4.0)
+          for x in np.asarray(raw, np.float64) - 120.0]
   assert all(f['ok'] for f in fits)
   assert abs(np.median([f['beta'] for f in fits]) / beta - 1.0) < 0.05
   assert abs(np.median([f['fwhm_px'] for f in fits]) / fwhm_px - 1.0) < 0.02
   # With beta known, one noisy epoch gives the FWHM to ~1 %.
-  fixed = [realism.fit_moffat(x, noise_var, 4.0, beta=beta)['fwhm_px']
+  fixed = [psf_calibration.fit_moffat(x, noise_var, 4.0, beta=beta)['fwhm_px']
            for x in np.asarray(raw, np.float64)[:4] - 120.0]
   np.testing.assert_allclose(fixed, fwhm_px, rtol=0.03)
 
@@ -132,7 +136,7 @@ def test_seeing_relation_fit_recovers_affine_law():
   seeing = rng.uniform(0.9, 2.2, 500)
   fwhm = (-0.2 + 0.92 * seeing) * (1.0 + 0.04 * rng.standard_normal(500))
   fwhm[:10] *= 1.5  # outliers
-  rel = realism.fit_seeing_relation(seeing, fwhm)
+  rel = psf_calibration.fit_seeing_relation(seeing, fwhm)
   a, b = rel['affine']
   assert abs(a + 0.2) < 0.03 and abs(b - 0.92) < 0.02
   assert rel['affine_rel_scatter'] < rel['scale_rel_scatter']
@@ -152,7 +156,7 @@ def test_psf_calibration_on_real_files(hits_data):
   files = sorted((hits_data / 'real_nonvariable_dev').glob('*.npz'))[:2]
   if not files:
     pytest.skip('no real sequences in the shared data')
-  cal = realism.calibrate_psf([str(f) for f in files], hits.get_config('smoke'),
+  cal = psf_calibration.calibrate_psf([str(f) for f in files], hits.get_config('smoke'),
                               progress=False, num_bootstrap=10)
   json.dumps(cal, allow_nan=True)
   assert cal['num_objects'] == 2 and cal['num_epochs'] >= 20
@@ -160,7 +164,7 @@ def test_psf_calibration_on_real_files(hits_data):
   assert 0.6 < cal['fwhm']['scale'] < 1.0
   assert cal['units']['table_seeing_on_0.27_arcsec_per_px_grid'] > 0.9
   assert set(cal['recommended']) == {'moffat_beta', 'seeing_scale', 'seeing_offset_arcsec'}
-  assert 'beta' in realism.format_calibration(cal)
+  assert 'beta' in psf_calibration.format_calibration(cal)
 
 def test_realism_on_real_files(hits_data, tmp_path):
   from configs import hits  # pylint: disable=g-import-not-at-top

@@ -7,19 +7,20 @@ import pytest
 
 from configs import hits
 from rcnn_jax import config_check
-from rcnn_jax import train
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import utils
 
 
 def test_constant_schedule_is_the_paper_rate():
   c = hits.get_config('cpu')
   assert c.train.schedule == 'constant'
-  assert train.learning_rate_schedule(c.train) == c.train.learning_rate == 1e-3
+  assert common.learning_rate_schedule(c.train) == c.train.learning_rate == 1e-3
 
 
 def test_warmup_cosine_shape():
   t = hits.get_config('long').train
-  f = train.learning_rate_schedule(t)
+  f = common.learning_rate_schedule(t)
   lr, n, w = t.learning_rate, t.num_steps, t.warmup_steps
   assert float(f(0)) == 0.0
   np.testing.assert_allclose(float(f(w // 2)), lr / 2, rtol=1e-5)  # linear warm-up
@@ -61,7 +62,7 @@ def test_older_run_without_schedule_resumes():
   for k in ('schedule', 'warmup_steps', 'final_lr_fraction'):
     del old['train'][k]
   del old['real']['drop_unknown_seeing']  # a section training never reads
-  assert train._config_differences(old, new) == []  # pylint: disable=protected-access
+  assert checkpoints._config_differences(old, new) == []  # pylint: disable=protected-access
   long = json.loads(hits.get_config('cpu').to_json_best_effort())
   long['train']['schedule'] = 'warmup_cosine'
-  assert train._config_differences(old, long) == ['train.schedule']  # pylint: disable=protected-access
+  assert checkpoints._config_differences(old, long) == ['train.schedule']  # pylint: disable=protected-access

@@ -6,7 +6,8 @@ import pytest
 from configs import hits
 from rcnn_jax import survey
 
-HEADER = 'field,epoch,filter,mjd,exp_time_s,seeing_arcsec,airmass,sky_adu,zero_point,limmag5,limmag3'
+HEADER = ('field,epoch,filter,mjd,exp_time_s,seeing_arcsec,airmass,sky_adu,zero_point,limmag5,'
+          'limmag3')
 
 
 def _write_conditions(path, rows):

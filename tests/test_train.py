@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from configs import hits
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,12 +25,12 @@ def _losses(workdir):
 
 
 def _params(workdir, step):
-  config = train.load_config(workdir)
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
-  target = train.init_state(config, sim, model, tx, mesh)
-  latest, _ = train.checkpoint_managers(workdir, config)
-  return train.restore_state(latest, step, target)
+  config = checkpoints.load_config(workdir)
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
+  target = common.init_state(config, sim, model, tx, mesh)
+  latest, _ = checkpoints.checkpoint_managers(workdir, config)
+  return checkpoints.restore_state(latest, step, target)
 
 
 def test_two_step_run_writes_and_restores_checkpoint(tmp_path):
@@ -43,7 +45,7 @@ def test_two_step_run_writes_and_restores_checkpoint(tmp_path):
   state = _params(wd, 2)
   assert int(state.step) == 2
   # The restored parameters are the trained ones, not a fresh init.
-  fresh = train.init_state(config, *train.build(config), train.make_mesh())
+  fresh = common.init_state(config, *common.build(config), common.make_mesh())
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                       state.params, fresh.params)
   assert max(jax.tree.leaves(diff)) > 0
@@ -66,6 +68,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert la[s] == lb[s], (s, la[s], lb[s])
   pa, pb = _params(a, 4), _params(b, 4)
   jax.tree.map(np.testing.assert_array_equal, pa.params, pb.params)
+  # Logged every 2 steps, the training metrics are the means over the 2 steps, not the last.
+  c = str(tmp_path / 'c')
+  config.train.log_every = 2
+  train.train_and_evaluate(config, c, progress=False)
+  lc = _losses(c)
+  assert sorted(lc) == [2, 4]
+  np.testing.assert_allclose(lc[2], (la[1] + la[2]) / 2, rtol=1e-12)
+  np.testing.assert_allclose(lc[4], (la[3] + la[4]) / 2, rtol=1e-12)
+
+
+def test_metric_window_means_and_last_param_norm():
+  w = train.MetricWindow()
+  w.add({'loss': 1.0, 'accuracy': 0.5, 'param_norm': 3.0})
+  w.add({'loss': 2.0, 'accuracy': 0.0, 'param_norm': 4.0})
+  assert w.result() == {'loss': 1.5, 'accuracy': 0.25, 'param_norm': 4.0}
+  w.add({'loss': 5.0, 'accuracy': 1.0, 'param_norm': 6.0})  # a new window
+  assert w.result() == {'loss': 5.0, 'accuracy': 1.0, 'param_norm': 6.0}
 
 
 def test_different_config_in_existing_workdir_is_refused(tmp_path):
@@ -76,13 +95,13 @@ def test_different_config_in_existing_workdir_is_refused(tmp_path):
   config.train.learning_rate = 0.5
   with pytest.raises(Exception, match='different config'):
     train.train_and_evaluate(config, wd, progress=False)
-  assert train.load_config(wd).train.learning_rate != 0.5
+  assert checkpoints.load_config(wd).train.learning_rate != 0.5
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = hits.get_config('smoke')
   config.train.num_steps = 3
-  real = train.make_train_step
+  real = common.make_train_step
 
   def poisoned(*args, **kwargs):
     step = real(*args, **kwargs)
@@ -96,11 +115,11 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     return wrapped
 
-  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  monkeypatch.setattr(common, 'make_train_step', poisoned)
   wd = str(tmp_path / 'nan')
   with pytest.raises(FloatingPointError, match='non-finite training loss or update at step 2'):
     train.train_and_evaluate(config, wd, progress=False)
-  latest, _ = train.checkpoint_managers(wd, config)
+  latest, _ = checkpoints.checkpoint_managers(wd, config)
   assert latest.all_steps() == [1]  # the NaN state was never saved
   state = _params(wd, 1)
   leaves = jax.tree.leaves(state.params)
@@ -109,10 +128,10 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_train_step_traces_once():
   config = hits.get_config('smoke')
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
-  state = train.init_state(config, sim, model, tx, mesh)
-  step = train.make_train_step(config, sim, model, tx, mesh)
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
+  state = common.init_state(config, sim, model, tx, mesh)
+  step = common.make_train_step(config, sim, model, tx, mesh)
   key = jax.random.key(0)
   for _ in range(3):
     state, m = step(state, key)
@@ -131,7 +150,7 @@ def test_cli_override_reaches_model(tmp_path):
   r = _run(['-m', 'rcnn_jax.train', '--config', 'configs/hits.py:smoke', '--workdir', str(wd),
             '--config.model.lstm_size=12', '--config.train.num_steps=1'])
   assert r.returncode == 0, r.stderr[-2000:]
-  saved = train.load_config(str(wd))
+  saved = checkpoints.load_config(str(wd))
   assert saved.model.lstm_size == 12
   state = _params(str(wd), 1)
   shapes = [np.shape(x) for x in jax.tree.leaves(state.params)]
@@ -142,12 +161,12 @@ _MULTI = r'''
 import json, sys, jax
 sys.path.insert(0, '.')
 from configs import hits
-from rcnn_jax import train
+from rcnn_jax import common
 config = hits.get_config('smoke')
-mesh = train.make_mesh()
-sim, model, tx = train.build(config)
-state = train.init_state(config, sim, model, tx, mesh)
-step = train.make_train_step(config, sim, model, tx, mesh)
+mesh = common.make_mesh()
+sim, model, tx = common.build(config)
+state = common.init_state(config, sim, model, tx, mesh)
+step = common.make_train_step(config, sim, model, tx, mesh)
 out = []
 for _ in range(2):
   state, m = step(state, jax.random.key(0))
@@ -214,7 +233,7 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
     _, err = proc.communicate()
   assert killed_at is not None, err[-2000:]
   assert killed_at < 60
-  latest, _ = train.checkpoint_managers(str(b), config, read_only=True)
+  latest, _ = checkpoints.checkpoint_managers(str(b), config, read_only=True)
   assert latest.latest_step() is not None and latest.latest_step() < 60
   train.train_and_evaluate(config, str(b), progress=False)  # resumes after the kill
   rows = _raw_rows(str(b))

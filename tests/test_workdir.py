@@ -15,6 +15,8 @@ import pytest
 
 from configs import hits
 from rcnn_jax import evaluate
+from rcnn_jax import checkpoints
+from rcnn_jax import common
 from rcnn_jax import train
 from rcnn_jax import utils
 from rcnn_jax import workdir as workdir_lib
@@ -70,14 +72,14 @@ def test_failed_first_run_does_not_block_a_corrected_one(tmp_path):
   config = hits.get_config('smoke')
   os.makedirs(os.path.join(wd, 'checkpoints'))  # what a run that died before step 1 leaves
   os.makedirs(os.path.join(wd, 'best'))
-  train.save_config(wd, config)
+  checkpoints.save_config(wd, config)
   config.train.learning_rate = 1e-2
-  train.save_config(wd, config)  # accepted: no checkpoint yet
-  assert train.load_config(wd).train.learning_rate == 1e-2
+  checkpoints.save_config(wd, config)  # accepted: no checkpoint yet
+  assert checkpoints.load_config(wd).train.learning_rate == 1e-2
   os.makedirs(os.path.join(wd, 'checkpoints', '1'))
   config.train.learning_rate = 1e-3
   with pytest.raises(utils.UserError, match='different config'):
-    train.save_config(wd, config)
+    checkpoints.save_config(wd, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,8 +93,8 @@ def trained(tmp_path_factory):
   config.train.num_steps = 3
   wd = str(tmp_path_factory.mktemp('trained') / 'w')
   train.train_and_evaluate(config, wd, progress=False)
-  mesh = train.make_mesh()
-  target = train.init_state(config, *train.build(config), mesh)
+  mesh = common.make_mesh()
+  target = common.init_state(config, *common.build(config), mesh)
   return config, wd, target
 
 
@@ -118,10 +120,10 @@ def _assert_equal_params(a, b):
 
 def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp_path, capfd):
   config, wd, target = _copy(trained, tmp_path)
-  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
-  intact3 = train.restore_state(latest, 3, target)
+  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+  intact3 = checkpoints.restore_state(latest, 3, target)
   _truncate_largest_array_file(os.path.join(wd, 'checkpoints', '3'))
-  state, step, damaged = train.restore_newest_intact(latest, target)
+  state, step, damaged = checkpoints.restore_newest_intact(latest, target)
   assert (step, damaged, int(state.step)) == (2, [3], 2)
   err = capfd.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'checkpoints/3 is damaged' in err[0] and 'trying step 2' in err[0]
@@ -131,9 +133,9 @@ def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp
   err = capfd.readouterr().err
   moved = os.path.join(wd, 'damaged', 'checkpoints_3')
   assert os.path.isdir(moved) and moved in err
-  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
   assert latest.all_steps() == [1, 2, 3]
-  _assert_equal_params(train.restore_state(latest, 3, target), intact3)
+  _assert_equal_params(checkpoints.restore_state(latest, 3, target), intact3)
 
 
 def test_truncated_metadata_falls_back_and_evaluate_names_it(trained, tmp_path, capfd):
@@ -141,20 +143,20 @@ def test_truncated_metadata_falls_back_and_evaluate_names_it(trained, tmp_path, 
   best_step = json.load(open(os.path.join(wd, 'best.json')))['step']
   meta = os.path.join(wd, 'checkpoints', '3', 'default', '_METADATA')
   os.truncate(meta, 10000)
-  latest, _ = train.checkpoint_managers(wd, config, read_only=True)
-  _, step, damaged = train.restore_newest_intact(latest, target)
+  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+  _, step, damaged = checkpoints.restore_newest_intact(latest, target)
   assert (step, damaged) == (2, [3])
   capfd.readouterr()
   # An explicit --step of the damaged checkpoint: one line naming it, unless best/ has it.
   if best_step != 3:
     with pytest.raises(utils.UserError, match='checkpoints/3 is damaged'):
-      evaluate.restore_for_eval(wd, step=3)
+      checkpoints.restore_for_eval(wd, step=3)
   # Everything damaged: one clear line.
   for s in (1, 2):
     os.truncate(os.path.join(wd, 'checkpoints', str(s), 'default', '_METADATA'), 100)
   shutil.rmtree(os.path.join(wd, 'best'))
   with pytest.raises(utils.UserError, match='no intact checkpoint'):
-    evaluate.restore_for_eval(wd)
+    checkpoints.restore_for_eval(wd)
 
 
 def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_path, capfd):
@@ -165,10 +167,10 @@ def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_pa
       b = open(f, 'rb').read()
       open(f, 'wb').write(bytes(x ^ 0xA5 for x in b))
   capfd.readouterr()
-  _, _, _, state, step = evaluate.restore_for_eval(wd)
+  _, _, _, state, step = checkpoints.restore_for_eval(wd)
   assert step == best_step and int(state.step) == best_step
-  latest = train.open_manager(wd, config, 'latest', read_only=True)
-  _assert_equal_params(state, train.restore_state(latest, best_step, target))
+  latest = checkpoints.open_manager(wd, config, 'latest', read_only=True)
+  _assert_equal_params(state, checkpoints.restore_state(latest, best_step, target))
   err = capfd.readouterr().err.strip().splitlines()
   assert err and all(l.startswith('warning: ') for l in err) and len(err) <= 2, err
   assert 'best' in err[0]
@@ -177,7 +179,7 @@ def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_pa
   train.train_and_evaluate(config, wd, progress=False)
   err = capfd.readouterr().err
   assert os.path.isdir(os.path.join(wd, 'damaged', f'best_{best_step}')) and 'best' in err
-  assert train.open_manager(wd, config, 'best', read_only=True).best_step() == 4
+  assert checkpoints.open_manager(wd, config, 'best', read_only=True).best_step() == 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
     wd = str(disk / 'w')
     config = hits.get_config('smoke')
     config.train.num_steps = 5
-    real = train.make_train_step
+    real = common.make_train_step
 
     def filling(*args, **kwargs):
       step = real(*args, **kwargs)
@@ -210,7 +212,7 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
 
       return wrapped
 
-    monkeypatch.setattr(train, 'make_train_step', filling)
+    monkeypatch.setattr(common, 'make_train_step', filling)
     with pytest.raises(utils.UserError) as e:
       train.train_and_evaluate(config, wd, progress=False)
     msg = str(e.value)
@@ -219,11 +221,11 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
     os.remove(disk / 'filler')
     rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
     assert max(r['step'] for r in rows) <= 2  # it stopped at once
-    monkeypatch.setattr(train, 'make_train_step', real)
-    latest, _ = train.checkpoint_managers(wd, config, read_only=True)
+    monkeypatch.setattr(common, 'make_train_step', real)
+    latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
     assert latest.all_steps() == [1]
-    target = train.init_state(config, *train.build(config), train.make_mesh())
-    state, step, damaged = train.restore_newest_intact(latest, target)
+    target = common.init_state(config, *common.build(config), common.make_mesh())
+    state, step, damaged = checkpoints.restore_newest_intact(latest, target)
     assert step == 1 and not damaged
   finally:
     subprocess.run(['umount', '-l', str(disk)], check=False)

@@ -40,7 +40,7 @@ def main():
     clf = predict.Classifier.from_workdir(args.workdir)
   else:
     config = hits.get_config()
-    model = models.build_model(config.model, 7, 3)
+    model = models.build_model(config.model, 7)
     v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, 21, 21, 3)), jnp.zeros((1, 1, 3)),
                                      jnp.ones((1, 1), bool)))(jax.random.key(0))
     clf = predict.Classifier(config, v['params'], v['batch_stats'])

@@ -30,7 +30,7 @@ def main():
   args = ap.parse_args()
   config = hits.get_config('paper')
   n, s, n_w = args.objects, config.sim.stamp_size, config.sim.n_w
-  model = models.build_model(config.model, len(config.sim.class_names), n_w)
+  model = models.build_model(config.model, len(config.sim.class_names))
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)),
                                            jnp.zeros((1, 1, n_w)), jnp.ones((1, 1), bool)))(
                                                jax.random.key(0))

@@ -19,7 +19,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import hits  # pylint: disable=g-import-not-at-top
-from rcnn_jax import train  # pylint: disable=g-import-not-at-top
+from rcnn_jax import common  # pylint: disable=g-import-not-at-top
 import profiling  # pylint: disable=g-import-not-at-top
 
 
@@ -38,10 +38,10 @@ def main():
   config = hits.get_config('paper')
   config.train.batch_size, config.sim.max_steps = 32, 20
   config.model.encoder_chunk = args.chunk
-  mesh = train.make_mesh()
-  sim, model, tx = train.build(config)
-  state = train.init_state(config, sim, model, tx, mesh)
-  step = train.make_train_step(config, sim, model, tx, mesh)
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
+  state = common.init_state(config, sim, model, tx, mesh)
+  step = common.make_train_step(config, sim, model, tx, mesh)
   root = jax.random.key(0)
   state, m = step(state, root)
   jax.block_until_ready(m)

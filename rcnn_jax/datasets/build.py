@@ -1,7 +1,9 @@
 """Writes a ``hits_sim`` or ``hits_real`` dataset (array_record) with tensorflow-datasets.
 
-    python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py [--config.dataset.size=full] --data_dir DIR
-    python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
+    python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py \
+        [--config.dataset.size=full] --data_dir DIR
+    python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev \
+        --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
 
 Prints the prepared folder (the path ``evaluate --tfds`` and ``tfds.builder_from_directory``
 take). Splits are written into a temporary ``incomplete.*`` folder that is renamed only when all
@@ -70,11 +72,13 @@ def build_sim(config, data_dir) -> str:
 
 
 def build_real(folders, data_dir, config=None, split='dev') -> str:
+  """``config``: the classes, stamp size and n_w (default: configs/hits.py's)."""
   from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
-  import rcnn_jax  # pylint: disable=g-import-not-at-top
-  names = tuple(config.sim.class_names) if config is not None else rcnn_jax.CLASS_NAMES
-  s = int(config.sim.stamp_size) if config is not None else 21
-  n_w = int(config.sim.n_w) if config is not None else 3
+  if config is None:
+    from configs import hits  # pylint: disable=g-import-not-at-top
+    config = hits.get_config()
+  names = tuple(config.sim.class_names)
+  s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
   bc = hits_real.builder_config(folders, names, s, n_w, split)
   return prepare(_quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
                                                    file_format='array_record')))

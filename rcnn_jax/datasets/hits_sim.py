@@ -32,7 +32,8 @@ from rcnn_jax import simulator as sim_lib
 from rcnn_jax import utils
 
 SPLITS = ('train', 'validation', 'test')
-# simulate's arrays, plus eq. 4's reference zero point (the light-curve classifier's input needs it).
+# simulate's arrays, plus eq. 4's reference zero point (the light-curve classifier's input
+# needs it).
 FIELDS = simulate.FIELDS + ('zero_point_ref',)
 
 

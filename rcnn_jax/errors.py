@@ -1,0 +1,19 @@
+"""The project's user-facing errors: bad input and bad config.
+
+Only these become one line on stderr and exit status 2 in the commands (``utils.run``); every
+other exception, ``ValueError`` included, keeps its traceback, so that a broken edit of the code
+does not look like bad input. ``UserError`` is a ``ValueError`` so that library callers that
+catch ``ValueError`` for bad values keep doing so.
+"""
+
+
+class UserError(ValueError):
+  """Bad input or configuration from the user: reported as one line, exit status 2."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+  """A file the user named (a survey table, a PSF bank) does not exist."""
+
+
+class Diverged(UserError, FloatingPointError):
+  """Training produced a non-finite loss or update (a learning rate too high for the run)."""
