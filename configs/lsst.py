@@ -31,6 +31,8 @@ Sources (numbers in the config below; ``~`` marks approximations):
 * Colours (``_colours``): see its docstring (mean colours and amplitude ratios, ~).
 """
 
+import math
+
 import ml_collections
 
 from configs import hits
@@ -92,7 +94,6 @@ def _band_conditions(bands, seeing, sky_dark, zp_e, gain, sky_spread, zp_spread,
     bc.seeing_quantiles_arcsec = (s * seeing_spread[0], s, s * seeing_spread[1])
     mu = sky_dark[b]
     bc.sky_mag_quantiles = (mu + sky_spread[0], mu + sky_spread[1], mu + sky_spread[2])
-    import math  # pylint: disable=g-import-not-at-top
     zp = zp_e[b] - 2.5 * math.log10(gain)
     bc.zero_point_quantiles = (zp + zp_spread[0], zp, zp + zp_spread[1])
     out[b] = bc
@@ -141,9 +142,8 @@ def _survey():
   return s
 
 
-def _adapt_sim(sim, bands, survey_name):
-  """HiTS's simulator with another survey's PSF, colours and magnitude ranges (shared by ztf)."""
-  del survey_name
+def _adapt_sim(sim, bands):
+  """HiTS's simulator with another survey's PSF, colours and calibration errors (shared by ztf)."""
   sim.colours = _colours(bands)
   # The HiTS PSF relation and scatters were calibrated on HiTS stars: here seeing is the FWHM.
   sim.psf.moffat_beta = 3.0
@@ -160,7 +160,7 @@ def get_config(arg=None):
   """``arg`` as in configs/hits.py: 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
   config = hits.get_config(arg)
   config.survey = _survey()
-  sim = _adapt_sim(config.sim, LSST_BANDS, 'lsst')
+  sim = _adapt_sim(config.sim, LSST_BANDS)
   sim.calibration.night_boundary_mjd_frac = 0.70  # local noon at Cerro Pachon (70.7 W): 16.7 h UT
   # Magnitude ranges: saturation at r ~ 16 in a 15-s snap (Ivezic et al. 2019, Sec. 3.2) to the
   # ~24.5 single-visit depth; SN Ia reach 24.5 at z ~ 0.9, SN II (M ~ -16.8) at z ~ 0.5.

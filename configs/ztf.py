@@ -76,7 +76,7 @@ def get_config(arg=None):
   """``arg`` as in configs/hits.py: 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
   config = hits.get_config(arg)
   config.survey = _survey()
-  sim = lsst._adapt_sim(config.sim, ZTF_BANDS, 'ztf')  # pylint: disable=protected-access
+  sim = lsst._adapt_sim(config.sim, ZTF_BANDS)  # pylint: disable=protected-access
   sim.calibration.night_boundary_mjd_frac = 0.82  # local noon at Palomar (116.9 W): 19.8 h UT
   # Magnitude ranges: saturation near 12.5-13 (Masci et al. 2019) to the ~20.7 depth; SN Ia
   # (M_B -19.3) reach 20.7 at z ~ 0.1, SN II (M ~ -16.8 +- 1) at z ~ 0.03-0.06.
