@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rcnn_jax import bands as bands_lib
 from rcnn_jax import models
 from rcnn_jax import preprocess
 from rcnn_jax import stream
@@ -41,6 +42,7 @@ class Classifier(stream.Streaming):
     self.n_w = int(config.sim.n_w)
     self.max_steps = int(config.sim.max_steps)
     self.stamp_size = int(config.sim.stamp_size)
+    self.bands = bands_lib.survey_bands(config.get('survey', None))
     self.rules = preprocess.Rules.from_config(config)
     self.dtype = str(model_config.dtype)
     self.model = models.build_model(model_config, len(self.class_names))

@@ -258,4 +258,13 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
       _bad(f'survey.{name}', q, 'three increasing quantiles (5, 50, 95 %)')
   for name in ('airmass_range', 'gain_range', 'read_noise_range_e', 'saturation_range_adu'):
     c.pair(f'survey.{name}', lo=0.0)
+  if c.get('survey.cadence') is not _MISSING:  # several bands (configs/ztf.py, lsst.py)
+    from rcnn_jax import cadence  # pylint: disable=g-import-not-at-top
+    cadence.check(config.survey)
+    for band in cadence.band_names(config.survey):
+      for name in ('seeing_quantiles_arcsec', 'sky_mag_quantiles', 'zero_point_quantiles'):
+        q = c.get(f'survey.band_conditions.{band}.{name}')
+        if q is _MISSING or len(q) != 3 or not q[0] <= q[1] <= q[2]:
+          _bad(f'survey.band_conditions.{band}.{name}', None if q is _MISSING else q,
+               'three increasing quantiles (5, 50, 95 %)')
   return config

@@ -109,6 +109,9 @@ def export_model(classifier, conv_impl):
 
 def make_update_fn(classifier, max_seeing_arcsec, conv_impl='xla', drop_unknown_seeing=True):
   """The pure update (state arrays..., inputs...) -> (probs, state dict) of a Classifier."""
+  if len(getattr(classifier, 'bands', ('g',))) > 1:
+    raise utils.UserError(f'export: a model of several bands {classifier.bands} is not '
+                          'supported yet (its stream needs a band per image)')
   variables = classifier._variables()  # pylint: disable=protected-access
   model, n_w = export_model(classifier, conv_impl), classifier.n_w
 

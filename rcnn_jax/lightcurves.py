@@ -89,6 +89,13 @@ class LightCurveModel:
   ia_mag: jnp.ndarray         # [Z, P] apparent g at M_B = -19.3
   dist_mod: jnp.ndarray       # [Z] distance modulus on ia_z
   z_icdf: jnp.ndarray         # [2, Q] redshift at uniform quantiles: (Ia, II)
+  # Several bands (None with one): the Ia table per band [NB, Z, P] through each band's
+  # filter; per class and band the colour m_b - m_ref (mean, sd) and the amplitude ratio
+  # A_b / A_ref [C, NB, 3]; SN II colour (at explosion, per 100 rest-frame days) [NB, 2].
+  ia_mag_bands: jnp.ndarray = None
+  colour: jnp.ndarray = None
+  sn_ii_colour: jnp.ndarray = None
+  num_bands: int = flax.struct.field(pytree_node=False, default=1)
   class_names: tuple = flax.struct.field(pytree_node=False, default=())
   # config.sim.lightcurves as sorted (name, value) pairs (hashable; read with .p).
   settings: tuple = flax.struct.field(pytree_node=False, default=())
@@ -111,14 +118,15 @@ def _icdf(x, density, num=1025):
   return np.interp(q, cdf, x).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=4)
-def _ia_table(z_max: float, num_z: int, phase_step: float):
-  """Hsiao template in DECam g (AB) at M_B = -19.3, Planck18, on a (z, rest phase) grid."""
+@functools.lru_cache(maxsize=16)
+def _ia_table(z_max: float, num_z: int, phase_step: float, filter_name: str = 'decam2014-g'):
+  """Hsiao template through a speclite filter (AB) at M_B = -19.3, Planck18, on a (z, rest
+  phase) grid; DECam g by default (HiTS)."""
   import sncosmo  # pylint: disable=g-import-not-at-top
-  import speclite.filters  # pylint: disable=g-import-not-at-top
   from astropy.cosmology import Planck18  # pylint: disable=g-import-not-at-top
-  g = speclite.filters.load_filter('decam2014-g')
-  band = sncosmo.Bandpass(g.wavelength, g.response, name='decam2014-g')
+  from rcnn_jax import bands as bands_lib  # pylint: disable=g-import-not-at-top
+  g = bands_lib.load_filter(filter_name)
+  band = sncosmo.Bandpass(g.wavelength, g.response, name=filter_name)
   model = sncosmo.Model('hsiao-subsampled')
   zs = np.linspace(0.01, z_max, num_z)
   phase = np.arange(model.source.minphase(), model.source.maxphase() + 1e-9, phase_step)
@@ -146,8 +154,13 @@ def stellar_magnitude_density(m, m_cutoff, slope_dex, bright_weight, bright_rang
   return (1.0 - bright_weight) * fig1 + bright_weight * flat
 
 
-def build_lightcurve_model(sim_config) -> LightCurveModel:
-  """Tabulates everything ``sample_magnitudes`` needs, on the host, from ``config.sim``."""
+def build_lightcurve_model(sim_config, survey_config=None) -> LightCurveModel:
+  """Tabulates everything ``sample_magnitudes`` needs, on the host, from ``config.sim``.
+
+  With a multi-band ``survey_config`` (``survey.bands``), the Ia template is tabulated through
+  every band's filter (``survey.filters``) and the colours come from ``sim.colours``
+  (``bands.colour_tables``); one band keeps the single DECam g table.
+  """
   lc = sim_config.lightcurves
   names = tuple(sim_config.class_names)
   missing = [n for n in names if n not in CURVES]
@@ -164,7 +177,22 @@ def build_lightcurve_model(sim_config) -> LightCurveModel:
   icdf = np.stack([_icdf(m, stellar_magnitude_density(m, c, lc.count_slope_dex, w,
                                                       (b_lo, b_hi)))
                    for c in (lc.m_cutoff, lc.m_cutoff_rrlyrae)])
-  zs, phase, table, mu, dvdz = _ia_table(float(lc.z_max), int(lc.num_z), float(lc.phase_step))
+  from rcnn_jax import bands as bands_lib  # pylint: disable=g-import-not-at-top
+  band_names = bands_lib.survey_bands(survey_config)
+  extra = {}
+  if len(band_names) > 1:
+    filters = [bands_lib.filter_name(survey_config, b) for b in band_names]
+    ref = bands_lib.reference_index(sim_config, band_names)
+    tables = [_ia_table(float(lc.z_max), int(lc.num_z), float(lc.phase_step), f)
+              for f in filters]
+    zs, phase, table, mu, dvdz = tables[ref]
+    colour, ii_colour = bands_lib.colour_tables(sim_config, names, band_names)
+    extra = dict(ia_mag_bands=jnp.asarray(np.stack([t[2] for t in tables]), jnp.float32),
+                 colour=jnp.asarray(colour, jnp.float32),
+                 sn_ii_colour=jnp.asarray(ii_colour, jnp.float32), num_bands=len(band_names))
+  else:
+    zs, phase, table, mu, dvdz = _ia_table(float(lc.z_max), int(lc.num_z),
+                                           float(lc.phase_step))
   # Volumetric rates: Ia 2.5e-5 (1+z)^1.5 (Dilday et al. 2010); core collapse ~ (1+z)^2.7
   # (Madau & Dickinson 2014 star-formation history at low z). Only the shapes matter here.
   z_ia = _icdf(zs, dvdz * (1 + zs)**1.5)
@@ -174,7 +202,7 @@ def build_lightcurve_model(sim_config) -> LightCurveModel:
       mag_icdf=jnp.asarray(icdf), ia_z=jnp.asarray(zs, jnp.float32),
       ia_phase=jnp.asarray(phase, jnp.float32), ia_mag=jnp.asarray(table, jnp.float32),
       dist_mod=jnp.asarray(mu, jnp.float32), z_icdf=jnp.asarray(np.stack([z_ia, z_ii])),
-      class_names=names, settings=_hashable(lc.to_dict()))
+      class_names=names, settings=_hashable(lc.to_dict()), **extra)
 
 
 def _from_icdf(u, icdf):
@@ -190,11 +218,22 @@ def _interp2(x, y, xs, ys, table):
   return jnp.interp(y, ys, row)
 
 
-def _supernova(key, t, num_epochs, mean_mag, model: LightCurveModel):
+def _interp2_bands(x, y, band, xs, ys, tables):
+  """``_interp2`` of tables [NB, X, Y] at scalar x and per-epoch (y, band) [E]."""
+  i = jnp.clip(jnp.searchsorted(xs, x) - 1, 0, xs.shape[0] - 2)
+  wx = jnp.clip((x - xs[i]) / (xs[i + 1] - xs[i]), 0.0, 1.0)
+  rows = (1 - wx) * tables[:, i] + wx * tables[:, i + 1]  # [NB, Y]
+  return jax.vmap(lambda yy, b: jnp.interp(yy, ys, rows[b]))(y, band)
+
+
+def _supernova(key, t, num_epochs, mean_mag, model: LightCurveModel, band=None):
   """SN Ia (Hsiao) or II (parametric) observed at times t (days): (mag, peak mag, redshift).
 
   Redshifts from volumetric rates (Dilday et al. 2010; Madau & Dickinson 2014), SN II
-  M ~ N(-16.8, 1.0) (Richardson et al. 2014); the stellar magnitude is not used.
+  M ~ N(-16.8, 1.0) (Richardson et al. 2014); the stellar magnitude is not used. With
+  ``band`` [E] (several bands) a Ia is read from each epoch's band's table (the template
+  through that filter) and a II gets the configured colour, linear in rest-frame time; the
+  peak magnitude stays the reference band's.
   """
   del num_epochs, mean_mag
   p = model.p
@@ -209,7 +248,10 @@ def _supernova(key, t, num_epochs, mean_mag, model: LightCurveModel):
                              maxval=t_last + 15.0 * dilation)
   phase = (t - t_max) / dilation
   dm_ia = jax.random.normal(k_m) * p['ia_absmag_sigma']
-  ia = _interp2(z, phase, model.ia_z, model.ia_phase, model.ia_mag) + dm_ia
+  if band is None:
+    ia = _interp2(z, phase, model.ia_z, model.ia_phase, model.ia_mag) + dm_ia
+  else:
+    ia = _interp2_bands(z, phase, band, model.ia_z, model.ia_phase, model.ia_mag_bands) + dm_ia
   ia = jnp.where((phase < model.ia_phase[0]) | (phase > model.ia_phase[-1]) | (ia > 90.0),
                  NO_SOURCE, ia)
   ia_peak = _interp2(z, jnp.zeros(()), model.ia_z, model.ia_phase, model.ia_mag) + dm_ia
@@ -232,6 +274,9 @@ def _supernova(key, t, num_epochs, mean_mag, model: LightCurveModel):
   falling = end + drop * jnp.clip((tau - t_plateau) / t_drop, 0.0, 1.0)
   tail = falling + 0.0098 * jnp.maximum(tau - t_plateau - t_drop, 0.0)
   ii = jnp.where(tau < t_rise, rise, jnp.where(tau < t_plateau, plateau, tail))
+  if band is not None:
+    c0, c1 = model.sn_ii_colour[band, 0], model.sn_ii_colour[band, 1]
+    ii = ii + c0 + c1 * jnp.clip(tau, 0.0, 300.0) / 100.0
   ii = jnp.where(tau <= 0.0, NO_SOURCE, ii)
   mag = jnp.where(is_ia, ia, ii)
   peak = jnp.where(is_ia, ia_peak, m_peak)
@@ -437,7 +482,7 @@ CURVES = {
 
 
 def sample_magnitudes(key, class_id, t_days, num_epochs, model: LightCurveModel,
-                      classes=None):
+                      classes=None, band=None):
   """One object's g magnitudes at epochs t_days [E] (+inf: no point source), its reference
   magnitude and its redshift (NaN unless a supernova).
 
@@ -447,7 +492,12 @@ def sample_magnitudes(key, class_id, t_days, num_epochs, model: LightCurveModel,
   (asteroids) or peak (supernovae); +inf for galaxies. Class c's curve depends only on
   (key, c, t): it is the same at a subset of the epochs and whichever ``classes`` are computed.
   Padded epochs (index >= num_epochs) are undefined and must be masked by the caller.
+
+  ``band`` [E] (int, indices into the survey's bands) is used only when the model has several
+  bands: each epoch's magnitude is then in its band (``_in_bands``); the reference magnitude
+  stays the reference band's. With one band (HiTS) the result is the single-band curve.
   """
+  multi = band is not None and model.num_bands > 1
   names = model.class_names
   classes = tuple(range(len(names))) if classes is None else tuple(classes)
   keys = jax.random.split(key, len(names) + 1)
@@ -460,8 +510,30 @@ def sample_magnitudes(key, class_id, t_days, num_epochs, model: LightCurveModel,
   zs = [jnp.float32(jnp.nan)] * len(names)
   for c in classes:
     mean = stellar_rr if names[c] == 'RRLyrae' else stellar
+    if multi and names[c] == 'Supernova':
+      curves[c], refs[c], zs[c] = _supernova(keys[c + 1], t_days, num_epochs, mean, model, band)
+      continue
     curves[c], refs[c], zs[c] = CURVES[names[c]](keys[c + 1], t_days, num_epochs, mean, model)
+    if multi:
+      curves[c] = _in_bands(keys[c + 1], curves[c], refs[c], c, band, model)
   return jnp.stack(curves)[class_id], jnp.stack(refs)[class_id], jnp.stack(zs)[class_id]
+
+
+_COLOUR_KEY = 0x636F6C  # fold_in constant of an object's colour draw (independent of its curve)
+
+
+def _in_bands(key, mag, ref, class_id, band, model: LightCurveModel):
+  """A reference-band curve in each epoch's band: ref + colour_b + (A_b / A_ref)(mag - ref).
+
+  colour_b = mean_b + sd_b z with one z ~ N(0, 1) per object (its colours move together, like
+  a temperature); epochs without a source (+inf) stay so; a class without colours (Galaxy) is
+  unchanged.
+  """
+  col = model.colour[class_id]  # [NB, 3]
+  z = jax.random.normal(jax.random.fold_in(key, _COLOUR_KEY))
+  colour = col[band, 0] + col[band, 1] * z
+  out = ref + colour + col[band, 2] * (mag - ref)
+  return jnp.where(jnp.isfinite(mag) & jnp.isfinite(ref), out, mag)
 
 
 def detectable_variability(mag, limmag5, valid, min_epochs, k_sigma, floor):

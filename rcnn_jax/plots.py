@@ -47,7 +47,10 @@ def plot_examples(data, path, num_stamps=11):
       a.imshow(_stretch(data['raw_adu'][i][e]), cmap='gray', origin='lower')
       a.set_xticks([])
       a.set_yticks([])
-      a.set_title(f'{data["mjd"][i][e] - data["mjd"][i][0]:.1f} d', fontsize=5, pad=1)
+      title = f'{data["mjd"][i][e] - data["mjd"][i][0]:.1f} d'
+      if 'band' in data and 'band_names' in data:  # several bands: each stamp's band
+        title += f' {data["band_names"][data["band"][i][e]]}'
+      a.set_title(title, fontsize=5, pad=1)
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
 

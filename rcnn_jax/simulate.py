@@ -47,6 +47,8 @@ def simulate_to_host(config, num: int, chunk: int = 256, seed_offset: int = 0, p
   data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   data['mjd'] = sim.survey.mjd0 + data.pop('t_days').astype(np.float64)
   data['class_names'] = np.asarray(sim.class_names)
+  if sim.num_bands > 1:
+    data['band_names'] = np.asarray(sim.survey.bands)
   return data
 
 
@@ -62,6 +64,9 @@ def main(argv):
   config_check.validate(config)
   data = simulate_to_host(config, _NUM.value, _CHUNK.value)
   out = {k: data[k] for k in FIELDS} | {'class_names': data['class_names']}
+  if 'band' in data:  # several bands: each epoch's band index into band_names
+    out['band'] = data['band']
+    out['band_names'] = data['band_names']
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   utils.atomic_savez(_OUT.value, **out)
   counts = np.bincount(out['label'], minlength=len(out['class_names']))

@@ -32,6 +32,7 @@ class Simulator:
   psf_bank: Any
   host_fraction: jnp.ndarray  # [num_classes]
   host_tables: Any = None  # render.HostTables: supernova hosts given their redshift
+  host_colour: Any = None  # [NB] galaxy colours m_b - m_ref (several bands only)
   class_names: tuple = flax.struct.field(pytree_node=False, default=())
   stamp_size: int = flax.struct.field(pytree_node=False, default=21)
   n_w: int = flax.struct.field(pytree_node=False, default=3)
@@ -67,6 +68,10 @@ class Simulator:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def num_bands(self) -> int:
+    return self.survey.num_bands
 
   @property
   def num_images(self) -> int:
@@ -105,8 +110,13 @@ def build_simulator(config) -> Simulator:
                     'config.sim.calibration.zero_point_rms and config.sim.psf.fwhm_scatter '
                     'must be >= 0')
   tables = (render.build_host_tables(sc.galaxy) if 'host_z_grid' in sc.galaxy else None)
+  host_colour = None
+  if surv.num_bands > 1:
+    from rcnn_jax import bands as bands_lib  # pylint: disable=g-import-not-at-top
+    host_colour = jnp.asarray(bands_lib.host_colours(sc, surv.bands))
   return Simulator(
-      survey=surv, lightcurves=lightcurves.build_lightcurve_model(sc), psf_bank=bank,
+      survey=surv, lightcurves=lightcurves.build_lightcurve_model(sc, config.survey),
+      psf_bank=bank, host_colour=host_colour,
       host_fraction=jnp.asarray(host, jnp.float32), host_tables=tables, class_names=names,
       stamp_size=int(sc.stamp_size), n_w=int(sc.n_w), max_steps=int(sc.max_steps),
       pre_detection=int(sc.pre_detection),
@@ -155,18 +165,21 @@ def _attempt_parts(key, label, sim: Simulator):
   field = jax.random.randint(kf, (), 0, surv.num_fields)
   ccd = jax.random.randint(kc, (), 0, surv.num_ccds)
   t, n = surv.t_days[field], surv.num_epochs[field]
+  band = surv.band_index[field] if surv.num_bands > 1 else None
   ghost_class = jnp.asarray(sim.transient_ids)[
       jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
   det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
                                                jax.random.key_data(kg)))
   det_mag, _, _ = lightcurves.sample_magnitudes(
-      det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids)
+      det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids,
+      band=band)
   det = sequences.first_detection(det_mag, surv.limmag5[field], n)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
   var_ok = jnp.bool_(True)
   if sim.variable_ids:
     idx, valid, _ = sequences.window(start, n, sim.max_steps, sim.n_w)
-    own, _, _ = lightcurves.sample_magnitudes(klc, label, t[idx], n, lcm, sim.variable_ids)
+    own, _, _ = lightcurves.sample_magnitudes(klc, label, t[idx], n, lcm, sim.variable_ids,
+                                              band=None if band is None else band[idx])
     detectable = lightcurves.detectable_variability(
         own, surv.limmag5[field, idx], valid, sim.var_min_epochs, sim.var_k_sigma,
         sim.var_floor)
@@ -243,9 +256,10 @@ def _draw_schedules(keys, labels, sim: Simulator):
   _, (field, ccd, klc, start), _, _ = jax.lax.while_loop(
       lambda s: pending(s[0], s[3]).any(), body, (ok, out, chain, count))
   surv = sim.survey
+  multi = surv.num_bands > 1
   mag, ref, z = jax.vmap(lambda k, l, f: lightcurves.sample_magnitudes(
-      jax.random.wrap_key_data(k), l, surv.t_days[f], surv.num_epochs[f], sim.lightcurves))(
-          klc, labels, field)
+      jax.random.wrap_key_data(k), l, surv.t_days[f], surv.num_epochs[f], sim.lightcurves,
+      band=surv.band_index[f] if multi else None))(klc, labels, field)
   return field, ccd, mag, ref, start, z
 
 
@@ -314,6 +328,7 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
         jnp.clip(night, 0, _MAX_NIGHTS - 1).astype(jnp.int32)])
 
   source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
+  extra = {'band': surv.band_index[field, idx]} if surv.num_bands > 1 else {}
 
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
   psf = jax.vmap(lambda w, x, y: render.psf_stamp(w, x, y, size, kind, beta, sim.psf_bank))(
@@ -344,7 +359,7 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
       'has_host': has_host,
       'field': field,
       'ccd': ccd,
-  }
+  } | extra
 
 
 _GOLDEN = 0.6180339887498949
@@ -413,8 +428,11 @@ def _add_hosts(objects, sim: Simulator):
       g, w, xx, yy, size, kind, beta, pixel_scale, sim.psf_bank))(f, x, y)
   stamps = jax.vmap(one)(gal, gx, gy, take('fwhm_px'))
   on = rendered[order][:, None] & take('epoch_valid')
+  host_mag = gal.mag[:, None]
+  if sim.num_bands > 1:  # the galaxy's magnitude is the reference band's; its colour per epoch
+    host_mag = host_mag + sim.host_colour[take('band')]
   host_total = jnp.where(on, take('flux_factor') * render.mag_to_adu(
-      gal.mag[:, None], take('zero_point'), take('exp_time_s')), 0.0)
+      host_mag, take('zero_point'), take('exp_time_s')), 0.0)
   host = host_total[:, :, None, None] * stamps
   out = dict(objects)
   out['noiseless'] = objects['noiseless'].at[order].add(host)
@@ -456,6 +474,10 @@ def _observe(objects, sim: Simulator):
   out['images'], out['time_gaps'] = jax.vmap(
       lambda r, s, z, zr, t, m: sequences.observe_steps(r, s, z, zr, t, m, sim.n_w))(
           raw, sky, out['zero_point'], out['zero_point_ref'], out['t_days'], out['mask'])
+  if sim.num_bands > 1:
+    from rcnn_jax import bands as bands_lib  # pylint: disable=g-import-not-at-top
+    out['time_gaps'] = jax.vmap(lambda g, b, m: bands_lib.side_input(
+        g, b, m, sim.n_w, sim.num_bands))(out['time_gaps'], out['band'], out['mask'])
   out['raw_adu'] = raw
   return out
 

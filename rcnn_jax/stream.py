@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn_jax import bands as bands_lib
 from rcnn_jax import realdata
 from rcnn_jax import sequences
 from rcnn_jax.errors import UserError
@@ -40,6 +41,7 @@ class StreamState:
   zp0: np.ndarray
   last_mjd: np.ndarray
   n_w: int
+  window_band: jax.Array = None  # [N, n_w - 1] int32 bands of the window (several bands only)
 
   @property
   def num_objects(self) -> int:
@@ -53,7 +55,7 @@ class StreamState:
 
 class Streaming:
   """The incremental mode of a classifier (a mixin of ``classifier.Classifier``), which gives
-  ``model``, ``n_w``, ``stamp_size``, ``num_classes``, ``rules``, ``_variables()``,
+  ``model``, ``n_w``, ``stamp_size``, ``num_classes``, ``rules``, ``bands``, ``_variables()``,
   ``_initial_carry(n)`` and ``_update`` (``jax.jit(self._update_fn)``)."""
 
   def new_state(self, num_objects) -> StreamState:
@@ -65,7 +67,8 @@ class Streaming:
         window_t=jnp.zeros((n, self.n_w - 1), jnp.float32),
         probs=jnp.full((n, self.num_classes), jnp.nan, jnp.float32),
         num_images=np.zeros(n, np.int64), mjd0=np.full(n, np.nan), zp0=np.full(n, np.nan),
-        last_mjd=np.full(n, -np.inf), n_w=self.n_w)
+        last_mjd=np.full(n, -np.inf), n_w=self.n_w,
+        window_band=jnp.zeros((n, self.n_w - 1), jnp.int32) if len(self.bands) > 1 else None)
 
   def reset(self, state: StreamState, objects) -> StreamState:
     """The state with the given slots emptied, to be reused by new objects."""
@@ -80,12 +83,18 @@ class Streaming:
       return old.at[idx].set(new)
 
     fields = ('carry', 'window', 'window_t', 'probs', 'num_images', 'mjd0', 'zp0', 'last_mjd')
+    fields += ('window_band',) if state.window_band is not None else ()
     return dataclasses.replace(state, **{
         f: jax.tree.map(put, getattr(state, f), getattr(fresh, f)) for f in fields})
 
-  def _update_fn(self, variables, carry, window, window_t, probs, image, t, active, ready):
+  def _update_fn(self, variables, carry, window, window_t, probs, image, t, active, ready,
+                 window_band=None, band=None):
     x = jnp.moveaxis(jnp.concatenate([window, image[:, None]], axis=1), 1, -1)[:, None]
     gaps = jnp.concatenate([window_t, t[:, None]], axis=1)[:, None]
+    if window_band is not None:  # several bands: the images' one-hots after the gaps
+      wb = jnp.concatenate([window_band, band[:, None]], axis=1)  # [N, n_w]
+      oh = jax.nn.one_hot(wb, len(self.bands), dtype=jnp.float32).reshape(wb.shape[0], 1, -1)
+      gaps = jnp.concatenate([gaps, oh], axis=-1)
     logits, carry = self.model.apply(variables, x, gaps, ready[:, None], carry, method='step')
     p = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
     probs = jnp.where(ready[:, None], p, probs)
@@ -94,10 +103,13 @@ class Streaming:
                          jnp.concatenate([window[:, 1:], image[:, None]], axis=1), window)
       window_t = jnp.where(active[:, None],
                            jnp.concatenate([window_t[:, 1:], t[:, None]], axis=1), window_t)
-    return carry, window, window_t, probs
+      if window_band is not None:
+        window_band = jnp.where(active[:, None], jnp.concatenate(
+            [window_band[:, 1:], band[:, None]], axis=1), window_band)
+    return carry, window, window_t, probs, window_band
 
   def update(self, state: StreamState, images, mjd, zero_point=None, sky_adu=None,
-             objects=None, seeing_arcsec=None):
+             objects=None, seeing_arcsec=None, band=None):
     """One new image for each of some objects -> (probs [N, C], new state).
 
     ``objects``: None (all N slots), K distinct slot indices, or a boolean mask [N]; ``images``
@@ -110,6 +122,8 @@ class Streaming:
     training never contains one (its object is left as if it had no new image).
     ``probs`` holds every object's latest probabilities: NaN until it has n_w images, unchanged
     for objects without a new image. All N slots go through one jitted call of fixed shape.
+    ``band`` [K]: each image's band (a name of ``config.survey.bands`` or its index); required
+    when the model's survey has several bands, ignored with one.
     """
     n, s = state.num_objects, self.stamp_size
     idx = _indices(objects, n)
@@ -124,8 +138,9 @@ class Streaming:
         good &= np.isfinite(seeing)
       if not good.all():
         sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
+        bsub = None if band is None else np.asarray(band).reshape(-1)[good]
         return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),
-                           idx[good])
+                           idx[good], band=bsub)
     h, w = images.shape[1:]
     if h < s or w < s:
       raise UserError(f'stamps are {h}x{w}, smaller than the stamp size {s}')
@@ -162,11 +177,16 @@ class Streaming:
     active = np.zeros(n, bool)
     active[idx] = True
     ready = active & (num_images >= self.n_w)
-    carry, window, window_t, probs = self._update(
+    band_all = None
+    if state.window_band is not None:
+      band_all = np.zeros(n, np.int32)
+      band_all[idx] = bands_lib.band_indices(band, self.bands, k)
+    carry, window, window_t, probs, window_band = self._update(
         self._variables(), state.carry, state.window, state.window_t, state.probs, image, t,
-        active, ready)
+        active, ready, state.window_band, band_all)
     new = StreamState(carry=carry, window=window, window_t=window_t, probs=probs,
-                      num_images=num_images, mjd0=mjd0, zp0=zp0, last_mjd=last_mjd, n_w=self.n_w)
+                      num_images=num_images, mjd0=mjd0, zp0=zp0, last_mjd=last_mjd, n_w=self.n_w,
+                      window_band=window_band)
     return np.asarray(probs), new
 
 

@@ -43,10 +43,16 @@ class Survey:
   gain: jnp.ndarray  # [C] e-/ADU
   read_noise_e: jnp.ndarray  # [C]
   saturation_adu: jnp.ndarray  # [C]
+  band_index: jnp.ndarray = None  # [F, E] int32 index into ``bands`` (zeros for one band)
   mjd0: float = flax.struct.field(pytree_node=False, default=0.0)
   pixel_scale: float = flax.struct.field(pytree_node=False, default=0.263)
   band: str = flax.struct.field(pytree_node=False, default='g')
   name: str = flax.struct.field(pytree_node=False, default='')
+  bands: tuple = flax.struct.field(pytree_node=False, default=('g',))
+
+  @property
+  def num_bands(self) -> int:
+    return len(self.bands)
 
   @property
   def num_fields(self) -> int:
@@ -66,12 +72,19 @@ def build_survey(survey_config, min_epochs: int = 1) -> Survey:
   sc = survey_config
   if bool(sc.conditions_path) != bool(sc.camera_path):
     raise UserError('config.survey: set both conditions_path and camera_path, or neither')
+  if sc.conditions_path and sc.get('cadence', None) is not None:
+    raise UserError('config.survey: conditions_path (empirical tables) and cadence (the '
+                    'multi-band built-in model) exclude each other')
   if sc.conditions_path:
     fields = read_conditions(sc.conditions_path, band=sc.band,
                              max_seeing_arcsec=sc.max_seeing_arcsec, min_epochs=min_epochs)
     camera = read_camera(sc.camera_path)
   else:
-    fields, camera = _builtin_model(sc)
+    if sc.get('cadence', None) is not None:
+      from rcnn_jax import cadence  # pylint: disable=g-import-not-at-top
+      fields, camera = cadence.builtin_multiband(sc)
+    else:
+      fields, camera = _builtin_model(sc)
     fields = [_cut_seeing(f, sc.max_seeing_arcsec) for f in fields]
     fields = [f for f in fields if len(f['mjd']) >= min_epochs]
     if not fields:
@@ -81,8 +94,8 @@ def build_survey(survey_config, min_epochs: int = 1) -> Survey:
 
 
 def _cut_seeing(f, max_seeing):
-  keep = f['seeing_arcsec'] <= max_seeing
-  return {k: v[keep] for k, v in f.items()}
+  keep = np.asarray(f['seeing_arcsec']) <= max_seeing
+  return {k: np.asarray(v)[keep] for k, v in f.items()}
 
 
 def _pack(fields, camera, sc) -> Survey:
@@ -97,6 +110,13 @@ def _pack(fields, camera, sc) -> Survey:
       out[i, len(v):] = v[-1]
     return jnp.asarray(out, jnp.float32)
 
+  band = np.zeros((len(fields), e_max), np.int32)
+  for i, f in enumerate(fields):
+    if 'band' in f:
+      b = np.asarray(f['band'], np.int32)
+      band[i, :len(b)] = b
+      band[i, len(b):] = b[-1]
+  from rcnn_jax import bands as bands_lib  # pylint: disable=g-import-not-at-top
   return Survey(
       t_days=pad('mjd', mjd0), seeing_arcsec=pad('seeing_arcsec'), sky_adu=pad('sky_adu'),
       zero_point=pad('zero_point'), exp_time_s=pad('exp_time_s'), limmag5=pad('limmag5'),
@@ -105,7 +125,8 @@ def _pack(fields, camera, sc) -> Survey:
       gain=jnp.asarray(camera['gain_e_per_adu'], jnp.float32),
       read_noise_e=jnp.asarray(camera['read_noise_e'], jnp.float32),
       saturation_adu=jnp.asarray(camera['saturation_adu'], jnp.float32),
-      mjd0=mjd0, pixel_scale=float(sc.pixel_scale_arcsec), band=str(sc.band), name=str(sc.name))
+      band_index=jnp.asarray(band), mjd0=mjd0, pixel_scale=float(sc.pixel_scale_arcsec),
+      band=str(sc.band), name=str(sc.name), bands=bands_lib.survey_bands(sc))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_finetune_and_export_accept_a_pretrained_folder(packaged, hits_data, tmp
   finetune.finetune(out, [str(lab)], w2, progress=False, overrides=['finetune.per_class=2'])
   rec = json.loads((tmp_path / 'ft' / 'finetune.json').read_text())
   assert len(rec['files']) == 6 and rec['base_step'] == pretrained.read_manifest(out)['step']
-  _, _, _, tuned, _ = evaluate.restore_for_eval(w2)
+  _, _, _, tuned, _ = checkpoints.restore_for_eval(w2)
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
       jax_leaves(tuned.params), jax_leaves(state.params))]
   assert max(moved) > 0
