@@ -156,7 +156,11 @@ def _restore(workdir, config):
   """(sim, model, tx, state) of a workdir's best (else latest) checkpoint, with a fresh Adam
   at ``finetune.learning_rate``."""
   _, sim, model, state, step = checkpoints.restore_for_eval(workdir)
-  tx = optax.adam(float(config.finetune.learning_rate))
+  lr = float(config.finetune.learning_rate)
+  # A fixed rate; as a schedule when the base trained with one, so that the saved optimizer
+  # state has the structure the base config builds and the fine-tuned workdir restores.
+  scheduled = str(config.train.get('schedule', 'constant')) != 'constant'
+  tx = optax.adam(optax.constant_schedule(lr) if scheduled else lr)
   state = common.TrainState(step=state.step, params=state.params, batch_stats=state.batch_stats,
                            opt_state=tx.init(state.params))
   # Placed as the step returns it, so the second step does not compile again.

@@ -26,7 +26,11 @@ SHIPPED_FT = ROOT / 'pretrained' / 'hits2015_rcnn_finetuned'
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   config = hits.get_config('smoke')
-  config.train.num_steps = 1
+  config.train.num_steps = 2
+  # A scheduled run (as the shipped long variant): its fine-tuned workdir must restore too.
+  config.train.schedule = 'warmup_cosine'
+  config.train.warmup_steps = 1
+  config.train.final_lr_fraction = 0.1
   wd = str(tmp_path_factory.mktemp('pre') / 'wd')
   train.train_and_evaluate(config, wd, progress=False)
   return wd
