@@ -159,12 +159,12 @@ def _sigma(sky=120.0, gain=4.0, rn=6.0, seeing=1.2):
 @pytest.mark.parametrize('host', [0.0, 3000.0])
 def test_detection_rule_on_rendered_light_curves(host):
   """First epoch 5 sigma above the early baseline; a constant host/star does not count, a
-  3-sigma bump is not a detection; the sequence starts pre_detection epochs before.
+  2-sigma bump is not a detection; the sequence starts pre_detection epochs before.
   (sigma here: the sky-only error, as a survey's limiting magnitude defines it.)"""
   sig = _sigma()
   e = 16
   flux = np.zeros(e)
-  flux[6] = 3.0 * sig  # a 3-sigma fluctuation: not a detection
+  flux[6] = 2.0 * sig  # a 2-sigma bump (3 sigma below the threshold): not a detection
   flux[10:] = 12.0 * sig * np.arange(1, e - 9)  # the transient: detected at epoch 10
   rules = _rules(pre_detection=5, max_steps=6)
   stamps = _rendered_curve(flux, seed=1, host=host)

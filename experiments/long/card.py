@@ -117,12 +117,28 @@ def main():
   for c, row in zip(cls, counts):
     out.append(f'- {c}: ' + ', '.join(f'{names[j]} {v}' for j, v in enumerate(row) if v))
   if a.finetuned:
-    out += ['', 'The fine-tuned model was trained on 40 of these 70 files (10 per class); its '
-            'row above is therefore optimistic for those classes. The k-fold row is the honest '
-            'estimate; the 30 non-variables it never saw are in the row too.']
+    ft = _j(a.finetuned)
+    used = {f['path'] for f in ft['files']}
+    unseen = [f for f in real['files'] if f['path'] not in used]
+    per = {}
+    for f in unseen:
+      ok, n = per.get(f['label'], (0, 0))
+      per[f['label']] = (ok + (f['predicted'] == f['label']), n + 1)
+    out += ['', f'The fine-tuned model was trained on {len(used)} of these '
+            f'{real["num_sequences"]} files ({ft["finetune"]["per_class"]} per class), so its row '
+            'is optimistic for them. On the files it never saw: '
+            + (', '.join(f'{k} {ok}/{n}' for k, (ok, n) in sorted(per.items())) or 'none')
+            + '.' + ('' if a.kfold else ' No k-fold estimate was run for this model; for the '
+                     'other classes the only honest estimate is the k-fold of the earlier CPU '
+                     'model (`experiments/real_dev/`).')]
   if a.weaknesses:
     with open(a.weaknesses) as f:
-      out += ['', '## Known weaknesses', '', f.read().strip()]
+      out += ['', '## Known weaknesses', '']
+      if a.finetuned:
+        out += ['Those of the base model (`hits2015_rcnn`), measured before fine-tuning; how '
+                'many of them the fine-tuning removes on unseen real files is not measured '
+                'beyond the line above.', '']
+      out += [f.read().strip()]
   out += ['', '## Use', '',
           f'    python -m rcnn_jax.predict --workdir {os.path.normpath(a.folder)} '
           '../shared/data/hits2015/real_nonvariable_dev --out predictions.csv', '',
