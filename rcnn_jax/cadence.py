@@ -26,16 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from rcnn_jax import utils
+from rcnn_jax.survey import _split_normal  # the HiTS model's quantile draws
 
 BAND_PATTERNS = ('sequence', 'weighted')
-
-
-def _split_normal(rng, q05, q50, q95, size, log=False):
-  f = np.log if log else (lambda x: x)
-  lo, mid, hi = f(q05), f(q50), f(q95)
-  z = rng.standard_normal(size)
-  x = mid + np.where(z < 0, (mid - lo), (hi - mid)) / 1.6449 * z
-  return np.exp(x) if log else x
 
 
 def band_names(survey_config) -> tuple:
