@@ -238,6 +238,11 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.float('sim.lightcurves.phase_step', 0.0, lo_open=True)
   c.float('sim.lightcurves.rrc_fraction', 0.0, 1.0)
   c.float('sim.lightcurves.contact_fraction', 0.0, 1.0)
+  rrab = c.get('sim.lightcurves.rrab_minimum')
+  if rrab is not _MISSING and (len(rrab) != 3 or not (rrab[1] > 0 and 0 <= rrab[2] < 1)):
+    _bad('sim.lightcurves.rrab_minimum', rrab, '(centre, width > 0, strength in [0, 1))')
+  c.float('sim.calibration.sky_rms_adu', 0.0)
+  c.float('sim.calibration.sky_rms_fraction', 0.0)
 
   # survey
   cond, cam = c.path('survey.conditions_path'), c.path('survey.camera_path')

@@ -64,6 +64,10 @@ class Simulator:
   # field), nights split at this fraction of the MJD (the observatory's local noon).
   night_rms: float = flax.struct.field(pytree_node=False, default=0.0)
   night_boundary_mjd_frac: float = flax.struct.field(pytree_node=False, default=0.65)
+  # Per-epoch error of the table's sky at the object (ADU): N(0, sky_rms_adu^2 +
+  # (sky_rms_fraction * sky)^2), in the image but not in the sky that preprocessing subtracts.
+  sky_rms_adu: float = flax.struct.field(pytree_node=False, default=0.0)
+  sky_rms_fraction: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @property
   def num_classes(self) -> int:
@@ -137,6 +141,9 @@ def build_simulator(config) -> Simulator:
       night_rms=float(sc.calibration.get('night_rms', 0.0)) if 'calibration' in sc else 0.0,
       night_boundary_mjd_frac=float(sc.calibration.get('night_boundary_mjd_frac', 0.65))
       if 'calibration' in sc else 0.65,
+      sky_rms_adu=float(sc.calibration.get('sky_rms_adu', 0.0)) if 'calibration' in sc else 0.0,
+      sky_rms_fraction=float(sc.calibration.get('sky_rms_fraction', 0.0))
+      if 'calibration' in sc else 0.0,
       subpixel_per_epoch=bool(sc.astrometry.get('subpixel_per_epoch', False))
       if 'astrometry' in sc else False)
 
@@ -290,6 +297,8 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   per epoch, uniform in the pixel, as for stamps cut at the nearest pixel of each epoch's
   position) plus a registration error N(0, centroid_jitter_px^2) per axis, and its astrophysical flux is scaled by a calibration
   error exp(N(0, zero_point_rms^2)); the table zero point (used by eq. 4) stays as it is.
+  The image's sky is the table's plus N(0, sky_rms_adu^2 + (sky_rms_fraction sky)^2); the
+  table's sky (``sky_adu``, what preprocessing subtracts) stays as it is.
   """
   surv = sim.survey
   _, k_gal, k_off, k_ctr, k_noise, k_rot = keys
@@ -328,13 +337,17 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
         jnp.clip(night, 0, _MAX_NIGHTS - 1).astype(jnp.int32)])
 
   source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
+  sky_image = sky
+  if sim.sky_rms_adu > 0 or sim.sky_rms_fraction > 0:  # the table's sky is off at the object
+    sky_sigma = jnp.sqrt(sim.sky_rms_adu**2 + (sim.sky_rms_fraction * sky)**2)
+    sky_image = sky + sky_sigma * jax.random.normal(jax.random.fold_in(k_ctr, 6), (e,))
   extra = {'band': surv.band_index[field, idx]} if surv.num_bands > 1 else {}
 
   size, kind, beta = sim.stamp_size, sim.psf_kind, sim.moffat_beta
   psf = jax.vmap(lambda w, x, y: render.psf_stamp(w, x, y, size, kind, beta, sim.psf_bank))(
       fwhm_px, cx, cy)
   return {
-      'noiseless': source_adu[:, None, None] * psf + sky[:, None, None],
+      'noiseless': source_adu[:, None, None] * psf + sky_image[:, None, None],
       'galaxy_keys': jax.random.key_data(jnp.stack([k_gal, k_off])),
       'center': jnp.stack([cx, cy], -1),  # [E, 2] per-epoch centre (px from the stamp centre)
       'flux_factor': factor,  # [E] calibration error of each epoch's astrophysical flux

@@ -285,9 +285,35 @@ def jitter_sim_and_objects():
   config.sim.astrometry.centroid_jitter_px = JITTER
   config.sim.calibration.zero_point_rms = ZP_RMS
   config.sim.calibration.night_rms = 0.0
+  config.sim.calibration.sky_rms_adu = 0.0
+  config.sim.calibration.sky_rms_fraction = 0.0
   sim = sim_lib.build_simulator(config)
   objects = jax.jit(lambda k: _objects(sim, k, NB))(jax.random.key(7))
   return sim, objects
+
+
+def test_sky_errors_match_their_model_and_leave_the_table_sky():
+  """The image's sky is the table's plus N(0, a^2 + (f sky)^2) per epoch (the 2.5 ADU and
+  1.0 % measured by experiments/real_dev/sky_residual.py); sky_adu, what preprocessing
+  subtracts, is the table's. Objects without a point source (Galaxy, before its host) show
+  the error as a flat pedestal."""
+  config = hits.get_config('paper')
+  assert (config.sim.calibration.sky_rms_adu, config.sim.calibration.sky_rms_fraction) == (
+      2.5, 0.010)
+  sim = sim_lib.build_simulator(config)
+  o = jax.device_get(jax.jit(lambda k: _objects(sim, k, NB))(jax.random.key(5)))
+  gal = o['label'] == list(sim.class_names).index('Galaxy')
+  ev = o['epoch_valid'][gal]
+  ped = o['noiseless'][gal] - o['sky_adu'][gal][..., None, None]
+  np.testing.assert_allclose(ped, ped[..., :1, :1] * np.ones_like(ped), atol=1e-3)  # flat
+  ped = ped[..., 0, 0][ev]
+  sky = o['sky_adu'][gal][ev]
+  assert np.all(np.isin(sky, np.asarray(sim.survey.sky_adu)))  # the table's own values
+  z = ped / np.sqrt(2.5**2 + (0.010 * sky)**2)
+  assert len(z) > 200
+  np.testing.assert_allclose(np.std(z), 1.0, rtol=0.12)
+  assert abs(np.mean(z)) < 0.2
+  assert np.std(ped[sky > 300]) > 2 * np.std(ped[sky < 300])  # grows with the sky level
 
 
 def test_centroid_jitter_matches_configured_rms(jitter_sim_and_objects):
