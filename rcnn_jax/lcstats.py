@@ -11,7 +11,8 @@ epochs with seeing at most ``config.survey.max_seeing_arcsec`` (the epochs train
   real star has two simulated twins at its epochs, conditions and median centre: one with
   noise only (no registration or calibration error, a fixed centre) and one with the configured
   ``sim.astrometry`` (per-epoch uniform sub-pixel centres when ``subpixel_per_epoch``, plus
-  ``centroid_jitter_px``) and ``sim.calibration.zero_point_rms``. The real errors are
+  ``centroid_jitter_px``), ``sim.calibration.zero_point_rms`` and the sky error
+  (``sky_rms_adu``, ``sky_rms_fraction``; experiments/realism/sky_error.py). The real errors are
   estimated as sqrt(median(real^2) - median(noise-only^2)) over stars (flux; centroid for a
   fixed centre) and, for per-epoch sub-pixel centres, as sqrt(pooled variance of the real
   centres - 1/12 - noise variance); uncertainties by a bootstrap over stars. The pooled
@@ -110,12 +111,21 @@ def epoch_scatter(meas, record, use):
 
 
 def _render(key, record, mag_epoch, cx, cy, jitter_px, zp_rms, config, camera, bank, pad_to,
-            per_epoch=False):
+            per_epoch=False, sky_errors=False):
   """A star at the record's epochs with per-epoch magnitudes: centre (cx, cy), or with
-  ``per_epoch`` one uniform in the pixel per epoch, plus a Gaussian jitter of ``jitter_px``."""
+  ``per_epoch`` one uniform in the pixel per epoch, plus a Gaussian jitter of ``jitter_px``;
+  with ``sky_errors`` the image's sky is off the table's by the configured
+  ``sim.calibration`` sky error (as in the simulator), and the table's is subtracted."""
   e = record['sky'].size
   n = pad_to or e
   kj, kz, kn = jax.random.split(key, 3)
+  sky_image = record['sky']
+  if sky_errors:
+    cal = config.sim.calibration
+    sigma = np.sqrt(float(cal.get('sky_rms_adu', 0.0))**2
+                    + (float(cal.get('sky_rms_fraction', 0.0)) * record['sky'])**2)
+    sky_image = record['sky'] + sigma * np.asarray(
+        jax.random.normal(jax.random.fold_in(kz, 1), (e,)), np.float64)
   jit = jitter_px * np.asarray(jax.random.normal(kj, (2, e)), np.float64)
   if per_epoch:
     cx, cy = np.asarray(jax.random.uniform(jax.random.fold_in(kj, 1), (2, e), minval=-0.5,
@@ -126,7 +136,7 @@ def _render(key, record, mag_epoch, cx, cy, jitter_px, zp_rms, config, camera, b
   gain, rn, sat = camera[:3]
   raw, _ = realism.render_star(
       kn, p(mag), p(record['zero_point']), p(record['exp_time_s']), p(record['fwhm_px']),
-      p(cx + jit[0]), p(cy + jit[1]), p(record['sky']), jnp.float32(gain), jnp.float32(rn),
+      p(cx + jit[0]), p(cy + jit[1]), p(sky_image), jnp.float32(gain), jnp.float32(rn),
       jnp.float32(sat), bank, size=record['real_stamps'].shape[-1],
       kind=str(config.sim.psf.kind), beta=float(config.sim.psf.moffat_beta),
       poisson=bool(config.sim.poisson))
@@ -154,7 +164,7 @@ def twin_scatter(record, key, config, camera, bank=None, pad_to=None):
   k1, k2 = jax.random.split(key)
   twins = {'noise': _render(k1, record, flat, cx, cy, 0.0, 0.0, config, camera, bank, pad_to),
            'model': _render(k2, record, flat, cx, cy, *_configured(config), config, camera,
-                            bank, pad_to, per_epoch=_per_epoch(config))}
+                            bank, pad_to, per_epoch=_per_epoch(config), sky_errors=True)}
   out = {'name': record['name'], 'mag': record['mag'], 'num_epochs': int(use.sum())}
   for who, meas in (('real', record['real']), *twins.items()):
     u = use & meas['fit_ok']
@@ -304,7 +314,8 @@ def variable_stats(data_dir, key, config, camera, bank=None, num_sim=10, progres
       for j, curve in enumerate(curves):
         shifted = curve - np.median(curve[use]) + rec['mag']
         meas = _render(jax.random.fold_in(k, 2 + j), rec, shifted, cx, cy, *_configured(config),
-                       config, camera, bank, pad_to, per_epoch=_per_epoch(config))
+                       config, camera, bank, pad_to, per_epoch=_per_epoch(config),
+                       sky_errors=True)
         with np.errstate(invalid='ignore', divide='ignore'):
           mag = np.asarray(render.adu_to_mag(meas['flux'] / rec['ap_frac'], rec['zero_point'],
                                              rec['exp_time_s']))

@@ -52,6 +52,7 @@ def test_hits_outputs_unchanged_bit_for_bit():
   config.sim.lightcurves.rrab_minimum = (0.5, 0.1, 0.0)
   config.sim.calibration.sky_rms_adu = 0.0
   config.sim.calibration.sky_rms_fraction = 0.0
+  config.sim.calibration.zero_point_rms = 0.0093
   data = simulate.simulate_to_host(config, 28, chunk=14, progress=False)
   assert 'band' not in data and data['time_gaps'].shape[-1] == 3
   got = {k: hashlib.sha256(np.asarray(data[k]).tobytes()).hexdigest()[:16]

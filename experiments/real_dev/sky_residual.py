@@ -10,7 +10,8 @@ Fractional sky error (``sky_error_fraction``, the simulator's ``sim.calibration.
 the residual's upper tail is neighbours and hosts in the ring, so its width is read from the
 lower half only, sigma = (median - 15.87th percentile) of residual / sky_adu, minus in
 quadrature the ring median's own noise (1.2533 pixel noise / sqrt(ring pixels), relative to
-the sky). The table's sky is then off by that fraction per epoch.
+the sky). A diagnostic only: the ring also holds the stars' wings and neighbours, so the
+simulator's sky error comes from experiments/realism/sky_error.py instead.
 """
 import glob, json, sys
 import numpy as np
