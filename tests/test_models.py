@@ -9,6 +9,8 @@ import pytest
 from configs import hits
 from rcnn_jax import models
 from rcnn_jax import common
+from rcnn_jax.kernels import conv as kconv
+from rcnn_jax.kernels import fused as kfused
 
 B, T, N_W, C = 3, 5, 3, 7
 
@@ -292,7 +294,7 @@ def test_rows_convolution_gradients_equal_xla(shape):
   g = jnp.asarray(rng.normal(size=(n, h, w, f)), jnp.float32)
   ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  y, vjp = jax.vjp(models.conv3x3_rows, x, k)
+  y, vjp = jax.vjp(kconv.conv3x3_rows, x, k)
   y_ref, vjp_ref = jax.vjp(ref, x, k)
   np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
   for ours, theirs in zip(vjp(g), vjp_ref(g)):
@@ -336,9 +338,9 @@ def test_max_pool_equals_flax():
   for hw in [(21, 21), (11, 10)]:
     x = jnp.asarray(rng.normal(size=(2,) + hw + (3,)), jnp.float32)
     ref = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+    np.testing.assert_array_equal(kfused.max_pool_2x2(x), ref)
     g = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-    ours_g = jax.vjp(models.max_pool_2x2, x)[1](g)[0]
+    ours_g = jax.vjp(kfused.max_pool_2x2, x)[1](g)[0]
     ref_g = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME'), x)[1](g)[0]
     np.testing.assert_allclose(ours_g, ref_g, rtol=1e-6, atol=1e-6)
 
@@ -392,12 +394,12 @@ def test_winograd_convolution_equals_flax(shape):
   p = {'params': {'kernel': kernel}}
   ref = np.asarray(nn.Conv(6, (3, 3), padding='SAME', use_bias=False).apply(p, x))
   scale = np.abs(ref).max()
-  ours = jax.jit(models.conv3x3_winograd)(x, kernel)
+  ours = jax.jit(kconv.conv3x3_winograd)(x, kernel)
   assert ours.shape == ref.shape and ours.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(ours), ref, rtol=0, atol=1e-5 * scale)
-  pre = models.conv3x3_winograd(x, kernel, models.winograd_kernel(kernel))
+  pre = kconv.conv3x3_winograd(x, kernel, kconv.winograd_kernel(kernel))
   np.testing.assert_allclose(np.asarray(pre), ref, rtol=0, atol=1e-5 * scale)
-  half = models.conv3x3_winograd(x, kernel.astype(jnp.bfloat16))
+  half = kconv.conv3x3_winograd(x, kernel.astype(jnp.bfloat16))
   err = np.abs(np.asarray(half) - ref).max()
   assert 1e-5 * scale < err < 2e-2 * scale  # bfloat16 products: coarser, but close
 
@@ -412,7 +414,7 @@ def test_eval_encoder_with_winograd_layers_equals_whole_batch():
   whole = models.build_model(m, C)
   m.encoder_chunk = 4
   chunked = models.build_model(m, C)
-  assert models._winograd_wins((21, 21, 16)) and not models._winograd_wins((11, 11, 16))
+  assert kconv.winograd_wins((21, 21, 16)) and not kconv.winograd_wins((11, 11, 16))
   mask = mask.at[2].set(False)  # a whole sequence of padding: skipped chunks
   variables = _init(whole, x, gaps, mask)
   rng = np.random.default_rng(7)  # running statistics away from (0, 1)

@@ -5,7 +5,7 @@ at 21 x 21 and 11 x 11, with each formulation's largest error against 'rows'.
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python experiments/speed/winograd_tiles.py
 
 The Toom-Cook matrices come from the interpolation points (A^T and G in closed form, B^T solved
-from the 1-D identity); m = 2 with points 0, 1, -1 is ``models.conv3x3_winograd``.
+from the 1-D identity); m = 2 with points 0, 1, -1 is ``kconv.conv3x3_winograd``.
 """
 import os
 import sys
@@ -16,7 +16,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from rcnn_jax import models  # pylint: disable=g-import-not-at-top
+from rcnn_jax.kernels import conv as kconv  # pylint: disable=g-import-not-at-top
 
 
 def toom_cook(m, points, r=3):
@@ -78,8 +78,8 @@ def main():
   for hw in (21, 11):
     x = jax.random.normal(jax.random.key(0), (1024, hw, hw, 64))
     k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64)) * 0.05
-    ref = models.conv3x3_rows(x[:16], k)
-    print(f'{hw} x {hw} rows: median {bench(models.conv3x3_rows, x, k)[0]:.1f} ms')
+    ref = kconv.conv3x3_rows(x[:16], k)
+    print(f'{hw} x {hw} rows: median {bench(kconv.conv3x3_rows, x, k)[0]:.1f} ms')
     for m in (2, 3, 4):
       mats = toom_cook(m, points)
       fn = lambda xc, kk, m=m, mats=mats: winograd(xc, kk, m, mats)
