@@ -18,6 +18,7 @@ from configs import lsst
 from configs import ztf
 from rcnn_jax import bands
 from rcnn_jax import evaluate
+from rcnn_jax import finetune
 from rcnn_jax import lightcurves
 from rcnn_jax import predict
 from rcnn_jax import preprocess
@@ -107,6 +108,9 @@ def test_real_data_commands_refuse_several_bands(mod, tmp_path):
   wd = _workdir(tmp_path, config)
   with pytest.raises(UserError, match='evaluate --real ' + match):
     evaluate.evaluate_real(wd, [missing])
+  for fn in (finetune.finetune, finetune.kfold):
+    with pytest.raises(UserError, match='finetune .real labelled sequences. ' + match):
+      fn(wd, [missing], str(tmp_path / 'ft'))
   with pytest.raises(UserError, match=match):
     predict.predict_files(wd, [missing], str(tmp_path / 'p.csv'))
   clf = predict.Classifier(config, None, None)  # whole real sequences: no band per image
