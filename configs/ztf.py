@@ -3,6 +3,9 @@
     python -m rcnn_jax.simulate --config configs/ztf.py:smoke --num 28 --out /tmp/ztf.npz
     python -m rcnn_jax.train --config configs/ztf.py:cpu --workdir /tmp/ztf_cpu
 
+The ``cpu`` variant cut to 300 steps (the overrides of experiments/surveys/README.md): ~12 min
+on the 2-core AMD EPYC (shared), simulated test accuracy at step 20 0.51 against chance 0.14.
+
 Variants as in ``configs/hits.py``: ``paper``, ``cpu``, ``smoke``; append ``,lc`` for the
 light-curve classifier. Architecture, training and class models are HiTS's; survey, PSF,
 colours (configs/lsst.py's tables, g and r) and magnitude ranges are ZTF's.

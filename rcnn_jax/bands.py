@@ -36,6 +36,21 @@ def survey_bands(survey_config) -> tuple:
   return tuple(str(b) for b in bands) if bands else (str(survey_config.band),)
 
 
+def require_one_band(config, what: str) -> None:
+  """Refuses (one-line UserError) a command on real files for a config of several bands.
+
+  The real files these commands read (``realdata``: HiTS 2015, DECam g) hold one band and no
+  band per image, while a model of several bands takes each image's band in its input and a
+  realism twin needs the band's zero point, sky and PSF: there is nothing real to compare with.
+  """
+  survey = config.get('survey', None)
+  names = survey_bands(survey)
+  if len(names) > 1:
+    raise UserError(f'{what} needs a single-band config: survey {survey.get("name", "?")!r} '
+                    f'has the bands {", ".join(names)}, and real files (HiTS, DECam g) carry '
+                    'no band per image; use a single-band config such as configs/hits.py')
+
+
 def filter_name(survey_config, band: str) -> str:
   filters = survey_config.get('filters', None)
   if filters is None or band not in filters:

@@ -90,6 +90,7 @@ class Classifier(stream.Streaming):
     Sequences are batched by length into [batch, config.sim.max_steps] chunks (zero-padded,
     masked) run one after another with the LSTM carry, so every call has the same shapes.
     """
+    bands_lib.require_one_band(self.config, 'Classifier.classify (whole real sequences)')
     seqs = list(seqs)
     if not seqs:
       return []

@@ -212,6 +212,7 @@ def evaluate_tfds(workdir, path, split=None, step=None):
   names = tuple(config.sim.class_names)
   if real:
     from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+    require_real_compatible(workdir, 'evaluate --tfds on a hits_real split')
     seqs, labels, data_names = reading.load_real_split(path, split or 'dev')
     clf = predict.Classifier.from_workdir(workdir, step)
     step = clf.checkpoint_step
@@ -403,9 +404,17 @@ def real_logits(config, sim, model, state, batch, seqs=None):
                        jnp.asarray(batch['mask'])), np.float32)
 
 
+def require_real_compatible(workdir, what='evaluate --real'):
+  """Refuses, before anything is built or compiled, a workdir whose model has several bands."""
+  if os.path.isdir(workdir):
+    from rcnn_jax import bands  # pylint: disable=g-import-not-at-top
+    bands.require_one_band(checkpoints.load_config(workdir), what)
+
+
 def evaluate_real(workdir, dirs, step=None, stderr=None):
   """metrics_real dict of a workdir's model on labelled real folders (see the module doc)."""
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+  require_real_compatible(workdir)
   config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
   seqs, labels = load_labelled(dirs, config)
   batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr))
@@ -453,6 +462,7 @@ def main(argv):
   if _REAL.value:
     if len(workdirs) != 1:
       raise app.UsageError('--real takes one --workdir')
+    require_real_compatible(workdirs[0])
     return main_real(workdirs[0], _REAL.value, _STEP.value, out)
   if _TFDS.value:
     results = [evaluate_tfds(w, _TFDS.value, _TFDS_SPLIT.value, _STEP.value) for w in workdirs]

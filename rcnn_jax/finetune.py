@@ -42,6 +42,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from rcnn_jax import bands
 from rcnn_jax import errors
 from rcnn_jax import evaluate
 from rcnn_jax import simulator as sim_lib
@@ -190,6 +191,7 @@ def finetune(workdir, real_dirs, out, overrides=(), progress=True):
   if os.path.isdir(os.path.join(out, 'checkpoints')):
     raise utils.UserError(f'{out} already holds checkpoints; use another --out')
   config = finetune_config(checkpoints.load_config(workdir), overrides)
+  bands.require_one_band(config, 'finetune (real labelled sequences)')
   seqs, labels = evaluate.load_labelled(real_dirs, config)
   # The published protocol: finetune.per_class examples per class (the first in sorted order).
   keep = np.flatnonzero(stratified_folds(labels, 1, int(config.finetune.per_class)) >= 0)
@@ -245,6 +247,7 @@ def stratified_folds(labels, folds, per_class, seed=0):
 def kfold(workdir, real_dirs, out, overrides=(), progress=True):
   """The k-fold protocol (see the module doc); returns and writes ``out/kfold.json``."""
   config = finetune_config(checkpoints.load_config(workdir), overrides)
+  bands.require_one_band(config, 'finetune (real labelled sequences)')
   seqs, labels = evaluate.load_labelled(real_dirs, config)
   k, per_class = int(config.finetune.folds), int(config.finetune.per_class)
   fold = stratified_folds(labels, k, per_class)

@@ -39,6 +39,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from rcnn_jax import bands
 from rcnn_jax import photometry
 from rcnn_jax import preprocess
 from rcnn_jax import realdata
@@ -126,6 +127,7 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
   stderr = stderr or sys.stderr
   config = classifier.config if classifier is not None else checkpoints.load_config(workdir)
   check_kind(config)
+  bands.require_one_band(config, 'predict on whole real sequences')
   try:
     seqs, errors = realdata.load_many(inputs, int(config.sim.stamp_size), int(config.sim.n_w),
                                       fail_fast=fail_fast)

@@ -14,6 +14,7 @@ import os
 import numpy as np
 from scipy import optimize
 
+from rcnn_jax import bands
 from rcnn_jax import photometry
 from rcnn_jax import realdata
 from rcnn_jax import stars
@@ -173,6 +174,7 @@ def calibrate_psf(paths, config, camera_path=None, progress=True, num_bootstrap=
      is beyond 3 bootstrap sigmas (objects resampled).
   Returns a JSON-ready dict; ``recommended`` holds config.sim.psf values.
   """
+  bands.require_one_band(config, 'the PSF calibration (realism --calibrate)')
   files = realdata.expand_inputs(paths)
   camera = stars.camera_params(config, camera_path)
   gain = camera[0]

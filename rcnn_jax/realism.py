@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from rcnn_jax import bands
 from rcnn_jax import photometry
 from rcnn_jax import psf_calibration
 from rcnn_jax import realdata
@@ -307,6 +308,7 @@ def run(paths, out_dir, config, camera_path=None, seed=None, plot=True, progress
   ``scatter.png``.
   """
   from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  bands.require_one_band(config, 'the realism check')
   files = realdata.expand_inputs(paths)
   camera = stars.camera_params(config, camera_path)
   bank = None
@@ -373,6 +375,8 @@ def main(argv):
   del argv
   if not _DATA.value:
     raise utils.UserError('--data FOLDER_OR_FILES is required')
+  bands.require_one_band(_CONFIG.value, 'the realism check' + (' --calibrate' if
+                                                             _CALIBRATE.value else ''))
   if _CALIBRATE.value:
     cal = psf_calibration.calibrate_psf(_DATA.value, _CONFIG.value, _CAMERA.value)
     path = os.path.join(_OUT.value, 'psf_calibration.json')

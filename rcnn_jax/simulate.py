@@ -52,6 +52,16 @@ def simulate_to_host(config, num: int, chunk: int = 256, seed_offset: int = 0, p
   return data
 
 
+def file_arrays(data) -> dict:
+  """The arrays the command writes: FIELDS, class_names, and with several bands each epoch's
+  ``band`` (an index into ``band_names``); plain numeric and string arrays (no pickle)."""
+  out = {k: data[k] for k in FIELDS} | {'class_names': data['class_names']}
+  if 'band' in data:
+    out['band'] = data['band']
+    out['band_names'] = data['band_names']
+  return out
+
+
 def main(argv):
   del argv
   if _OUT.value is None:
@@ -63,10 +73,7 @@ def main(argv):
     raise app.UsageError('--config is required')
   config_check.validate(config)
   data = simulate_to_host(config, _NUM.value, _CHUNK.value)
-  out = {k: data[k] for k in FIELDS} | {'class_names': data['class_names']}
-  if 'band' in data:  # several bands: each epoch's band index into band_names
-    out['band'] = data['band']
-    out['band_names'] = data['band_names']
+  out = file_arrays(data)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   utils.atomic_savez(_OUT.value, **out)
   counts = np.bincount(out['label'], minlength=len(out['class_names']))
