@@ -13,7 +13,7 @@ from rcnn_jax import utils
 
 
 def test_constant_schedule_is_the_paper_rate():
-  c = hits.get_config('cpu')
+  c = hits.get_config('paper')
   assert c.train.schedule == 'constant'
   assert common.learning_rate_schedule(c.train) == c.train.learning_rate == 1e-3
 
@@ -57,12 +57,12 @@ def test_bad_schedule_is_one_line(field, value, says):
 
 def test_older_run_without_schedule_resumes():
   """A run saved before config.train.schedule existed meant a constant rate: same training."""
-  new = json.loads(hits.get_config('cpu').to_json_best_effort())
+  new = json.loads(hits.get_config('paper').to_json_best_effort())
   old = json.loads(json.dumps(new))
   for k in ('schedule', 'warmup_steps', 'final_lr_fraction'):
     del old['train'][k]
   del old['real']['drop_unknown_seeing']  # a section training never reads
   assert checkpoints._config_differences(old, new) == []  # pylint: disable=protected-access
-  long = json.loads(hits.get_config('cpu').to_json_best_effort())
+  long = json.loads(hits.get_config('paper').to_json_best_effort())
   long['train']['schedule'] = 'warmup_cosine'
   assert checkpoints._config_differences(old, long) == ['train.schedule']  # pylint: disable=protected-access
