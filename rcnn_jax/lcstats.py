@@ -122,8 +122,9 @@ def _render(key, record, mag_epoch, cx, cy, jitter_px, zp_rms, config, camera, b
   sky_image = record['sky']
   if sky_errors:
     cal = config.sim.calibration
-    sigma = np.sqrt(float(cal.get('sky_rms_adu', 0.0))**2
-                    + (float(cal.get('sky_rms_fraction', 0.0)) * record['sky'])**2)
+    sigma = np.asarray(render.sky_error_sigma(record['sky'], float(cal.get('sky_rms_adu', 0.0)),
+                                              float(cal.get('sky_rms_fraction', 0.0))),
+                       np.float64)
     sky_image = record['sky'] + sigma * np.asarray(
         jax.random.normal(jax.random.fold_in(kz, 1), (e,)), np.float64)
   jit = jitter_px * np.asarray(jax.random.normal(kj, (2, e)), np.float64)

@@ -18,9 +18,10 @@ class is a function here and an entry in the config's class names. The shapes:
   and phase differences phi_k1 = (k - 1) pi (Simon & Lee 1981 form; Kovacs & Kupi 2007,
   A&A 462, 1007, sine convention). Its closed form atan(q sin x / (1 + q cos x)) has exactly
   one minimum and one maximum per cycle and rises from minimum to maximum light in a fraction
-  1/2 - asin(q)/pi of a cycle. RRab: q ~ 0.85-0.93 gives R21 = 0.43-0.47, R31 = 0.24-0.29,
-  R41 ~ 0.16-0.2 (observed V-band RRab: R21 ~ 0.45-0.5, R31 ~ 0.3-0.35; Simon & Teays 1982,
-  Kovacs & Kupi 2007) and a rise of 0.12-0.18 of a cycle. RRc: q ~ 0.25-0.45, R21 ~ 0.12-0.22
+  1/2 - asin(q)/pi of a cycle. RRab: q ~ 0.80-0.89 gives R21 = 0.40-0.45, R31 = 0.21-0.26,
+  R41 ~ 0.13-0.18 (observed V-band RRab: R21 ~ 0.45-0.5, R31 ~ 0.3-0.35; Simon & Teays 1982,
+  Kovacs & Kupi 2007) and a rise of 0.15-0.21 of a cycle, 0.12-0.18 with the broad minimum
+  below. RRc: q ~ 0.25-0.45, R21 ~ 0.12-0.22
   (observed ~ 0.1-0.2), rise 0.35-0.42, near-sinusoidal. The observed phase differences (V,
   sine: RRab phi21 ~ 2.4-2.5, phi31 ~ 5.1) differ from (k - 1) pi by 0.6-1.2 rad; truncated
   4-7 term series with those phases and ratios have spurious extra minima on the declining

@@ -36,6 +36,12 @@ def mag_to_adu(mag, zero_point, exp_time):
   return jnp.where(jnp.isfinite(mag), exp_time * 10.0**((zero_point - mag) / 2.5), 0.0)
 
 
+def sky_error_sigma(sky_adu, rms_adu, rms_fraction):
+  """Per-epoch rms of the table's sky error at an object (``sim.calibration``): a floor and a
+  fraction of the sky in quadrature, sqrt(rms_adu^2 + (rms_fraction sky)^2)."""
+  return jnp.sqrt(rms_adu**2 + (rms_fraction * sky_adu)**2)
+
+
 def adu_to_mag(adu, zero_point, exp_time):
   """Eq. 1."""
   return zero_point - 2.5 * jnp.log10(adu / exp_time)

@@ -339,7 +339,7 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)
   sky_image = sky
   if sim.sky_rms_adu > 0 or sim.sky_rms_fraction > 0:  # the table's sky is off at the object
-    sky_sigma = jnp.sqrt(sim.sky_rms_adu**2 + (sim.sky_rms_fraction * sky)**2)
+    sky_sigma = render.sky_error_sigma(sky, sim.sky_rms_adu, sim.sky_rms_fraction)
     sky_image = sky + sky_sigma * jax.random.normal(jax.random.fold_in(k_ctr, 6), (e,))
   extra = {'band': surv.band_index[field, idx]} if surv.num_bands > 1 else {}
 
