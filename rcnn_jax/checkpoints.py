@@ -1,10 +1,11 @@
 """A training workdir's checkpoints and saved config.
 
-``W/checkpoints/`` (orbax, the latest ``ckpt.max_to_keep``) and ``W/best/`` (the lowest
-validation loss; its value also in ``W/best.json``), each an orbax ``CheckpointManager`` of
-``common.TrainState``; ``W/config.json`` the resolved config, from which evaluation and
-prediction rebuild everything (``restore_for_eval``). The verified restores and the
-damaged-checkpoint fallbacks they use are in ``workdir.py``.
+``W/checkpoints/``: one orbax ``CheckpointManager`` of ``common.TrainState`` whose preservation
+policy keeps the latest ``ckpt.max_to_keep`` and the checkpoint of lowest validation loss (a
+validated checkpoint carries its loss as orbax metrics). ``W/config.json``: the resolved
+config, from which evaluation and prediction rebuild everything (``restore_for_eval``, into
+``jax.eval_shape`` targets). The verified restores and the damaged-checkpoint fallbacks they
+use are in ``workdir.py``.
 """
 
 from __future__ import annotations
@@ -23,55 +24,85 @@ from rcnn_jax import workdir as workdir_lib
 from rcnn_jax.common import TrainState
 
 
-DIRS = {'latest': 'checkpoints', 'best': 'best'}
+DIR = 'checkpoints'
+# Workdirs written before the single manager also hold W/best/ (its own orbax manager, with
+# metrics) and W/best.json: read wherever a workdir is restored, never written.
+LEGACY_BEST_DIR = 'best'
 
 
-def _manager_options(config, which, read_only):
-  if which == 'latest':
-    opts = dict(max_to_keep=config.ckpt.max_to_keep)
-  else:
-    opts = dict(max_to_keep=1, best_fn=lambda m: m['val_loss'], best_mode='min')
+def _val_loss(metrics):
+  return metrics['val_loss']
+
+
+def _manager_options(config, read_only, legacy=False):
+  tracking = dict(best_fn=_val_loss, best_mode='min')
   if read_only:
-    return ocp.CheckpointManagerOptions(read_only=True, create=False, **opts)
+    return ocp.CheckpointManagerOptions(read_only=True, create=False, **tracking)
+  assert not legacy, 'the legacy best/ is never written'
+  # The latest ckpt.max_to_keep and, whatever its age, the one of lowest validation loss; a
+  # checkpoint saved without metrics is kept only while it is among the latest.
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=config.ckpt.max_to_keep),
+      ocp.checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+                                    keep_checkpoints_without_metrics=False)])
   # Synchronous saves: a failed save (a full disk) stops the run at that step, not later.
-  return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False, **opts)
+  return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False,
+                                      preservation_policy=policy, **tracking)
 
 
-def checkpoint_managers(workdir, config, read_only=False):
-  """orbax managers of W/checkpoints (the latest ckpt.max_to_keep) and W/best (lowest val loss).
+def manager(workdir, config, read_only=False, legacy_best=False):
+  """The orbax manager of W/checkpoints/ (or, ``legacy_best``, of an old workdir's W/best/),
+  or None with a one-line warning when its folder cannot be read (a garbled checkpoint's
+  metadata fails the manager itself) or, read-only, is absent.
 
   ``read_only`` (evaluation, prediction) creates nothing and takes no lock.
   """
-  return tuple(ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, DIRS[w])),
-                                     options=_manager_options(config, w, read_only))
-               for w in ('latest', 'best'))
-
-
-def open_manager(workdir, config, which, read_only=False):
-  """One manager ('latest' or 'best'), or None with a one-line warning when its folder cannot
-  be read (a garbled checkpoint's metadata fails the manager itself) or, read-only, is absent."""
-  path = os.path.abspath(os.path.join(workdir, DIRS[which]))
+  path = os.path.abspath(os.path.join(workdir, LEGACY_BEST_DIR if legacy_best else DIR))
   if read_only and not os.path.isdir(path):
     return None
   try:
     with workdir_lib.quiet_orbax():
-      return ocp.CheckpointManager(path, options=_manager_options(config, which, read_only))
+      return ocp.CheckpointManager(path, options=_manager_options(config, read_only,
+                                                                  legacy_best))
   except Exception as e:  # pylint: disable=broad-except
     workdir_lib.warn(f'{path} cannot be read ({workdir_lib.reason(e)})')
     return None
 
 
-def restore_state(manager, step, target: TrainState) -> TrainState:
+def restore_state(manager_, step, target: TrainState) -> TrainState:
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return manager_.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def restore_newest_intact(manager, target, steps=None):
+def restore_newest_intact(manager_, target, steps=None):
   """(state, step, damaged steps) from the newest of ``steps`` (default: all) that restores and
   verifies; each damaged one is named on stderr. UserError when none is intact."""
-  steps = manager.all_steps() if steps is None else steps
-  return workdir_lib.restore_newest_intact(lambda s: restore_state(manager, s, target),
-                                           str(manager.directory), steps)
+  steps = manager_.all_steps() if steps is None else steps
+  return workdir_lib.restore_newest_intact(lambda s: restore_state(manager_, s, target),
+                                           str(manager_.directory), steps)
+
+
+def validated(manager_):
+  """[(validation loss, step)] of a manager's checkpoints saved with metrics, lowest first."""
+  if manager_ is None:
+    return []
+  out = []
+  for s in manager_.all_steps():
+    m = manager_.metrics(s)
+    if isinstance(m, dict) and isinstance(m.get('val_loss'), (int, float)):
+      out.append((float(m['val_loss']), s))
+  return sorted(out)
+
+
+def best_candidates(workdir, config, latest):
+  """The validated checkpoints of a workdir, best (lowest validation loss) first, as
+  [(val_loss, step, manager)]: those of ``latest`` (W/checkpoints/) and of a legacy W/best/."""
+  with workdir_lib.quiet_orbax():
+    out = [(v, s, latest) for v, s in validated(latest)]
+    if os.path.isdir(os.path.join(workdir, LEGACY_BEST_DIR)):
+      legacy = manager(workdir, config, read_only=True, legacy_best=True)
+      out += [(v, s, legacy) for v, s in validated(legacy)]
+  return sorted(out, key=lambda c: (c[0], c[2] is not latest, -c[1]))
 
 
 # Fields that may differ when a run is resumed (length of the run, logging cadence).
@@ -136,25 +167,29 @@ def load_config(workdir):
 
 
 
-def save(manager, step, state, **kwargs):
-  """A synchronous save; a step already there (a resumed run redoing it) is kept, not re-saved.
+def save(manager_, step, state, val_loss=None):
+  """A synchronous save, with the step's validation loss when it was validated (the manager
+  keeps the lowest); a step already there (a resumed run redoing it) is kept, not re-saved.
 
   orbax's writer threads log each failed array with its traceback before the save raises; the
   save's own exception is reported once (in one line for a full disk), so they stay quiet.
   """
-  if step in manager.all_steps():
+  if step in manager_.all_steps():
     return
+  metrics = None if val_loss is None else {'val_loss': float(val_loss)}
   with workdir_lib.quiet_orbax():
-    manager.save(step, args=ocp.args.StandardSave(state), **kwargs)
-    manager.wait_until_finished()
+    manager_.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
+    manager_.wait_until_finished()
 
 
 def restore_for_eval(workdir, step=None):
-  """(config, sim, model, state, step) from a workdir: the best checkpoint unless ``step``.
+  """(config, sim, model, state, step) from a workdir: its best checkpoint (lowest validation
+  loss) unless ``step``.
 
   Reads only (no lock, nothing created). Each restored checkpoint is verified; a damaged best
-  falls back to the same step in ``checkpoints/`` where it is there, else to the newest intact
-  checkpoint, each fallback named in one line on stderr.
+  falls back to the next best, then to the newest intact checkpoint, each fallback named in
+  one line on stderr. A workdir of the older layout (W/best/ beside W/checkpoints/) restores
+  the same way.
   """
   if not os.path.isdir(workdir):
     raise utils.UserError(f'{workdir}: no such workdir')
@@ -165,53 +200,64 @@ def restore_for_eval(workdir, step=None):
   config_check.validate(config, strict=False)
   mesh = common.make_mesh()
   sim, model, tx = common.build(config)
-  target = common.init_state(config, sim, model, tx, mesh)
-  latest = open_manager(workdir, config, 'latest', read_only=True)
-  best = open_manager(workdir, config, 'best', read_only=True)
+  target = jax.eval_shape(lambda: common.init_state(config, sim, model, tx, mesh))
+  latest = manager(workdir, config, read_only=True)
   latest_steps = latest.all_steps() if latest is not None else []
-  best_steps = best.all_steps() if best is not None else []
-  from_latest = lambda s: restore_state(latest, s, target)
-  from_best = lambda s: restore_state(best, s, target)
-  latest_dir = os.path.join(workdir, DIRS['latest'])
-  best_dir = os.path.join(workdir, DIRS['best'])
+  candidates = best_candidates(workdir, config, latest)
+  latest_dir = os.path.join(workdir, DIR)
+
+  def attempt(mgr, s):
+    return workdir_lib.try_restore(lambda t: restore_state(mgr, t, target), str(mgr.directory), s)
 
   def done(state, s):
     return config, sim, model, state, s
 
   if step is not None:
+    sources = ([latest] if step in latest_steps else []) + [
+        m for _, s, m in candidates if s == step and m is not latest][:1]
     tried = []
-    for steps, restore, d in ((latest_steps, from_latest, latest_dir),
-                              (best_steps, from_best, best_dir)):
-      if step in steps:
-        state, why = workdir_lib.try_restore(restore, d, step)
-        if state is not None:
-          if tried:
-            workdir_lib.warn(tried[-1] + f'; using step {step} of {d}')
-          return done(state, step)
-        tried.append(why)
+    for mgr in sources:
+      state, why = attempt(mgr, step)
+      if state is not None:
+        if tried:
+          workdir_lib.warn(tried[-1] + f'; using step {step} of {mgr.directory}')
+        return done(state, step)
+      tried.append(why)
     if tried:
-      raise utils.UserError(tried[-1] if len(tried) == 1 else ' and '.join(tried))
-    raise utils.UserError(f'{workdir}: no checkpoint at step {step} (have: '
-                          f'{sorted(set(latest_steps) | set(best_steps))})')
+      raise utils.UserError(' and '.join(tried))
+    have = sorted(set(latest_steps) | {s for _, s, _ in candidates})
+    raise utils.UserError(f'{workdir}: no checkpoint at step {step} (have: {have})')
 
-  best_step = best.best_step() if best is not None else None
-  if best_step is None:
-    best_step = _best_json_step(workdir)  # best/ unreadable or absent: best.json may name it
-  if best_step is not None and best_step in best_steps:
-    state, why = workdir_lib.try_restore(from_best, best_dir, best_step)
+  order = []  # (step, manager): best first; after a legacy best/ step, the same step in latest
+  for _, s, m in candidates:
+    order += [(s, m)] + ([(s, latest)] if m is not latest and s in latest_steps else [])
+  if not order and latest_steps:
+    legacy_step = _best_json_step(workdir)  # an older workdir whose best/ cannot be read
+    if legacy_step in latest_steps:
+      order = [(legacy_step, latest)]
+  best_step = order[0][0] if order else None
+  for i, (s, mgr) in enumerate(order):
+    state, why = attempt(mgr, s)
     if state is not None:
-      return done(state, best_step)
-    more = ('; using the same step in ' + latest_dir if best_step in latest_steps else
-            '; using the newest intact checkpoint in ' + latest_dir)
-    workdir_lib.warn(why + more)
-  if not latest_steps:
-    raise utils.UserError(f'{workdir}: no checkpoint to evaluate' if best_step is None else
+      if i:
+        workdir_lib.warn(f'evaluating step {s} of {mgr.directory}' +
+                         (f', not the best step {best_step}' if s != best_step else ''))
+      return done(state, s)
+    if i + 1 < len(order):
+      t, m = order[i + 1]
+      nxt = (f'; trying step {t} of {m.directory}' if t == s else
+             f'; trying the next best, step {t}')
+    else:
+      nxt = '; trying the newest intact checkpoint'
+    workdir_lib.warn(why + nxt)
+  tried = {(s, str(m.directory)) for s, m in order}
+  rest = [s for s in latest_steps if (s, str(latest.directory)) not in tried]
+  if not rest:
+    raise utils.UserError(f'{workdir}: no checkpoint to evaluate' if not order else
                           f'{workdir}: no intact checkpoint to evaluate')
-  order = sorted(latest_steps, reverse=True)
-  if best_step in latest_steps:  # the best step first, then the newest
-    order = [best_step] + [s for s in order if s != best_step]
-  state, s, _ = workdir_lib.restore_newest_intact(from_latest, latest_dir, order)
-  if s != best_step and best_step is not None:
+  state, s, _ = workdir_lib.restore_newest_intact(
+      lambda t: restore_state(latest, t, target), latest_dir, rest)
+  if best_step is not None:
     workdir_lib.warn(f'evaluating step {s} of {latest_dir}, not the best step {best_step}')
   return done(state, s)
 

@@ -212,3 +212,8 @@ def evaluate_loss(eval_step, state, key, num, batch_size):
 
 def validation_key(config):
   return jax.random.fold_in(jax.random.key(config.seed), config.eval.val_seed_offset)
+
+
+def test_key(config):
+  """The seeded test set's key (evaluate); config_check keeps it off the validation key."""
+  return jax.random.fold_in(jax.random.key(config.seed), config.eval.test_seed_offset)

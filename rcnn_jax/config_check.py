@@ -162,6 +162,9 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.int('eval.batch_size', 1)
   c.int('eval.val_seed_offset')
   c.int('eval.test_seed_offset')
+  if c.get('eval.test_seed_offset') == c.get('eval.val_seed_offset'):
+    _bad('eval.test_seed_offset', c.get('eval.test_seed_offset'),
+         'not eval.val_seed_offset (the test set would be the validation set)')
   bins = c.get('eval.magnitude_bins')
   if bins is not _MISSING:
     try:

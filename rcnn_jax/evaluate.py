@@ -175,7 +175,7 @@ def predict_test_set(config, sim, model, state, progress=True):
   """Per-step logits, labels, masks and magnitudes of the seeded test set (padding dropped)."""
   mesh = common.make_mesh()
   eval_step = common.make_eval_step(config, sim, model, mesh, with_logits=True)
-  key = jax.random.fold_in(jax.random.key(config.seed), config.eval.test_seed_offset)
+  key = common.test_key(config)
   n, eb = config.eval.test_size, config.eval.batch_size
   parts = []
   for off in utils.progress(range(0, n, eb), total=-(-n // eb), desc='evaluate',

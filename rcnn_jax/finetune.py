@@ -14,7 +14,7 @@ so the classes with no real example are not forgotten. The real sequences are pr
 ``--set finetune.num_steps=40`` (repeatable) changes the ``finetune`` section.
 
 W2 is a normal workdir (config.json with the ``finetune`` section and the base workdir,
-checkpoints/ at the final step, best.json) that ``evaluate``, ``predict`` and the streaming API
+checkpoints/ at the final step) that ``evaluate``, ``predict`` and the streaming API
 read; ``finetune.json`` records the files used and the losses.
 
 ``--kfold`` runs the development protocol instead: ``finetune.per_class`` files per class (the
@@ -40,7 +40,6 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from rcnn_jax import bands
 from rcnn_jax import errors
@@ -217,10 +216,8 @@ def _save_workdir(out, config, state, workdir, base_step, seqs, labels, losses, 
   config.finetune.base_workdir = os.path.abspath(workdir)
   config.finetune.base_step = int(base_step)
   checkpoints.save_config(out, config)
-  latest, _ = checkpoints.checkpoint_managers(out, config)
   step = int(state.step)
-  latest.save(step, args=ocp.args.StandardSave(state))
-  latest.wait_until_finished()
+  checkpoints.save(checkpoints.manager(out, config), step, state)
   names = list(config.sim.class_names)
   utils.write_json(os.path.join(out, 'finetune.json'), {
       'base_workdir': os.path.abspath(workdir), 'base_step': int(base_step), 'step': step,

@@ -9,9 +9,9 @@ Each step simulates its batch from ``fold_in(key, step)`` inside the jitted grad
 stored data, no host round trip). The loss is the cross-entropy summed over each sequence's
 valid steps, averaged over the batch; Adam. Validation on a fixed, seeded simulated set every
 ``train.eval_every`` steps. Logged training metrics are means over the ``train.log_every``
-steps since the previous log (``MetricWindow``). orbax keeps the latest ``ckpt.max_to_keep``
-checkpoints in
-``checkpoints/`` and the best by validation loss in ``best/``. A rerun resumes from the newest
+steps since the previous log (``MetricWindow``). One orbax manager in ``checkpoints/``
+keeps the latest ``ckpt.max_to_keep`` checkpoints and the best by validation loss
+(``checkpoints.py``). A rerun resumes from the newest
 intact checkpoint. A run holds its workdir's lock, and every config value is checked before
 anything compiles (``workdir.py``, ``config_check.py``; README: "What survives what").
 """
@@ -139,35 +139,32 @@ def _io_error(e: BaseException) -> str | None:
   return None
 
 
-def _restore_for_training(workdir, config, latest, best, target, mesh):
-  """(latest, best, state, best_val): the newest intact checkpoint; damaged newer ones and an
-  unreadable best/ are named and moved to W/damaged/ (nothing deleted)."""
+def _restore_for_training(workdir, config, latest, target, mesh):
+  """(latest, state, best_val): the newest intact checkpoint and the lowest validation loss of
+  an intact checkpoint (inf when none). Damaged checkpoints are named and moved to W/damaged/
+  (nothing deleted); a damaged best no longer counts as the best."""
   state, step, damaged = checkpoints.restore_newest_intact(latest, target)
   if damaged:
     for s in damaged:
       workdir_lib.move_aside(workdir, str(latest.directory), s)
-    latest = checkpoints.open_manager(workdir, config, 'latest')
+    latest = checkpoints.manager(workdir, config)
   if state is not None:
     state = jax.device_put(state, NamedSharding(mesh, P()))
-  best_val = _read_best_val(workdir)
-  best_dir = os.path.join(workdir, checkpoints.DIRS['best'])
-  why = None
-  if best is None:
-    why = f'{best_dir} cannot be read'
-  elif best.best_step() is not None:
-    why = workdir_lib.try_restore(lambda s: checkpoints.restore_state(best, s, target),
-                                  str(best.directory), best.best_step())[1]
-  if why:
-    workdir_lib.warn(f'{why}; the best checkpoint starts anew from this run')
-    for s in workdir_lib.step_dirs(best_dir):
-      workdir_lib.move_aside(workdir, best_dir, s)
-    best = checkpoints.open_manager(workdir, config, 'best')
-    if best is None:
-      raise utils.UserError(f'{best_dir} cannot be used; move it away or use another --workdir')
-    best_val = None
-  if best.best_step() is None:
-    best_val = None
-  return latest, best, state, (best_val if best_val is not None else float('inf'))
+  best_val = float('inf')
+  for val_loss, s, mgr in checkpoints.best_candidates(workdir, config, latest):
+    if mgr is latest and s == step:  # just restored and verified
+      best_val = val_loss
+      break
+    why = workdir_lib.try_restore(lambda t, m=mgr: checkpoints.restore_state(m, t, target),
+                                  str(mgr.directory), s)[1]
+    if why is None:
+      best_val = val_loss
+      break
+    workdir_lib.warn(f'{why}; it no longer counts as the best checkpoint')
+    workdir_lib.move_aside(workdir, str(mgr.directory), s)
+    if mgr is latest:
+      latest = checkpoints.manager(workdir, config)
+  return latest, state, best_val
 
 
 def train_and_evaluate(config, workdir, progress=True):
@@ -191,13 +188,11 @@ def _train_locked(config, workdir, mesh, progress):
   checkpoints.save_config(workdir, config)
   sim, model, tx = common.build(config)
   state = common.init_state(config, sim, model, tx, mesh)
-  latest = checkpoints.open_manager(workdir, config, 'latest')
+  latest = checkpoints.manager(workdir, config)
   if latest is None:
-    raise utils.UserError(f'{os.path.join(workdir, checkpoints.DIRS["latest"])} cannot be read; '
+    raise utils.UserError(f'{os.path.join(workdir, checkpoints.DIR)} cannot be read; '
                           'move it away or use another --workdir')
-  best = checkpoints.open_manager(workdir, config, 'best')
-  latest, best, restored, best_val = _restore_for_training(workdir, config, latest, best, state,
-                                                           mesh)
+  latest, restored, best_val = _restore_for_training(workdir, config, latest, state, mesh)
   if restored is not None:
     state = restored
   start = int(state.step)
@@ -245,19 +240,18 @@ def _train_locked(config, workdir, mesh, progress):
         if hasattr(bar, 'set_postfix'):
           bar.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["accuracy"]:.2f}')
         t_log, n_log = time.perf_counter(), 0
+      val_loss, improved = None, False
       if done % config.train.eval_every == 0 or done == total:
         val = common.evaluate_loss(eval_step, state, val_key, config.eval.val_size,
                                   config.eval.batch_size)
         last |= {'val_loss': val['loss'], 'val_accuracy': val['accuracy']}
         writer.write(done, {'val_loss': val['loss'], 'val_accuracy': val['accuracy']})
-        if val['loss'] < best_val:
-          best_val = val['loss']
-          checkpoints.save(best, done, state, metrics={'val_loss': best_val})
-          utils.write_json(os.path.join(workdir, 'best.json'),
-                           {'step': done, 'val_loss': best_val, 'val_accuracy': val['accuracy']})
+        val_loss, improved = val['loss'], val['loss'] < best_val
+        best_val = min(best_val, val['loss'])
         t_log, n_log = time.perf_counter(), 0
-      if done % config.ckpt.every == 0 or done == total:
-        checkpoints.save(latest, done, state)
+      # One manager: the checkpoint schedule's steps, and each new best (kept by its metrics).
+      if improved or done % config.ckpt.every == 0 or done == total:
+        checkpoints.save(latest, done, state, val_loss=val_loss)
     finished = True
   except Exception as e:  # pylint: disable=broad-except
     why = _io_error(e)
@@ -271,18 +265,6 @@ def _train_locked(config, workdir, mesh, progress):
   last['step'] = int(state.step)
   last['num_params'] = n_params
   return last
-
-
-def _read_best_val(workdir):
-  path = os.path.join(workdir, 'best.json')
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return float(json.load(f)['val_loss'])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    workdir_lib.warn(f'{path} cannot be read ({e}); the best checkpoint counts as unknown')
-    return None
 
 
 def main(argv):

@@ -102,7 +102,7 @@ def step_dirs(path: str) -> list[int]:
 def has_checkpoint(workdir: str) -> bool:
   """A workdir holds a run once it holds a checkpoint, not merely a config or empty folders."""
   return bool(step_dirs(os.path.join(workdir, 'checkpoints')) or
-              step_dirs(os.path.join(workdir, 'best')))
+              step_dirs(os.path.join(workdir, 'best')))  # best/: the older layout
 
 
 def reason(e: BaseException) -> str:

@@ -11,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import hits
@@ -120,7 +121,7 @@ def _assert_equal_params(a, b):
 
 def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp_path, capfd):
   config, wd, target = _copy(trained, tmp_path)
-  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+  latest = checkpoints.manager(wd, config, read_only=True)
   intact3 = checkpoints.restore_state(latest, 3, target)
   _truncate_largest_array_file(os.path.join(wd, 'checkpoints', '3'))
   state, step, damaged = checkpoints.restore_newest_intact(latest, target)
@@ -133,53 +134,114 @@ def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp
   err = capfd.readouterr().err
   moved = os.path.join(wd, 'damaged', 'checkpoints_3')
   assert os.path.isdir(moved) and moved in err
-  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+  latest = checkpoints.manager(wd, config, read_only=True)
   assert latest.all_steps() == [1, 2, 3]
   _assert_equal_params(checkpoints.restore_state(latest, 3, target), intact3)
 
 
 def test_truncated_metadata_falls_back_and_evaluate_names_it(trained, tmp_path, capfd):
   config, wd, target = _copy(trained, tmp_path)
-  best_step = json.load(open(os.path.join(wd, 'best.json')))['step']
   meta = os.path.join(wd, 'checkpoints', '3', 'default', '_METADATA')
   os.truncate(meta, 10000)
-  latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+  latest = checkpoints.manager(wd, config, read_only=True)
   _, step, damaged = checkpoints.restore_newest_intact(latest, target)
   assert (step, damaged) == (2, [3])
   capfd.readouterr()
-  # An explicit --step of the damaged checkpoint: one line naming it, unless best/ has it.
-  if best_step != 3:
-    with pytest.raises(utils.UserError, match='checkpoints/3 is damaged'):
-      checkpoints.restore_for_eval(wd, step=3)
+  # An explicit --step of the damaged checkpoint: one line naming it.
+  with pytest.raises(utils.UserError, match='checkpoints/3 is damaged'):
+    checkpoints.restore_for_eval(wd, step=3)
   # Everything damaged: one clear line.
   for s in (1, 2):
     os.truncate(os.path.join(wd, 'checkpoints', str(s), 'default', '_METADATA'), 100)
-  shutil.rmtree(os.path.join(wd, 'best'))
   with pytest.raises(utils.UserError, match='no intact checkpoint'):
     checkpoints.restore_for_eval(wd)
 
 
-def test_garbled_best_falls_back_to_the_same_step_in_checkpoints(trained, tmp_path, capfd):
-  config, wd, target = _copy(trained, tmp_path)
-  best_step = json.load(open(os.path.join(wd, 'best.json')))['step']
-  for f in glob.glob(os.path.join(wd, 'best', str(best_step), '**'), recursive=True):
+def _garble(step_dir):
+  for f in glob.glob(os.path.join(step_dir, 'default', '**'), recursive=True):
     if os.path.isfile(f):
       b = open(f, 'rb').read()
       open(f, 'wb').write(bytes(x ^ 0xA5 for x in b))
+
+
+def test_one_manager_keeps_the_latest_and_the_best(tmp_path):
+  config = hits.get_config('smoke')
+  config.train.num_steps, config.ckpt.max_to_keep = 6, 2
+  wd = str(tmp_path / 'w')
+  train.train_and_evaluate(config, wd, progress=False)
+  rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
+  val = {r['step']: r['val_loss'] for r in rows if 'val_loss' in r}
+  best = min(val, key=val.get)
+  latest = checkpoints.manager(wd, config, read_only=True)
+  assert latest.all_steps() == sorted({best, 5, 6})  # the latest two and the best
+  assert latest.best_step() == best
+  assert [s for _, s in checkpoints.validated(latest)][0] == best
+  assert sorted(os.listdir(wd)) == ['.lock', 'checkpoints', 'config.json', 'metrics.jsonl', 'tb']
+  _, _, _, state, step = checkpoints.restore_for_eval(wd)
+  assert step == best and int(state.step) == best
+
+
+def test_damaged_best_falls_back_to_the_next_best(trained, tmp_path, capfd):
+  config, wd, target = _copy(trained, tmp_path)
+  ranked = [s for _, s in checkpoints.validated(checkpoints.manager(wd, config, read_only=True))]
+  assert sorted(ranked) == [1, 2, 3]  # every smoke step is validated and kept (3 latest)
+  best_step, next_best = ranked[:2]
+  _garble(os.path.join(wd, 'checkpoints', str(best_step)))
   capfd.readouterr()
   _, _, _, state, step = checkpoints.restore_for_eval(wd)
-  assert step == best_step and int(state.step) == best_step
-  latest = checkpoints.open_manager(wd, config, 'latest', read_only=True)
-  _assert_equal_params(state, checkpoints.restore_state(latest, best_step, target))
+  assert step == next_best and int(state.step) == next_best
+  latest = checkpoints.manager(wd, config, read_only=True)
+  _assert_equal_params(state, checkpoints.restore_state(latest, next_best, target))
   err = capfd.readouterr().err.strip().splitlines()
   assert err and all(l.startswith('warning: ') for l in err) and len(err) <= 2, err
-  assert 'best' in err[0]
-  # Training on: the garbled best/ is named and moved aside, and a new best is kept.
+  assert f'checkpoints/{best_step} is damaged' in err[0] and 'next best' in err[0], err
+  # Training on: the damaged best is named and moved aside; the best is among the intact ones.
   config.train.num_steps = 4
   train.train_and_evaluate(config, wd, progress=False)
   err = capfd.readouterr().err
-  assert os.path.isdir(os.path.join(wd, 'damaged', f'best_{best_step}')) and 'best' in err
-  assert checkpoints.open_manager(wd, config, 'best', read_only=True).best_step() == 4
+  assert os.path.isdir(os.path.join(wd, 'damaged', f'checkpoints_{best_step}'))
+  assert f'checkpoints/{best_step}' in err
+  latest = checkpoints.manager(wd, config, read_only=True)
+  assert 4 in latest.all_steps()  # (a damaged newest step is redone, so it may be back)
+  for s in latest.all_steps():
+    assert workdir_lib.try_restore(lambda t: checkpoints.restore_state(latest, t, target),
+                                   str(latest.directory), s)[1] is None
+  assert latest.best_step() == checkpoints.validated(latest)[0][1]
+
+
+def test_workdir_of_the_older_layout_restores_its_best(trained, tmp_path, capfd):
+  """Before one manager, W/best/ (its own orbax manager with metrics) and W/best.json sat
+  beside W/checkpoints/ (no metrics): evaluation and training still find the best there."""
+  config, wd, target = _copy(trained, tmp_path)
+  old = checkpoints.manager(wd, config, read_only=True)
+  state2 = checkpoints.restore_state(old, 2, target)
+  # The older layout: step 2 the best, in best/; checkpoints/ without metrics.
+  legacy = ocp.CheckpointManager(
+      os.path.join(wd, 'best'), options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda m: m['val_loss'], best_mode='min', create=True,
+          enable_async_checkpointing=False))
+  legacy.save(2, args=ocp.args.StandardSave(state2), metrics={'val_loss': -1.0})
+  legacy.wait_until_finished()
+  for s in (1, 2, 3):
+    shutil.rmtree(os.path.join(wd, 'checkpoints', str(s), 'metrics'))
+  utils.write_json(os.path.join(wd, 'best.json'), {'step': 2, 'val_loss': -1.0})
+  _, _, _, state, step = checkpoints.restore_for_eval(wd)
+  assert step == 2
+  _assert_equal_params(state, state2)
+  # A garbled best/ falls back to the same step in checkpoints/, named in one line.
+  _garble(os.path.join(wd, 'best', '2'))
+  capfd.readouterr()
+  _, _, _, state, step = checkpoints.restore_for_eval(wd)
+  assert step == 2
+  _assert_equal_params(state, state2)
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and 'best/2 is damaged' in err[0], err
+  # Training resumes from checkpoints/ and keeps its bests in the one manager from now on.
+  config.train.num_steps = 4
+  train.train_and_evaluate(config, wd, progress=False)
+  assert os.path.isdir(os.path.join(wd, 'damaged', 'best_2'))
+  latest = checkpoints.manager(wd, config, read_only=True)
+  assert 4 in latest.all_steps() and checkpoints.validated(latest)[0][1] == 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +284,7 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
     rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
     assert max(r['step'] for r in rows) <= 2  # it stopped at once
     monkeypatch.setattr(common, 'make_train_step', real)
-    latest, _ = checkpoints.checkpoint_managers(wd, config, read_only=True)
+    latest = checkpoints.manager(wd, config, read_only=True)
     assert latest.all_steps() == [1]
     target = common.init_state(config, *common.build(config), common.make_mesh())
     state, step, damaged = checkpoints.restore_newest_intact(latest, target)
