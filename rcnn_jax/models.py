@@ -75,16 +75,17 @@ class Conv3x3(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, params_only: bool = False):
-    """The convolution of x, or with ``params_only`` its (kernel in ``dtype``, bias) for an
-    input shaped like x."""
-    c = x.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, c, self.features))
+  def kernel_and_bias(self, in_features: int):
+    """The layer's (kernel [3, 3, in_features, features] in ``dtype``, bias): what the fused
+    CPU kernels (``kernels/``) take."""
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, in_features, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    if params_only:
-      return kernel.astype(self.dtype), bias
+    return kernel.astype(self.dtype), bias
+
+  def __call__(self, x):
+    kernel, bias = self.kernel_and_bias(x.shape[-1])
     x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
     impl = resolve_conv_impl(self.impl)
     if impl == 'rows':
       y = conv3x3(x, kernel)
@@ -95,6 +96,18 @@ class Conv3x3(nn.Module):
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                        preferred_element_type=jnp.float32)
     return y + bias
+
+
+def batch_moments(x, mask, sums=None):
+  """Per-channel (mean, variance) of x over every axis but the last, counting only the rows
+  where ``mask`` [N] is True (E[x^2] - mean^2, clipped at 0, as nn.BatchNorm). ``sums``: the
+  (sum of x, sum of x^2) over valid rows when already computed (``fused_conv_layer``)."""
+  w = mask.astype(jnp.float32)
+  per_row = float(np.prod(x.shape[1:-1]))
+  count = jnp.maximum(jnp.sum(w) * per_row, 1.0)
+  s1, s2 = masked_sums(x, w) if sums is None else sums
+  mean = s1 / count
+  return mean, jnp.maximum(0.0, s2 / count - jnp.square(mean))
 
 
 class MaskedBatchNorm(nn.Module):
@@ -108,36 +121,27 @@ class MaskedBatchNorm(nn.Module):
   epsilon: float = 1e-3  # Keras' default, as the paper
 
   @nn.compact
-  def __call__(self, x, mask, train: bool, sums=None, affine_only: bool = False):
-    """Normalised x; or with ``affine_only`` the per-channel (a, b) with which a x + b is.
-
-    ``sums``: the per-channel (sum of x, sum of x^2) over valid rows, when already computed
-    (``fused_conv_layer``); x then only gives the shape.
-    """
-    feat = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (feat,))
-    bias = self.param('bias', nn.initializers.zeros, (feat,))
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((feat,), jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((feat,), jnp.float32))
+  def affine(self, features: int, train: bool, moments=None):
+    """The per-channel (a, b) with which the normalised x is a x + b: from the batch's
+    ``moments`` (``batch_moments``; the running averages updated) when ``train``, else from
+    the running averages."""
+    scale = self.param('scale', nn.initializers.ones, (features,))
+    bias = self.param('bias', nn.initializers.zeros, (features,))
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
     if train:
-      w = mask.astype(jnp.float32)
-      per_row = float(np.prod(x.shape[1:-1]))
-      count = jnp.maximum(jnp.sum(w) * per_row, 1.0)
-      s1, s2 = masked_sums(x, w) if sums is None else sums
-      mean = s1 / count
-      var = jnp.maximum(0.0, s2 / count - jnp.square(mean))
+      mean, var = moments
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     else:
       mean, var = ra_mean.value, ra_var.value
     a = scale * jax.lax.rsqrt(var + self.epsilon)
-    b = bias - mean * a
-    if affine_only:
-      return a, b
+    return a, bias - mean * a
+
+  def __call__(self, x, mask, train: bool):
+    a, b = self.affine(x.shape[-1], train, batch_moments(x, mask) if train else None)
     return x * a + b
-
-
 
 
 class MaskedLSTM(nn.Module):
@@ -219,30 +223,25 @@ class ImageEncoder(nn.Module):
     modes = ['affine'] + ['relu_pool' if j == self.convs_per_block - 1 else 'relu'
                           for _, j in layers]
     bn_names = ['bn_input'] + [f'bn{blk}_{j}' for blk, j in layers]
+    c_in = [x.shape[-1]] + [self.filters] * len(layers)
     if train:
       y, sums = x, None
-      for (blk, j), name, mode in zip(layers, bn_names, modes):
-        a, b = bn(name)(y, mask, train, sums=sums, affine_only=True)
-        kernel, bias = conv(blk, j)(y, params_only=True)
+      for (blk, j), name, mode, c in zip(layers, bn_names, modes, c_in):
+        a, b = bn(name).affine(c, True, batch_moments(y, mask, sums))
+        kernel, bias = conv(blk, j).kernel_and_bias(c)
         y, s1, s2 = fused_conv_layer(y, a, b, kernel, bias, w, mode, chunk)
         sums = (s1, s2)
-      a, b = bn(bn_names[-1])(y, mask, train, sums=sums, affine_only=True)
+      a, b = bn(bn_names[-1]).affine(self.filters, True, batch_moments(y, mask, sums))
       x, _, _ = layer_input(y, a, b, modes[-1])
       x = x.reshape(x.shape[0], -1)
     else:
-      x = self._eval_chunked(x, w, layers, bn_names, modes, bn, conv, chunk)
+      # Evaluation mode (running statistics): every layer of a chunk of ``chunk`` stamps before
+      # the next chunk, so that its activations stay in the CPU's caches and only the features
+      # are written; chunks of padding (w = 0) are skipped.
+      affine = [bn(name).affine(c, False) for name, c in zip(bn_names, c_in)]
+      kernels = [conv(blk, j).kernel_and_bias(c) for (blk, j), c in zip(layers, c_in)]
+      x = fused.encode_eval_chunked(x, w, affine, kernels, modes, chunk)
     return jnp.zeros_like(x).at[order].set(x)
-
-  def _eval_chunked(self, x, w, layers, bn_names, modes, bn, conv, chunk):
-    """Evaluation mode (running batch statistics): every layer of a chunk of ``chunk`` stamps
-    before the next chunk, so that its activations stay in the CPU's caches and only the
-    features are written; chunks of padding (w = 0) are skipped. -> [N, features]."""
-    probe = lambda c: jnp.zeros((1, 1, 1, c), jnp.float32)  # only the shapes are read
-    c_in = [x.shape[-1]] + [self.filters] * len(layers)
-    affine = [bn(name)(probe(c), None, False, affine_only=True)
-              for name, c in zip(bn_names, c_in)]
-    kernels = [conv(blk, j)(probe(c), params_only=True) for (blk, j), c in zip(layers, c_in)]
-    return fused.encode_eval_chunked(x, w, affine, kernels, modes, chunk)
 
 
 class SequenceClassifier(nn.Module):
