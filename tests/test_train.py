@@ -202,7 +202,7 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
   from rcnn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  overrides = {'train.num_steps': 60, 'ckpt.every': 7, 'train.eval_every': 5,
+  overrides = {'train.num_steps': 30, 'ckpt.every': 7, 'train.eval_every': 5,
                'model.lstm_size': 12}
   config = hits.get_config('smoke')
   for k, v in overrides.items():
@@ -236,17 +236,17 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
       proc.kill()
     _, err = proc.communicate()
   assert killed_at is not None, err[-2000:]
-  assert killed_at < 60
+  assert killed_at < 30
   latest = checkpoints.manager(str(b), config, read_only=True)
-  assert latest.latest_step() is not None and latest.latest_step() < 60
+  assert latest.latest_step() is not None and latest.latest_step() < 30
   train.train_and_evaluate(config, str(b), progress=False)  # resumes after the kill
   rows = _raw_rows(str(b))
   train_steps = [r['step'] for r in rows if 'train_loss' in r]
-  assert train_steps == list(range(1, 61))  # each step once, in order
-  assert [r['step'] for r in rows if 'val_loss' in r] == list(range(5, 61, 5))
+  assert train_steps == list(range(1, 31))  # each step once, in order
+  assert [r['step'] for r in rows if 'val_loss' in r] == list(range(5, 31, 5))
   la, lb = _losses(a), _losses(str(b))
   assert la == lb
-  jax.tree.map(np.testing.assert_array_equal, _params(a, 60).params, _params(str(b), 60).params)
+  jax.tree.map(np.testing.assert_array_equal, _params(a, 30).params, _params(str(b), 30).params)
   assert checkpoints.load_config(str(b)).model.lstm_size == 12
-  shapes = [np.shape(x) for x in jax.tree.leaves(_params(str(b), 60).params)]
+  shapes = [np.shape(x) for x in jax.tree.leaves(_params(str(b), 30).params)]
   assert any(12 in s for s in shapes) and not any(16 in s for s in shapes)  # smoke's is 16
