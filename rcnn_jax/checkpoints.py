@@ -65,8 +65,19 @@ def manager(workdir, config, read_only=False, legacy_best=False):
       return ocp.CheckpointManager(path, options=_manager_options(config, read_only,
                                                                   legacy_best))
   except Exception as e:  # pylint: disable=broad-except
-    workdir_lib.warn(f'{path} cannot be read ({workdir_lib.reason(e)})')
-    return None
+    why = workdir_lib.reason(e)
+  if read_only:  # orbax reads every step's metrics on opening: open once more without them
+    try:
+      with workdir_lib.quiet_orbax():
+        m = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, lightweight_initialize=True))
+      workdir_lib.warn(f'{path}: the checkpoints\' metrics cannot all be read ({why}); the '
+                       'best is chosen among the readable ones')
+      return m
+    except Exception:  # pylint: disable=broad-except
+      pass
+  workdir_lib.warn(f'{path} cannot be read ({why})')
+  return None
 
 
 def restore_state(manager_, step, target: TrainState) -> TrainState:
@@ -88,7 +99,10 @@ def validated(manager_):
     return []
   out = []
   for s in manager_.all_steps():
-    m = manager_.metrics(s)
+    try:
+      m = manager_.metrics(s)
+    except Exception:  # pylint: disable=broad-except  (garbled metrics: not validated)
+      continue
     if isinstance(m, dict) and isinstance(m.get('val_loss'), (int, float)):
       out.append((float(m['val_loss']), s))
   return sorted(out)

@@ -209,6 +209,20 @@ def test_damaged_best_falls_back_to_the_next_best(trained, tmp_path, capfd):
   assert latest.best_step() == checkpoints.validated(latest)[0][1]
 
 
+def test_garbled_metrics_leave_the_checkpoints_readable(trained, tmp_path, capfd):
+  """orbax reads every step's metrics when a manager opens; one garbled metrics file must not
+  hide the checkpoints from evaluation: the best among the readable ones is used."""
+  config, wd, target = _copy(trained, tmp_path)
+  ranked = [s for _, s in checkpoints.validated(checkpoints.manager(wd, config, read_only=True))]
+  with open(os.path.join(wd, 'checkpoints', str(ranked[0]), 'metrics', 'metrics'), 'w') as f:
+    f.write('{"val_loss": 1.')  # cut short
+  capfd.readouterr()
+  _, _, _, state, step = checkpoints.restore_for_eval(wd)
+  assert step == ranked[1] and int(state.step) == ranked[1]
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'metrics cannot all be read' in err[0], err
+
+
 def test_workdir_of_the_older_layout_restores_its_best(trained, tmp_path, capfd):
   """Before one manager, W/best/ (its own orbax manager with metrics) and W/best.json sat
   beside W/checkpoints/ (no metrics): evaluation and training still find the best there."""
