@@ -34,11 +34,10 @@ def _val_loss(metrics):
   return metrics['val_loss']
 
 
-def _manager_options(config, read_only, legacy=False):
+def _manager_options(config, read_only):
   tracking = dict(best_fn=_val_loss, best_mode='min')
   if read_only:
     return ocp.CheckpointManagerOptions(read_only=True, create=False, **tracking)
-  assert not legacy, 'the legacy best/ is never written'
   # The latest ckpt.max_to_keep and, whatever its age, the one of lowest validation loss; a
   # checkpoint saved without metrics is kept only while it is among the latest.
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -62,8 +61,7 @@ def manager(workdir, config, read_only=False, legacy_best=False):
     return None
   try:
     with workdir_lib.quiet_orbax():
-      return ocp.CheckpointManager(path, options=_manager_options(config, read_only,
-                                                                  legacy_best))
+      return ocp.CheckpointManager(path, options=_manager_options(config, read_only))
   except Exception as e:  # pylint: disable=broad-except
     why = workdir_lib.reason(e)
   if read_only:  # orbax reads every step's metrics on opening: open once more without them

@@ -149,21 +149,25 @@ def _run(args, env_extra=None, timeout=600):
                         text=True, timeout=timeout)
 
 
-_MULTI = r'''
-import json, sys, jax
-sys.path.insert(0, '.')
-from configs import hits
-from rcnn_jax import common
+# Two steps of the smoke run from key 0 -> `losses`: run here, and as the body of _MULTI.
+_SMOKE_LOSSES = '''
 config = hits.get_config('smoke')
 mesh = common.make_mesh()
 sim, model, tx = common.build(config)
 state = common.init_state(config, sim, model, tx, mesh)
 step = common.make_train_step(config, sim, model, tx, mesh)
-out = []
+losses = []
 for _ in range(2):
   state, m = step(state, jax.random.key(0))
-  out.append(float(m['loss']))
-print(json.dumps({'devices': jax.device_count(), 'losses': out}))
+  losses.append(float(m['loss']))
+'''
+_MULTI = '''
+import json, sys, jax
+sys.path.insert(0, '.')
+from configs import hits
+from rcnn_jax import common
+''' + _SMOKE_LOSSES + '''
+print(json.dumps({'devices': jax.device_count(), 'losses': losses}))
 '''
 
 
@@ -182,15 +186,9 @@ def test_two_devices_match_one_device():
     return out['losses']
 
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
-    config = hits.get_config('smoke')
-    mesh = common.make_mesh()
-    sim, model, tx = common.build(config)
-    state = common.init_state(config, sim, model, tx, mesh)
-    step = common.make_train_step(config, sim, model, tx, mesh)
-    one = []
-    for _ in range(2):
-      state, m = step(state, jax.random.key(0))
-      one.append(float(m['loss']))
+    here = {'hits': hits, 'common': common, 'jax': jax}
+    exec(_SMOKE_LOSSES, here)  # pylint: disable=exec-used
+    one = here['losses']
   else:
     one = in_subprocess(1)
   np.testing.assert_allclose(in_subprocess(2), one, rtol=2e-4)
