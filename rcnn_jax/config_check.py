@@ -213,6 +213,7 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.int('sim.n_w', 1)
   c.int('sim.max_steps', 1)
   c.int('sim.pre_detection', 0)
+  c.bool('sim.clip_early_start')
   c.float('sim.host_fraction_supernova', 0.0, 1.0)
   c.float('sim.host_fraction_other', 0.0, 1.0)
   c.int('sim.max_redraws', 1)

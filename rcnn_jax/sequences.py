@@ -20,14 +20,19 @@ def first_detection(mag, limmag, num_epochs):
   return jnp.where(detected.any(), jnp.argmax(detected), e).astype(jnp.int32)
 
 
-def sequence_start(detection, num_epochs, pre_detection, n_w):
+def sequence_start(detection, num_epochs, pre_detection, n_w, clip_early=False):
   """(start, ok): the sequence starts ``pre_detection`` images before the detection.
 
-  ``ok`` is False when the object is never detected, is detected before ``pre_detection``
-  images exist, or leaves fewer than ``n_w`` images from the start (no full step).
+  ``ok`` is False when the object is never detected or leaves fewer than ``n_w`` images from
+  the start (no full step). An object detected before ``pre_detection`` images exist is
+  rejected unless ``clip_early``; then its start is clipped to the field's first image, as
+  ``preprocess.detection_start`` clips a real transient's (a supernova already bright when the
+  survey began: 3 of the 10 real development supernovae start at the first image).
   """
   start = detection - pre_detection
-  ok = (detection < num_epochs) & (start >= 0) & (num_epochs - start >= n_w)
+  ok = (detection < num_epochs) & (num_epochs - jnp.maximum(start, 0) >= n_w)
+  if not clip_early:
+    ok = ok & (start >= 0)
   return jnp.maximum(start, 0).astype(jnp.int32), ok
 
 

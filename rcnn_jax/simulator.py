@@ -38,6 +38,8 @@ class Simulator:
   n_w: int = flax.struct.field(pytree_node=False, default=3)
   max_steps: int = flax.struct.field(pytree_node=False, default=20)
   pre_detection: int = flax.struct.field(pytree_node=False, default=5)
+  # Transients detected before pre_detection images exist start at the field's first image.
+  clip_early_start: bool = flax.struct.field(pytree_node=False, default=False)
   transient_ids: tuple = flax.struct.field(pytree_node=False, default=(0, 6))
   galaxy_id: int = flax.struct.field(pytree_node=False, default=5)
   psf_kind: str = flax.struct.field(pytree_node=False, default='moffat')
@@ -124,6 +126,7 @@ def build_simulator(config) -> Simulator:
       host_fraction=jnp.asarray(host, jnp.float32), host_tables=tables, class_names=names,
       stamp_size=int(sc.stamp_size), n_w=int(sc.n_w), max_steps=int(sc.max_steps),
       pre_detection=int(sc.pre_detection),
+      clip_early_start=bool(sc.get('clip_early_start', False)),
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
       moffat_beta=float(sc.psf.moffat_beta),
@@ -157,7 +160,9 @@ def psf_fwhm_px(seeing_arcsec, sim: Simulator):
 def _attempt_parts(key, label, sim: Simulator):
   """One draw of field, CCD and light curve: (window ok, variability ok, outputs).
 
-  Transients must be detected with ``pre_detection`` images before; other classes take their
+  Transients must be detected with ``pre_detection`` images before (or, with
+  ``sim.clip_early_start``, start at the field's first image when detected earlier, as a real
+  transient's sequence does: ``preprocess.detection_start``); other classes take their
   start (so their N_d) from a transient drawn on the same field, so that N_d follows one
   distribution for all classes: a transient's curve decides the window, the object's own (key
   klc) for a transient, a ghost's (key kg) otherwise. The variable classes
@@ -181,7 +186,8 @@ def _attempt_parts(key, label, sim: Simulator):
       det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids,
       band=band)
   det = sequences.first_detection(det_mag, surv.limmag5[field], n)
-  start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w)
+  start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w,
+                                     clip_early=sim.clip_early_start)
   var_ok = jnp.bool_(True)
   if sim.variable_ids:
     idx, valid, _ = sequences.window(start, n, sim.max_steps, sim.n_w)

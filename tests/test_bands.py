@@ -76,6 +76,7 @@ def test_hits_outputs_unchanged_by_the_band_code():
   config.sim.calibration.sky_rms_adu = 0.0
   config.sim.calibration.sky_rms_fraction = 0.0
   config.sim.calibration.zero_point_rms = 0.0093
+  config.sim.clip_early_start = False
   data = simulate.simulate_to_host(config, 28, chunk=14, progress=False)
   assert 'band' not in data and data['time_gaps'].shape[-1] == 3
   got = {k: hashlib.sha256(np.asarray(data[k]).tobytes()).hexdigest()[:16]

@@ -30,6 +30,23 @@ def test_sequence_start_requires_pre_detection_images():
   assert bool(ok)
 
 
+def test_sequence_start_clips_early_detections_like_the_real_path():
+  """clip_early: a transient detected before pre_detection images exist starts at image 0,
+  as preprocess.detection_start clips a real one; never-detected and too-short still fail."""
+  start, ok = sequences.sequence_start(jnp.int32(2), 20, 5, 3, clip_early=True)
+  assert int(start) == 0 and bool(ok)
+  start, ok = sequences.sequence_start(jnp.int32(7), 20, 5, 3, clip_early=True)
+  assert int(start) == 2 and bool(ok)
+  _, ok = sequences.sequence_start(jnp.int32(20), 20, 5, 3, clip_early=True)
+  assert not bool(ok)
+  _, ok = sequences.sequence_start(jnp.int32(1), 2, 5, 3, clip_early=True)  # 2 images < n_w
+  assert not bool(ok)
+  for det in range(15):
+    real = max(det - 5, 0)  # preprocess.detection_start's rule
+    start, ok = sequences.sequence_start(jnp.int32(det), 20, 5, 3, clip_early=True)
+    assert int(start) == real and bool(ok)
+
+
 def test_window_masks_and_counts():
   idx, ev, sm = sequences.window(jnp.int32(10), 25, 20, 3)
   assert idx.shape == (22,) and ev.shape == (22,) and sm.shape == (20,)
