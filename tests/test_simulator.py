@@ -175,6 +175,7 @@ def test_redraws_take_the_first_accepted_attempt_in_key_order():
   accepted attempt winning (the last round's first when max_redraws runs out)."""
   config = hits.get_config('paper')
   config.sim.redraw_batch, config.sim.max_redraws = 2, 12  # several rounds, and some give up
+  config.sim.clip_early_start = False  # more rejections, so that later rounds and the cap occur
   sim = sim_lib.build_simulator(config)
   b = 21
   keys = jax.random.split(jax.random.key(7), b)
