@@ -4,10 +4,11 @@
 Inputs are prepared exactly as in training (``preprocess.prepare``): epochs with seeing above
 ``config.survey.max_seeing_arcsec`` are dropped, eq. 4 scales to the first kept epoch's zero
 point, and the sequence starts at the first kept epoch (``start='first'``) or
-``sim.pre_detection`` epochs before the photometric first detection (``start='detection'``, for
-supernovae and asteroids). Sequences are truncated at ``config.sim.max_steps`` steps (the
-paper's "after 20 inputs"; the model never saw more); ``full_length=True`` classifies every
-step, the LSTM running on with its carry, an extrapolation.
+``sim.pre_detection`` epochs before the first detection (``start='detection'``, for supernovae
+and asteroids; ``preprocess.detection_start``). Sequences are truncated at
+``config.sim.max_steps`` steps (the paper's "after 20 inputs"; the model never saw more);
+``full_length=True`` classifies every step, the LSTM running on with its carry, an
+extrapolation.
 
 Only the image model (``model.kind == 'rcnn'``) is supported: the light-curve classifier needs
 per-image seeing, gain and read noise for its optimal photometry, which real files lack.

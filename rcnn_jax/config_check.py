@@ -17,6 +17,7 @@ import os
 from rcnn_jax import utils
 
 PSF_KINDS = ('moffat', 'gaussian', 'bank')
+DETECTION_METHODS = ('difference', 'photometry')  # preprocess.detection_start
 SCHEDULES = ('constant', 'warmup_cosine')
 
 _KNOWN = {
@@ -165,6 +166,11 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   if c.get('eval.test_seed_offset') == c.get('eval.val_seed_offset'):
     _bad('eval.test_seed_offset', c.get('eval.test_seed_offset'),
          'not eval.val_seed_offset (the test set would be the validation set)')
+  # real (preprocess.Rules)
+  c.int('real.baseline_epochs', 1)
+  c.float('real.detection_sigma', 0.0, lo_open=True)
+  c.choice('real.detection_method', DETECTION_METHODS)
+  c.bool('real.drop_unknown_seeing')
   bins = c.get('eval.magnitude_bins')
   if bins is not _MISSING:
     try:

@@ -45,13 +45,16 @@ from rcnn_jax import workdir as workdir_lib
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
-  global _WORKDIR, _STEP, _OUT, _REAL, _TFDS, _TFDS_SPLIT
+  global _WORKDIR, _STEP, _OUT, _REAL, _DETECTION, _TFDS, _TFDS_SPLIT
   _WORKDIR = flags.DEFINE_multi_string('workdir', None,
                                        'Training workdir(s); two for side by side.')
   _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by val loss).')
   _OUT = flags.DEFINE_string('out', None, 'Output directory (default: first workdir/eval).')
   _REAL = flags.DEFINE_multi_string('real', None, 'Folders of real labelled sequences '
                                     '(DIR or DIR=Class); evaluates on them instead.')
+  _DETECTION = flags.DEFINE_enum('detection_method', None, ['difference', 'photometry'],
+                                 "With --real: the transients' first-detection rule (default: "
+                                 "the workdir config's config.real.detection_method).")
   _TFDS = flags.DEFINE_string('tfds', None, 'Evaluate on a prepared hits_sim or hits_real '
                               'dataset folder (DATA_DIR/<name>/<config>/<version>) instead.')
   _TFDS_SPLIT = flags.DEFINE_string('tfds_split', None, "With --tfds: the split (default: "
@@ -411,11 +414,15 @@ def require_real_compatible(workdir, what='evaluate --real'):
     bands.require_one_band(checkpoints.load_config(workdir), what)
 
 
-def evaluate_real(workdir, dirs, step=None, stderr=None):
-  """metrics_real dict of a workdir's model on labelled real folders (see the module doc)."""
+def evaluate_real(workdir, dirs, step=None, stderr=None, detection_method=None):
+  """metrics_real dict of a workdir's model on labelled real folders (see the module doc).
+
+  ``detection_method``: overrides the config's ``real.detection_method`` (None: keep it)."""
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
   require_real_compatible(workdir)
   config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
+  if detection_method is not None:
+    config.real.detection_method = detection_method
   seqs, labels = load_labelled(dirs, config)
   batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr))
   logits = real_logits(config, sim, model, state, batch, seqs)
@@ -431,12 +438,13 @@ def evaluate_real(workdir, dirs, step=None, stderr=None):
   m['checkpoint_step'] = int(step)
   m['model'] = config.model.kind
   m['workdir'] = workdir
+  m['detection_method'] = preprocess.Rules.from_config(config).detection_method
   return m
 
 
-def main_real(workdir, dirs, step, out):
+def main_real(workdir, dirs, step, out, detection_method=None):
   """``--real``: writes metrics_real.json and the Fig. 8 (9) figure to ``out``."""
-  m = evaluate_real(workdir, dirs, step)
+  m = evaluate_real(workdir, dirs, step, detection_method=detection_method)
   os.makedirs(out, exist_ok=True)
   utils.write_json(os.path.join(out, 'metrics_real.json'), m)
   from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
@@ -459,11 +467,13 @@ def main(argv):
     if not os.path.isdir(w):
       raise utils.UserError(f'{w}: no such workdir')
   out = _OUT.value or os.path.join(workdirs[0], 'eval')
+  if _DETECTION.value and not _REAL.value:
+    raise app.UsageError('--detection_method needs --real')
   if _REAL.value:
     if len(workdirs) != 1:
       raise app.UsageError('--real takes one --workdir')
     require_real_compatible(workdirs[0])
-    return main_real(workdirs[0], _REAL.value, _STEP.value, out)
+    return main_real(workdirs[0], _REAL.value, _STEP.value, out, _DETECTION.value)
   if _TFDS.value:
     results = [evaluate_tfds(w, _TFDS.value, _TFDS_SPLIT.value, _STEP.value) for w in workdirs]
   else:

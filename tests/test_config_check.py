@@ -40,6 +40,8 @@ BAD = [
     ('sim.galaxy.mag_range', (23.5, 16.5)), ('survey.pixel_scale_arcsec', 0.0),
     ('survey.num_fields', 0), ('eval.magnitude_bins', (20.0, 19.0)),
     ('survey.conditions_path', '/nonexistent/conditions.csv'),
+    ('real.detection_method', 'aperture'), ('real.baseline_epochs', 0),
+    ('real.detection_sigma', 0.0), ('real.drop_unknown_seeing', 'yes'),
 ]
 
 
