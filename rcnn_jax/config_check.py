@@ -18,6 +18,7 @@ from rcnn_jax import utils
 
 PSF_KINDS = ('moffat', 'gaussian', 'bank')
 DETECTION_METHODS = ('difference', 'photometry')  # preprocess.detection_start
+SIM_DETECTIONS = ('difference', 'flux')  # simulator.detection_baseline
 SCHEDULES = ('constant', 'warmup_cosine')
 
 _KNOWN = {
@@ -220,6 +221,7 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.int('sim.max_steps', 1)
   c.int('sim.pre_detection', 0)
   c.bool('sim.clip_early_start')
+  c.choice('sim.detection', SIM_DETECTIONS)
   c.float('sim.host_fraction_supernova', 0.0, 1.0)
   c.float('sim.host_fraction_other', 0.0, 1.0)
   c.int('sim.max_redraws', 1)

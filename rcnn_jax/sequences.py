@@ -12,11 +12,44 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def first_detection(mag, limmag, num_epochs):
-  """Index of the first real epoch brighter than its limiting magnitude, or len(mag) if none."""
+def first_detection(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_bands=1):
+  """Index of the first real epoch where the transient is detected, or len(mag) if none.
+
+  ``baseline_epochs`` 0: its flux is above its 5-sigma limiting flux (``mag < limmag``).
+  ``baseline_epochs`` n > 0: what a difference-imaging survey detects (HiTS: new sources on
+  the difference against a template from the field's first epochs, Forster et al. 2016, ApJ
+  832, 155), and what ``preprocess.detection_start`` measures on a real file: the flux minus
+  the median flux of the field's first n epochs above 5 sigma of the difference, sigma^2 =
+  sigma_e^2 + (pi / 2) mean(sigma_b^2) / n (the epoch's error and that of the baseline's
+  median; sigma = limiting flux / 5). A transient already bright in the first epochs is only
+  detected if it brightens by that much more. Fluxes are noiseless (m = inf: none).
+  Several bands (``band`` [E] indices < ``num_bands``): each epoch is differenced against the
+  first n epochs of its own band, as templates are per band.
+  """
   e = mag.shape[-1]
   idx = jnp.arange(e)
-  detected = (mag < limmag) & (idx < num_epochs)
+  real = idx < num_epochs
+  if baseline_epochs:
+    nb = int(baseline_epochs)
+    flux = 10.0**(-0.4 * mag)
+    var = (10.0**(-0.4 * limmag) / 5.0)**2
+    if band is None:
+      ref = jnp.median(flux[..., :nb], axis=-1, keepdims=True)
+      var_b = jnp.mean(var[..., :nb], -1, keepdims=True)
+      n_b = nb
+    else:
+      # [..., B, E]: the first nb real epochs of each band; then each epoch's band's row.
+      inb = (band[..., None, :] == jnp.arange(num_bands)[:, None]) & real
+      base = inb & (jnp.cumsum(inb, axis=-1) <= nb)
+      n_all = jnp.maximum(base.sum(-1), 1)
+      ref_all = jnp.nanmedian(jnp.where(base, flux[..., None, :], jnp.nan), axis=-1)
+      var_all = jnp.where(base, var[..., None, :], 0.0).sum(-1) / n_all
+      pick = lambda a: jnp.take_along_axis(a, band, axis=-1)
+      ref, var_b, n_b = pick(ref_all), pick(var_all), pick(n_all)
+    sigma = jnp.sqrt(var + 0.5 * jnp.pi * var_b / n_b)
+    detected = (flux - ref > 5.0 * sigma) & real
+  else:
+    detected = (mag < limmag) & real
   return jnp.where(detected.any(), jnp.argmax(detected), e).astype(jnp.int32)
 
 

@@ -40,6 +40,9 @@ class Simulator:
   pre_detection: int = flax.struct.field(pytree_node=False, default=5)
   # Transients detected before pre_detection images exist start at the field's first image.
   clip_early_start: bool = flax.struct.field(pytree_node=False, default=False)
+  # > 0: transients are detected on the difference against the field's first epochs
+  # (sequences.first_detection); 0: on their own flux (before 2026-12-03).
+  detection_baseline: int = flax.struct.field(pytree_node=False, default=0)
   transient_ids: tuple = flax.struct.field(pytree_node=False, default=(0, 6))
   galaxy_id: int = flax.struct.field(pytree_node=False, default=5)
   psf_kind: str = flax.struct.field(pytree_node=False, default='moffat')
@@ -85,6 +88,16 @@ class Simulator:
     return self.max_steps + self.n_w - 1
 
 
+def detection_baseline(config) -> int:
+  """Baseline epochs of the simulator's transient detection (``Simulator.detection_baseline``):
+  ``config.real.baseline_epochs`` under ``config.sim.detection = 'difference'`` (the real
+  path's rule), 0 under 'flux' (saved configs from before the field: their training's rule)."""
+  kind = str(config.sim.get('detection', 'flux'))
+  if kind not in ('difference', 'flux'):
+    raise UserError(f"config.sim.detection must be 'difference' or 'flux', got {kind!r}")
+  return int(config.real.baseline_epochs) if kind == 'difference' else 0
+
+
 def build_simulator(config) -> Simulator:
   """Host side: reads or draws the survey, tabulates templates. Fast enough to call per run."""
   sc = config.sim
@@ -106,6 +119,9 @@ def build_simulator(config) -> Simulator:
   if sc.n_w < 1 or sc.max_steps < 1 or sc.pre_detection < 0:
     raise UserError('config.sim: n_w and max_steps must be >= 1 and pre_detection >= 0')
   surv = survey_lib.build_survey(config.survey, min_epochs=sc.pre_detection + sc.n_w)
+  if detection_baseline(config) > int(np.min(np.asarray(surv.num_epochs))):
+    raise UserError(f'config.real.baseline_epochs ({detection_baseline(config)}) exceeds the '
+                    "epochs of the survey's shortest field (sim.detection = 'difference')")
   host = [sc.host_fraction_supernova if n == 'Supernova' else
           1.0 if n == 'Galaxy' else sc.host_fraction_other for n in names]
   bank = render.load_psf_bank(sc.psf.bank_path) if sc.psf.kind == 'bank' else None
@@ -127,6 +143,7 @@ def build_simulator(config) -> Simulator:
       stamp_size=int(sc.stamp_size), n_w=int(sc.n_w), max_steps=int(sc.max_steps),
       pre_detection=int(sc.pre_detection),
       clip_early_start=bool(sc.get('clip_early_start', False)),
+      detection_baseline=detection_baseline(config),
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
       moffat_beta=float(sc.psf.moffat_beta),
@@ -160,7 +177,8 @@ def psf_fwhm_px(seeing_arcsec, sim: Simulator):
 def _attempt_parts(key, label, sim: Simulator):
   """One draw of field, CCD and light curve: (window ok, variability ok, outputs).
 
-  Transients must be detected with ``pre_detection`` images before (or, with
+  Transients must be detected (``sequences.first_detection``; with ``detection_baseline``, on
+  the difference against the field's first epochs) with ``pre_detection`` images before (or, with
   ``sim.clip_early_start``, start at the field's first image when detected earlier, as a real
   transient's sequence does: ``preprocess.detection_start``); other classes take their
   start (so their N_d) from a transient drawn on the same field, so that N_d follows one
@@ -185,7 +203,8 @@ def _attempt_parts(key, label, sim: Simulator):
   det_mag, _, _ = lightcurves.sample_magnitudes(
       det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids,
       band=band)
-  det = sequences.first_detection(det_mag, surv.limmag5[field], n)
+  det = sequences.first_detection(det_mag, surv.limmag5[field], n, sim.detection_baseline,
+                                  band=band, num_bands=surv.num_bands)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w,
                                      clip_early=sim.clip_early_start)
   var_ok = jnp.bool_(True)
@@ -226,6 +245,12 @@ def _round(key, label, num, sim: Simulator):
   return oks.any(), jax.tree.map(lambda x: x[first], outs)
 
 
+# Objects per later redraw round: a 32nd of the batch (8 of 256, where ~6 supernovae are still
+# pending after the first round). The result does not depend on it (each object's attempts come
+# from its own key), only the work: a round costs group x 2 redraw_batch attempts.
+_REDRAW_GROUP_DIVISOR = 32
+
+
 def _draw_schedules(keys, labels, sim: Simulator):
   """Sec. 3.1's window for a batch: redraws field, CCD and light curve until each object fits.
 
@@ -233,15 +258,16 @@ def _draw_schedules(keys, labels, sim: Simulator):
   ``redraw_batch``, then rounds of ``2 redraw_batch`` from a split chain), and the first
   accepted one wins, so the result is a pure function of the object's key, whichever batch it is
   in. The first round runs for every object; later rounds only for the objects still unaccepted
-  (mostly supernovae, 14 % of whose attempts fit in HiTS), gathered into groups of at most an
-  eighth of the batch: a vmapped while loop would run every round for the whole batch.
+  (mostly supernovae, 11 % of whose attempts fit in HiTS: 16 % of them remain after the first
+  16), gathered into groups of ``1 / _REDRAW_GROUP_DIVISOR`` of the batch, as many groups as
+  are pending: a vmapped while loop would run every round for the whole batch.
   After ``max_redraws`` attempts an object keeps its last round's first attempt.
   Returns (field, ccd, magnitudes [E], reference magnitude, start, redshift) per object
   (redshift NaN for classes without one).
   """
   b = labels.shape[0]
   r1, r2 = sim.redraw_batch, 2 * sim.redraw_batch
-  group = min(b, max(1, -(-b // 8)))
+  group = min(b, max(1, -(-b // _REDRAW_GROUP_DIVISOR)))
   k_first, chain = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   rounds = lambda k, l, num: jax.vmap(lambda kk, ll: _round(kk, ll, num, sim))(k, l)
   ok, out = rounds(k_first, labels, r1)

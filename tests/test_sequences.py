@@ -19,6 +19,65 @@ def test_first_detection_on_hand_made_curve():
   assert int(sequences.first_detection(mag, lim2, 8)) == 2
 
 
+def test_first_detection_on_the_difference_against_the_first_epochs():
+  """baseline_epochs n: flux minus the median of the first n epochs' above 5 sigma of the
+  difference, sigma^2 = s_e^2 + pi/2 mean(s_b^2) / n (s = limiting flux / 5), by hand."""
+  lim = jnp.full(8, 22.5)
+  f_lim = 10**(-0.4 * 22.5)
+  thresh = 5 * np.sqrt((f_lim / 5)**2 * (1 + 0.5 * np.pi / 3))  # 1.23 limiting fluxes
+  to_mag = lambda f: jnp.asarray(-2.5 * np.log10(np.asarray(f, np.float64)), jnp.float32)
+  # Bright from the first epoch and fading: the flux rule detects it at once, the difference
+  # against the first epochs never (what a difference-imaging survey misses).
+  fading = to_mag(f_lim * np.linspace(4.0, 1.0, 8))
+  assert int(sequences.first_detection(fading, lim, 8)) == 0
+  assert int(sequences.first_detection(fading, lim, 8, baseline_epochs=3)) == 8
+  # Bright from the start, then brightening: detected where the rise passes the threshold.
+  base = 2.0 * f_lim
+  rising = np.array([base, base, base, base + 0.9 * thresh, base + 1.1 * thresh,
+                     base + 3 * thresh, base, base])
+  assert int(sequences.first_detection(to_mag(rising), lim, 8, baseline_epochs=3)) == 4
+  assert int(sequences.first_detection(to_mag(rising), lim, 8)) == 0
+  # A transient absent from the baseline (m = inf): detected above 1.23 limiting fluxes.
+  new = np.array([0, 0, 0, 0, 1.1 * f_lim, 1.3 * f_lim, 0, 0])
+  with np.errstate(divide='ignore'):
+    assert int(sequences.first_detection(to_mag(new), lim, 8, baseline_epochs=3)) == 5
+    assert int(sequences.first_detection(to_mag(new), lim, 8)) == 4
+    # One bright epoch inside the baseline (an asteroid) leaves its median at 0: detected.
+    spike = np.array([0, 2 * f_lim, 0, 0, 0, 0, 0, 0])
+    assert int(sequences.first_detection(to_mag(spike), lim, 8, baseline_epochs=3)) == 1
+    # Epochs beyond the field's real ones do not count.
+    assert int(sequences.first_detection(to_mag(new), lim, 5, baseline_epochs=3)) == 8
+
+
+
+def test_first_detection_on_the_difference_per_band():
+  """Several bands: each epoch against the first n epochs of its own band (per-band templates);
+  one band only: the same as no band."""
+  lim = jnp.full(10, 22.5)
+  f_lim = 10**(-0.4 * 22.5)
+  thresh = 5 * np.sqrt((f_lim / 5)**2 * (1 + 0.5 * np.pi / 3))
+  to_mag = lambda f: jnp.asarray(-2.5 * np.log10(np.asarray(f, np.float64)), jnp.float32)
+  band = jnp.array([0, 1] * 5, jnp.int32)
+  # A red constant star (band 1 three times band 0) that brightens in band 1 at epoch 9.
+  flux = np.where(np.arange(10) % 2, 3.0, 1.0) * 4 * f_lim
+  flux[9] += 1.5 * thresh
+  mag = to_mag(flux)
+  det = lambda **kw: int(sequences.first_detection(mag, lim, 10, baseline_epochs=3, **kw))
+  assert det(band=band, num_bands=2) == 9
+  assert det() == 1  # one template for both bands: its colour reads as a detection
+  # Band 1's baseline is its epochs 1, 3 and 5: a rise at epoch 7 is measured against them.
+  early = np.where(np.arange(10) % 2, 3.0, 1.0) * 4 * f_lim
+  early[7] += 1.5 * thresh
+  assert int(sequences.first_detection(to_mag(early), lim, 10, 3, band=band, num_bands=2)) == 7
+  # The field's real epochs only: epoch 9 beyond num_epochs = 9.
+  assert int(sequences.first_detection(mag, lim, 9, 3, band=band, num_bands=2)) == 10
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    m = jnp.asarray(rng.uniform(20.0, 24.0, 10), jnp.float32)
+    one = jnp.zeros(10, jnp.int32)
+    assert int(sequences.first_detection(m, lim, 8, 3, band=one, num_bands=1)) == int(
+        sequences.first_detection(m, lim, 8, 3))
+
 def test_sequence_start_requires_pre_detection_images():
   start, ok = sequences.sequence_start(jnp.int32(7), 20, 5, 3)
   assert int(start) == 2 and bool(ok)
