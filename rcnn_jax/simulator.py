@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcnn_jax import config_check
 from rcnn_jax import lightcurves
 from rcnn_jax import photometry
 from rcnn_jax import render
@@ -93,8 +94,9 @@ def detection_baseline(config) -> int:
   ``config.real.baseline_epochs`` under ``config.sim.detection = 'difference'`` (the real
   path's rule), 0 under 'flux' (saved configs from before the field: their training's rule)."""
   kind = str(config.sim.get('detection', 'flux'))
-  if kind not in ('difference', 'flux'):
-    raise UserError(f"config.sim.detection must be 'difference' or 'flux', got {kind!r}")
+  if kind not in config_check.SIM_DETECTIONS:
+    raise UserError(f'config.sim.detection must be one of {config_check.SIM_DETECTIONS}, '
+                    f'got {kind!r}')
   return int(config.real.baseline_epochs) if kind == 'difference' else 0
 
 
@@ -119,9 +121,10 @@ def build_simulator(config) -> Simulator:
   if sc.n_w < 1 or sc.max_steps < 1 or sc.pre_detection < 0:
     raise UserError('config.sim: n_w and max_steps must be >= 1 and pre_detection >= 0')
   surv = survey_lib.build_survey(config.survey, min_epochs=sc.pre_detection + sc.n_w)
-  if detection_baseline(config) > int(np.min(np.asarray(surv.num_epochs))):
-    raise UserError(f'config.real.baseline_epochs ({detection_baseline(config)}) exceeds the '
-                    "epochs of the survey's shortest field (sim.detection = 'difference')")
+  baseline = detection_baseline(config)
+  if baseline > int(np.min(np.asarray(surv.num_epochs))):
+    raise UserError(f'config.real.baseline_epochs ({baseline}) exceeds the epochs of the '
+                    "survey's shortest field (sim.detection = 'difference')")
   host = [sc.host_fraction_supernova if n == 'Supernova' else
           1.0 if n == 'Galaxy' else sc.host_fraction_other for n in names]
   bank = render.load_psf_bank(sc.psf.bank_path) if sc.psf.kind == 'bank' else None
@@ -143,7 +146,7 @@ def build_simulator(config) -> Simulator:
       stamp_size=int(sc.stamp_size), n_w=int(sc.n_w), max_steps=int(sc.max_steps),
       pre_detection=int(sc.pre_detection),
       clip_early_start=bool(sc.get('clip_early_start', False)),
-      detection_baseline=detection_baseline(config),
+      detection_baseline=baseline,
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
       moffat_beta=float(sc.psf.moffat_beta),

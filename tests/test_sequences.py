@@ -49,7 +49,6 @@ def test_first_detection_on_the_difference_against_the_first_epochs():
     assert int(sequences.first_detection(to_mag(new), lim, 5, baseline_epochs=3)) == 8
 
 
-
 def test_first_detection_on_the_difference_per_band():
   """Several bands: each epoch against the first n epochs of its own band (per-band templates);
   one band only: the same as no band."""
@@ -77,6 +76,7 @@ def test_first_detection_on_the_difference_per_band():
     one = jnp.zeros(10, jnp.int32)
     assert int(sequences.first_detection(m, lim, 8, 3, band=one, num_bands=1)) == int(
         sequences.first_detection(m, lim, 8, 3))
+
 
 def test_sequence_start_requires_pre_detection_images():
   start, ok = sequences.sequence_start(jnp.int32(7), 20, 5, 3)

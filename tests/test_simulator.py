@@ -122,6 +122,8 @@ def test_transients_detected_after_five_images(sim_and_batch):
     else:
       assert mag[sim.pre_detection] < lim[sim.pre_detection], i
   assert early > 0  # the clipped population exists
+
+
 def test_supernova_windows_start_at_their_difference_detection(sim_and_batch):
   """Each accepted supernova attempt starts pre_detection epochs (floored at 0) before the
   first epoch whose flux minus the median of the field's first 3 epochs' exceeds 5 sigma of
