@@ -63,9 +63,10 @@ def make_mesh():
 
 
 def make_simulate_fn(sim, mesh):
-  """(key, global indices [B]) -> batch, each device simulating its own shard."""
+  """(key, consecutive global indices [B]) -> batch, each device simulating its own shard
+  (a consecutive slice, so the simulator's schedules run per class)."""
   def local(key, index):
-    return sim_lib.simulate_indices(key, sim, index)
+    return sim_lib.simulate_indices(key, sim, index, consecutive=True)
 
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data')), out_specs=P('data'))
 

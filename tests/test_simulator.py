@@ -69,11 +69,26 @@ def test_vmap_over_keys_equals_separate_calls(sim_and_batch):
 
 def test_offset_batches_are_slices_of_the_global_batch(sim_and_batch):
   sim, _, b = sim_and_batch
-  part = jax.device_get(jax.jit(lambda k: sim_lib.simulate_batch(k, sim, 14, offset=28))(
+  # An offset that is not a multiple of the classes: the per-class schedule groups start at
+  # another class than the global batch's.
+  part = jax.device_get(jax.jit(lambda k: sim_lib.simulate_batch(k, sim, 14, offset=31))(
       jax.random.key(3)))
-  np.testing.assert_array_equal(part['label'], b['label'][28:42])
+  np.testing.assert_array_equal(part['label'], b['label'][31:45])
   # Same draws; XLA may fuse a differently sized batch differently (float32 rounding only).
-  np.testing.assert_allclose(part['raw_adu'], b['raw_adu'][28:42], rtol=1e-4)
+  np.testing.assert_allclose(part['raw_adu'], b['raw_adu'][31:45], rtol=1e-4)
+
+
+def test_by_class_runs_each_class_on_its_objects_in_batch_order():
+  seen = []
+
+  def fn(c, x):
+    seen.append(c)
+    return x * 10 + c
+
+  x = jnp.arange(100, 123)  # 23 objects, 7 classes: groups of 4, the last rows padding
+  out = jax.jit(lambda f: sim_lib.by_class(fn, f, 7, x))(jnp.int32(5))
+  np.testing.assert_array_equal(out, np.arange(100, 123) * 10 + (5 + np.arange(23)) % 7)
+  assert seen == list(range(7))  # each class traced once, as a Python int
 
 
 def test_eq4_preprocessing_of_outputs(sim_and_batch):
@@ -218,8 +233,13 @@ def test_redraws_take_the_first_accepted_attempt_in_key_order():
   b = 21
   keys = jax.random.split(jax.random.key(7), b)
   labels = jnp.arange(b, dtype=jnp.int32) % 7
-  field, ccd, _, _, start, _ = jax.device_get(
+  field, ccd, mag, ref, start, z = jax.device_get(
       jax.jit(lambda k, l: sim_lib._draw_schedules(k, l, sim))(keys, labels))
+  # Per class (each object's own class's curves only; labels from class 0): the same objects.
+  grouped = jax.device_get(
+      jax.jit(lambda k, l: sim_lib._draw_schedules(k, l, sim, 0))(keys, labels))
+  for a, g in zip((field, ccd, mag, ref, start, z), grouped):
+    np.testing.assert_array_equal(a, g)
   attempts = jax.jit(jax.vmap(lambda k, l: sim_lib._attempt(k, l, sim), (0, None)))
   gave_up = rounds_seen = 0
   for i in range(b):
