@@ -272,7 +272,7 @@ def by_class(fn, first_label, num_classes, *rows):
   class's work is traced; results in batch order.
 
   Class c's objects are i = (c - first_label) % C + C j, j < ceil(B / C): one static group per
-  class, vmapped; the last group's rows past the batch repeat its last object and are dropped.
+  class, vmapped; a group's rows past the batch's end recompute its last object and are dropped.
   """
   b = rows[0].shape[0]
   g = -(-b // num_classes)
