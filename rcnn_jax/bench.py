@@ -9,6 +9,9 @@ same step with every step of every sequence valid (the work of a fixed-length im
 and the simulation's share of the step (the batch simulated alone).
 ``inference``: new images/s of the incremental (alert-broker) mode, batched across objects, and
 its probabilities' largest difference from full precision (--workdir: a trained model's).
+``alerts``: real ZTF alert packets end to end (``rcnn_jax.alerts``: Avro decoding, cutouts,
+the SQLite state read and written, the model), alerts/s and where the time goes, and the
+latency of one alert; against Rubin's largest visit (40,000 alerts in ~30 s: 1,333 alerts/s).
 With no name, all of them run.
 """
 
@@ -32,6 +35,7 @@ from rcnn_jax import utils
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
   global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _MIN_TIME, _CONFIG_ARG, _OUT, _WORKDIR
+  global _ALERT_OBJECTS, _ALERT_EPOCHS, _ALERT_SLOTS
   _BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
   _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
   _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
@@ -46,6 +50,9 @@ def _define_flags():
       'workdir', '', 'inference: the trained RCNN of this training workdir (best checkpoint) '
       'instead of random initial parameters of the config.')
   _OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
+  _ALERT_OBJECTS = flags.DEFINE_integer('alert_objects', 1024, 'alerts: objects in the stream.')
+  _ALERT_EPOCHS = flags.DEFINE_integer('alert_epochs', 4, 'alerts: alerts per object.')
+  _ALERT_SLOTS = flags.DEFINE_integer('alert_slots', 256, 'alerts: objects per model call.')
 
 _RESULTS = []
 _REFERENCE_CALLS = 8  # updates of every object compared with the full-precision reference
@@ -264,7 +271,131 @@ def bench_inference(config):
          compared_updates=len(reference))
 
 
-BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference}
+ALERT_SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
+                             'shared', 'data', 'alerts', 'ztf', 'avro_multi_alerts.avro')
+RUBIN_VISIT_RATE = 40_000 / 30.0  # alerts/s: Rubin's largest visit (issue 32)
+
+
+def alert_files(folder, num_objects, num_epochs, per_file=2048):
+  """ZTF Avro files of ``num_objects`` x ``num_epochs`` alerts made from the shared samples'
+  real packets (their cutouts; ids, times, bands rewritten), objects interleaved as a night's
+  stream interleaves them; returns the paths."""
+  import fastavro  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(ALERT_SAMPLES):
+    raise utils.UserError(f'bench alerts reads real packets from {ALERT_SAMPLES}: not found')
+  with open(ALERT_SAMPLES, 'rb') as f:
+    r = fastavro.reader(f)
+    schema = fastavro.parse_schema(r.writer_schema)
+    templates = [t for t in r if _finite_stamp(t)]
+  recs = []
+  for e in range(num_epochs):
+    for o in range(num_objects):
+      rec = copy.deepcopy(templates[(o + e) % len(templates)])
+      rec['objectId'] = f'ZTFbench{o:07d}'
+      rec['candid'] = rec['candidate']['candid'] = 10**15 + num_epochs * o + e
+      c = rec['candidate']
+      c['jd'], c['fid'], c['fwhm'] = 2459000.5 + 0.7 * e + 1e-5 * o, 1 + e % 2, 2.0
+      recs.append(rec)
+  paths = []
+  for i in range(0, len(recs), per_file):
+    paths.append(os.path.join(folder, f'alerts_{i // per_file:04d}.avro'))
+    with open(paths[-1], 'wb') as f:
+      fastavro.writer(f, schema, recs[i:i + per_file])
+  return paths
+
+
+def _finite_stamp(rec):
+  import gzip  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from astropy.io import fits  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    d = fits.open(io.BytesIO(gzip.decompress(rec['cutoutScience']['stampData'])))[0].data
+  return bool(np.all(np.isfinite(d)))
+
+
+def bench_alerts(_):
+  """End to end over real ZTF packets: ``alerts.command.classify_files`` (Avro decoding,
+  cutouts, SQLite state read and write in one transaction per chunk, ``Classifier.update``
+  batched over --alert_slots objects) on --alert_objects x --alert_epochs alerts, after a
+  warm-up run that compiles the update; then the latency of one alert (decode, one-alert
+  transaction, model call) for an object with history, at --alert_slots and at 1 slot.
+  Random initial parameters of configs/ztf.py (--config_arg variant), or --workdir's model."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from configs import ztf  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.alerts import command  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.alerts import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.alerts import reader  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.alerts import state as state_lib  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.classifier import Classifier  # pylint: disable=g-import-not-at-top
+  if _WORKDIR.value:
+    clf = Classifier.from_workdir(_WORKDIR.value)
+  else:
+    config = ztf.get_config(_CONFIG_ARG.value)
+    model = models.build_model(config.model, len(config.sim.class_names))
+    s, n_w, nb = int(config.sim.stamp_size), int(config.sim.n_w), len(config.survey.bands)
+    width = n_w + (n_w * nb if nb > 1 else 0)
+    v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)),
+                                     jnp.zeros((1, 1, width)), jnp.ones((1, 1), bool)))(
+                                         jax.random.key(0))
+    clf = Classifier(config, v['params'], v['batch_stats'])
+  slots, n_obj, n_ep = _ALERT_SLOTS.value, _ALERT_OBJECTS.value, _ALERT_EPOCHS.value
+  with tempfile.TemporaryDirectory(prefix='bench_alerts_') as tmp:
+    warm = alert_files(os.path.join(tmp), min(n_obj, slots), 2)
+    t0 = time.perf_counter()
+    store = state_lib.Store(os.path.join(tmp, 'warm.db'))
+    command.classify_files(clf, store, warm, os.path.join(tmp, 'warm.csv'), slots=slots,
+                           progress=False, stderr=io.StringIO())
+    store.close()
+    compile_s = time.perf_counter() - t0
+    data = os.path.join(tmp, 'stream')
+    os.makedirs(data)
+    files = alert_files(data, n_obj, n_ep)
+    store = state_lib.Store(os.path.join(tmp, 'state.db'))
+    store.bind(state_lib.model_identity(clf))
+    summ = command.classify_files(clf, store, files, os.path.join(tmp, 'out.csv'),
+                                  slots=slots, progress=False, stderr=io.StringIO())
+    wall = summ['seconds']
+    timers = dict(summ['timers'])
+    timers['csv_and_other'] = wall - sum(timers.values())
+    rate = summ['rows'] / wall
+    db_bytes = os.path.getsize(os.path.join(tmp, 'state.db'))
+    cfg = {'objects': n_obj, 'alerts_per_object': n_ep, 'slots': slots,
+           'stamp_size': clf.stamp_size, 'n_w': clf.n_w, 'filters': clf.config.model.filters,
+           'lstm_size': clf.config.model.lstm_size, 'conv_impl': clf.config.model.conv_impl,
+           'parameters': f'trained ({_WORKDIR.value})' if _WORKDIR.value else 'random',
+           'statuses': summ['counts']}
+    emit('alerts', rate, 'alerts_per_s', config=cfg, compile_s=round(compile_s, 2),
+         seconds=round(wall, 2), rows=summ['rows'],
+         breakdown_s={k: round(v, 3) for k, v in timers.items()},
+         breakdown_ms_per_alert={k: round(1e3 * v / summ['rows'], 4) for k, v in timers.items()},
+         vs_rubin_largest_visit=round(rate / RUBIN_VISIT_RATE, 4),
+         state_db_bytes_per_object=round(db_bytes / n_obj))
+    # Latency: one alert of an object with history, from its own file (Avro decoding, cutout,
+    # one transaction, the model call), at --alert_slots slots and at 1.
+    spec = reader.StampSpec.from_config(clf.config)
+    os.makedirs(os.path.join(tmp, 'one'))
+    one = alert_files(os.path.join(tmp, 'one'), 1, n_ep + 30, per_file=1)
+    for k in (slots, 1):
+      st = state_lib.Store(os.path.join(tmp, f'latency_{k}.db'))
+      eng = engine_lib.Engine(clf, st, slots=k)
+      eng.process([next(reader.read_epochs(f, spec)) for f in one[:n_ep]])  # history, compile
+      times = []
+      for f in one[n_ep:]:
+        t0 = time.perf_counter()
+        eng.process([next(reader.read_epochs(f, spec))])
+        times.append(time.perf_counter() - t0)
+      st.close()
+      emit('alerts_latency', 1e3 * float(np.median(times[5:])), 'ms',
+           config={'slots': k, 'history_alerts': n_ep}, best_ms=round(1e3 * min(times), 2),
+           alerts=len(times) - 5)
+
+
+BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference,
+           'alerts': bench_alerts}
 
 
 def main(argv):

@@ -44,12 +44,14 @@ Units (``config.survey``: counts in ADU with the sky, zero points for 1 ADU/s, e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gzip
 import io
 import math
 import os
 import warnings
+import zlib
 
 import fastavro
 import numpy as np
@@ -131,14 +133,51 @@ def list_inputs(inputs) -> list[str]:
   return out
 
 
+# The fields the reader uses: fastavro skips the others when reading with a projection of
+# the writer's schema (prv_candidates, the template and difference cutouts, Fink's and Rubin's
+# extra blocks): Avro decoding takes about half the time.
+_FIELDS = {'schemavsn', 'objectId', 'candid', 'candidate', 'cutoutScience', 'diaSourceId',
+           'diaSource', 'lsst_schema_version'}
+_SUBFIELDS = {
+    'candidate': {'jd', 'fid', 'magzpsci', 'fwhm', 'exptime', 'xpos', 'ypos', 'candid'},
+    'diaSource': {'diaSourceId', 'diaObjectId', 'ssObjectId', 'midpointMjdTai', 'band',
+                  'ixxPSF', 'iyyPSF'},
+}
+
+
+def projection(schema):
+  """The writer schema with only the fields the reader uses (None: not a record schema, or
+  one whose kept fields refer to a type defined in a dropped one: read it whole)."""
+  if not isinstance(schema, dict) or schema.get('type') != 'record':
+    return None
+  s = copy.deepcopy(schema)
+  s['fields'] = [f for f in s['fields'] if f['name'] in _FIELDS]
+  for f in s['fields']:
+    keep = _SUBFIELDS.get(f['name'])
+    types = f['type'] if isinstance(f['type'], list) else [f['type']]
+    for t in types:
+      if keep and isinstance(t, dict) and t.get('type') == 'record':
+        t['fields'] = [g for g in t['fields'] if g['name'] in keep]
+  try:
+    return fastavro.parse_schema(s)
+  except (fastavro.schema.UnknownType, fastavro.schema.SchemaParseException, KeyError,
+          ValueError, TypeError):
+    return None
+
+
 def read_records(path):
-  """Yields (index, record) of an Avro container file, then at most one ``BadPacket`` for the
-  rest of a truncated or corrupt file (the records before it are still yielded)."""
+  """Yields (index, record, writer schema) of an Avro container file, then at most one
+  ``BadPacket`` for the rest of a truncated or corrupt file (the records before it are still
+  yielded). Records hold the fields the reader uses (``projection``)."""
   n = 0
   try:
     with open(path, 'rb') as f:
       reader = fastavro.reader(f)
       schema = reader.writer_schema
+      proj = projection(schema)
+      if proj is not None:
+        f.seek(0)
+        reader = fastavro.reader(f, reader_schema=proj)
       for rec in reader:
         yield n, rec, schema
         n += 1
@@ -288,8 +327,72 @@ def _num(x) -> float:
     return math.nan
 
 
+@dataclasses.dataclass
+class _HDU:
+  name: str
+  header: dict  # keyword -> value (str, int or float)
+  data: np.ndarray | None
+
+
+_BITPIX = {8: '>u1', 16: '>i2', 32: '>i4', 64: '>i8', -32: '>f4', -64: '>f8'}
+
+
+def _card_value(text):
+  text = text.strip()
+  if text.startswith("'"):
+    end = text.find("'", 1)
+    return text[1:end if end > 0 else None].rstrip()
+  text = text.split('/', 1)[0].strip()
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return text
+
+
+def parse_fits(data: bytes):
+  """[_HDU] of a FITS file of plain image HDUs (the FITS standard 4.0, Sec. 3-4 and 7.1:
+  2880-byte blocks, 80-character cards, big-endian data), or None for anything else (scaled or
+  compressed data, tables), which astropy then reads. ~10x faster than astropy on a cutout."""
+  hdus, pos, n = [], 0, len(data)
+  while pos < n:
+    hdr, end = {}, False
+    while not end:
+      if pos + 2880 > n:
+        return None
+      block = data[pos:pos + 2880].decode('ascii', 'replace')
+      pos += 2880
+      for i in range(0, 2880, 80):
+        card = block[i:i + 80]
+        key = card[:8].strip()
+        if key == 'END':
+          end = True
+          break
+        if card[8:10] == '= ' and key not in hdr:
+          hdr[key] = _card_value(card[10:])
+    xt = hdr.get('XTENSION')
+    if (xt is not None and xt != 'IMAGE') or hdr.get('BITPIX') not in _BITPIX:
+      return None
+    if hdr.get('BSCALE', 1) != 1 or hdr.get('BZERO', 0) != 0 or 'ZIMAGE' in hdr:
+      return None
+    shape = tuple(int(hdr.get(f'NAXIS{k}', -1)) for k in range(int(hdr.get('NAXIS', 0)), 0, -1))
+    if any(d < 0 for d in shape):
+      return None
+    count = int(np.prod(shape)) if shape else 0
+    size = count * abs(int(hdr['BITPIX'])) // 8
+    if pos + size > n:
+      return None
+    arr = (np.frombuffer(data, _BITPIX[hdr['BITPIX']], count=count, offset=pos).reshape(shape)
+           if count else None)
+    pos += -(-size // 2880) * 2880
+    name = str(hdr.get('EXTNAME', 'PRIMARY' if not hdus else '')).upper()
+    hdus.append(_HDU(name, hdr, arr))
+  return hdus or None
+
+
 def _fits(cutout, alert):
-  """The HDU list of a cutout: ZTF's ``{fileName, stampData}`` (gzipped FITS) or Rubin's bytes
+  """The HDUs of a cutout: ZTF's ``{fileName, stampData}`` (gzipped FITS) or Rubin's bytes
   (plain FITS); ``BadPacket`` if missing or unreadable."""
   if isinstance(cutout, dict):
     cutout = cutout.get('stampData')
@@ -299,15 +402,17 @@ def _fits(cutout, alert):
   try:
     if data[:2] == b'\x1f\x8b':
       data = gzip.decompress(data)
+    hdus = parse_fits(data)
+    if hdus is not None:
+      return hdus
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', VerifyWarning)  # ZTF's SIMPLE card is not quite standard
-      hdus = fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False)
-      for h in hdus:
-        h.data  # noqa: B018  (read now: a truncated cutout fails here, not later)
-  except (OSError, EOFError, ValueError, TypeError, IndexError) as e:
+      with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False) as hl:
+        return [_HDU(h.name, dict(h.header), None if h.data is None else np.array(h.data))
+                for h in hl]
+  except (OSError, EOFError, ValueError, TypeError, IndexError, zlib.error) as e:
     raise BadPacket(f'{alert}: corrupt science cutout ({type(e).__name__}: {str(e)[:80]})') \
         from None
-  return hdus
 
 
 def _image(hdus, alert) -> np.ndarray:
