@@ -79,10 +79,9 @@ def classify_files(classifier, store, files, out, slots=64, partition=(0, 1), st
     def flush():
       if not chunk:
         return
-      known = set(store.alert_rows([e.alert_id for e in chunk]))
       rows = eng.process(chunk)
-      for e, r in zip(chunk, rows):
-        if e.alert_id in known:
+      for r, known in zip(rows, eng.already):
+        if known:
           summary['already'] += 1
         else:
           counts[r['status']] += 1

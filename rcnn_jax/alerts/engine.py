@@ -76,7 +76,9 @@ class Engine:
     self._pause = float(os.environ.get(PAUSE_ENV, '0') or 0)
 
   def process(self, epochs) -> list[dict]:
-    """One chunk (at most ``slots`` distinct objects) -> one row per epoch, in input order."""
+    """One chunk (at most ``slots`` distinct objects) -> one row per epoch, in input order.
+    ``self.already`` then holds, per epoch, whether its alert id had been processed before
+    (in the state, or earlier in the chunk)."""
     clf, store, t = self.classifier, self.store, self.timers
     objects = list(dict.fromkeys(e.object_id for e in epochs))
     if len(objects) > self.slots:
@@ -92,6 +94,10 @@ class Engine:
       state = self._state([saved.get(o, self._fresh) for o in objects])
       # Rounds: each object's alerts in order; an alert id seen before reports its stored row.
       todo, first = [], {}
+      self.already, seen = [], set(done)
+      for e in epochs:
+        self.already.append(e.alert_id in seen)
+        seen.add(e.alert_id)
       for i, e in enumerate(epochs):
         if e.alert_id in done:
           rows[i] = done[e.alert_id]
