@@ -289,14 +289,22 @@ def test_late_alert_is_recorded_with_the_current_probabilities(clf, templates, t
   assert _dump(tmp_path / 'l.db')[1] == _dump(tmp_path / 'r.db')[1]
 
 
-def test_dropped_alert_is_not_fed(clf, templates, tmp_path):
-  recs = [_packet(templates, 0, e, fwhm=(9.0 if e == 2 else 2.0)) for e in range(5)]
+def test_dropped_alert_is_not_fed(clf, templates, tmp_path, capsys):
+  """Seeing above the config's cut (9 px = 9.1" > 4") and an implausible zero point (the
+  stream's rules) leave the object as if the alert had not come; the stream's warning names
+  the alert."""
+  recs = [_packet(templates, 0, e, fwhm=(9.0 if e == 2 else 2.0)) for e in range(6)]
+  recs[4]['candidate']['magzpsci'] = 40.0
   path = _write(tmp_path / 'c.avro', templates[0], recs)
   _run(clf, tmp_path / 'c.db', [path], tmp_path / 'c.csv')
   rows = _rows(tmp_path / 'c.csv')
   assert [r['status'] for r in rows] == ['warmup', 'warmup', 'dropped', 'classified',
-                                         'classified']
-  assert [r['step'] for r in rows] == ['0', '0', '0', '1', '2']
+                                         'dropped', 'classified']
+  assert [r['step'] for r in rows] == ['0', '0', '0', '1', '1', '2']
+  assert [r[c] for c in clf.class_names for r in rows[3:5]] == [
+      r[c] for c in clf.class_names for r in (rows[3], rows[3])]
+  err = capsys.readouterr().err
+  assert f'ZTFsyn000 alert {recs[4]["candid"]}' in err and 'zero point' in err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,8 +28,12 @@ Per alert, ``status``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import re
+import sys
 import time
 
 import jax
@@ -41,6 +45,7 @@ from rcnn_jax import stream
 # Tests only: seconds to sleep inside each chunk's transaction, after its writes and before its
 # COMMIT, so that a test can SIGKILL the process mid-transaction.
 PAUSE_ENV = 'RCNN_JAX_ALERTS_TEST_PAUSE_S'
+_SLOT_LINE = re.compile(r'^(.*?)object slot (\d+)(.*)$')
 
 
 class Timers(dict):
@@ -123,15 +128,18 @@ class Engine:
           idx = np.array([slot_of[epochs[i].object_id] for i in fed])
           before = state.num_images[idx].copy()
           self._scratch_mjd += 1.0
-          probs, state = clf.update(
-              state, np.stack([epochs[i].stamp for i in fed] + [self._scratch_stamp]),
-              np.array([epochs[i].mjd for i in fed] + [self._scratch_mjd]),
-              np.array([epochs[i].zero_point for i in fed] + [np.nan]), None,
-              objects=np.append(idx, self._scratch),
-              seeing_arcsec=np.array([epochs[i].seeing_arcsec for i in fed]
-                                     + [self._scratch_seeing]),
-              band=([epochs[i].band for i in fed] + [clf.bands[0]]) if len(clf.bands) > 1
-              else None)
+          said = io.StringIO()  # the stream's drop warnings name slots: said with alert ids
+          with contextlib.redirect_stderr(said):
+            probs, state = clf.update(
+                state, np.stack([epochs[i].stamp for i in fed] + [self._scratch_stamp]),
+                np.array([epochs[i].mjd for i in fed] + [self._scratch_mjd]),
+                np.array([epochs[i].zero_point for i in fed] + [np.nan]), None,
+                objects=np.append(idx, self._scratch),
+                seeing_arcsec=np.array([epochs[i].seeing_arcsec for i in fed]
+                                       + [self._scratch_seeing]),
+                band=([epochs[i].band for i in fed] + [clf.bands[0]]) if len(clf.bands) > 1
+                else None)
+          self._relay(said.getvalue(), {slot_of[epochs[i].object_id]: epochs[i] for i in fed})
           grew = dict(zip(fed, state.num_images[idx] > before))
         else:
           grew = {}
@@ -161,6 +169,15 @@ class Engine:
       t0 = time.perf_counter()
     t.add('state_write', time.perf_counter() - t0)  # the COMMIT
     return rows
+
+  def _relay(self, text, epoch_of_slot):
+    """The stream's stderr lines, 'object slot J' replaced by the alert's ids and file."""
+    for line in text.splitlines():
+      m = _SLOT_LINE.match(line)
+      e = epoch_of_slot.get(int(m.group(2))) if m else None
+      if e is not None:
+        line = f'{m.group(1)}{e.source} {e.object_id} alert {e.alert_id}{m.group(3)}'
+      print(line, file=sys.stderr)
 
   def _state(self, slots) -> stream.StreamState:
     """A ``StreamState`` of ``self.slots`` rows holding ``slots`` first (the rest fresh)."""
