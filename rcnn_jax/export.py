@@ -5,9 +5,11 @@
 
 writes ``DIR/update.jax`` (the serialized function, parameters included) and
 ``DIR/manifest.json`` (format version, project version, class names, n_w, stamp size, LSTM
-size, preprocessing rules, max seeing, input, state and output shapes with the symbolic batch
-dimension: 'b', or '16*k' for ``--conv_impl auto`` on a CPU). ``rcnn_jax.exported`` loads and
-runs it without the project's model code.
+size, preprocessing rules, max seeing, the plausibility limits of ``plausibility``, input, state
+and output shapes with the symbolic batch dimension: 'b', or '16*k' for ``--conv_impl auto`` on
+a CPU, and two SHA-256 digests: ``update_sha256`` of update.jax's bytes, ``fields_sha256`` of
+the canonical JSON of ``exported.DIGEST_FIELDS``). ``rcnn_jax.exported`` checks the digests,
+loads and runs it without the project's model code (docs/export.md).
 
 The update is ``Classifier.update``'s alert-broker step as one jax function, eq. 4 included:
 (state, raw image [B, S, S], MJD, zero point, sky, seeing, active [B]) -> (probs [B, C], state).
@@ -34,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from rcnn_jax import exported as exported_lib
+from rcnn_jax import plausibility
 from rcnn_jax import realdata
 from rcnn_jax import utils
 
@@ -180,6 +183,8 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
       'conv_impl': conv_impl,
       'batch_multiple': batch_multiple(classifier, conv_impl),
       'dtype': classifier.dtype,
+      # Applied by the loader on the host before the function (exported.update), as stream.py.
+      'plausibility': plausibility.limits_from_config(classifier.config),
       'preprocessing': {
           'eq4': '(image - sky_adu) * 10**((zp_ref - zero_point) / 2.5), zp_ref = the first '
                  "kept image's zero point; no scaling when either is NaN",
@@ -191,6 +196,9 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
           'crop': 'larger stamps are centre-cropped by the loader: rows (H - S) // 2 ..',
           'time': "time gaps are days since the object's first kept image; mjd = mjd_hi + mjd_lo",
           'steps': 'probabilities from the n_w-th kept image on; NaN before',
+          'plausibility': 'an active image whose epoch plausibility.epoch_problems finds '
+                          'implausible with these limits is dropped (state unchanged) with a '
+                          'line on stderr; checked by the loader, not the function',
       },
   }
   shapes = lambda d: {k: exported_lib._as_list(v) for k, v in d.items()}  # pylint: disable=protected-access
@@ -219,7 +227,11 @@ def export_classifier(classifier, out_dir, max_seeing_arcsec, platforms=('cpu',)
                               manifest['drop_unknown_seeing']))
   exp = jax.export.export(fn, platforms=tuple(platforms))(*args)
   os.makedirs(out_dir, exist_ok=True)
-  blob = exp.serialize()
+  blob = bytes(exp.serialize())
+  # Sealed as the loader will read it back (JSON types), so the digest reproduces there.
+  manifest = json.loads(json.dumps(manifest))
+  manifest['update_sha256'] = exported_lib.bytes_digest(blob)
+  manifest['fields_sha256'] = exported_lib.fields_digest(manifest)
   tmp = os.path.join(out_dir, exported_lib.ARTIFACT + '.tmp')
   with open(tmp, 'wb') as f:
     f.write(blob)

@@ -1,8 +1,10 @@
 """Exported streaming update: equals Classifier.update, skips bad seeing, loads without the
-model code, refuses mismatched manifests."""
+model code, refuses mismatched manifests, damaged or edited artifacts (SHA-256 digests) and the
+inputs Classifier.update refuses, drops implausible epochs as it does."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -15,6 +17,7 @@ import pytest
 
 from configs import hits
 from rcnn_jax import exported
+from rcnn_jax import plausibility
 from rcnn_jax import predict
 from rcnn_jax import realdata
 from rcnn_jax import train
@@ -158,12 +161,16 @@ print('ok')
   assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-3000:]
 
 
-def _edited(artifact, tmp_path, name, edit):
+def _edited(artifact, tmp_path, name, edit, reseal=False):
+  """A copy of the artifact with its manifest edited (rewritten without indentation); with
+  ``reseal`` its fields digest is recomputed, as a careless tool would."""
   out = tmp_path / name
   shutil.copytree(artifact, out)
   path = out / exported.MANIFEST
   m = json.loads(path.read_text())
   edit(m)
+  if reseal:
+    m['fields_sha256'] = exported.fields_digest(m)
   path.write_text(json.dumps(m))
   return str(out)
 
@@ -192,7 +199,8 @@ def test_mismatched_manifest_is_refused(artifact, tmp_path, capsys):
            stamp: 'state.window is',
            other: 'not an rcnn_jax streaming-update artifact'}
   for edit, message in cases.items():
-    path = _edited(artifact, tmp_path, edit.__name__, edit)
+    # Resealed, so that the checks behind the digest are still tested.
+    path = _edited(artifact, tmp_path, edit.__name__, edit, reseal=True)
     with pytest.raises(exported.ManifestError, match=message) as e:
       exported.load(path)
     assert '\n' not in str(e.value) and str(e.value).startswith(path)
@@ -203,6 +211,9 @@ def test_mismatched_manifest_is_refused(artifact, tmp_path, capsys):
   corrupt = tmp_path / 'corrupt'
   shutil.copytree(artifact, corrupt)
   (corrupt / exported.ARTIFACT).write_bytes(b'not a flatbuffer')
+  m = json.loads((corrupt / exported.MANIFEST).read_text())
+  m['update_sha256'] = hashlib.sha256(b'not a flatbuffer').hexdigest()  # past the digest
+  (corrupt / exported.MANIFEST).write_text(json.dumps(m))
   with pytest.raises(exported.ManifestError, match='cannot deserialize'):
     exported.load(str(corrupt))
   with pytest.raises(exported.ManifestError, match='no manifest.json'):
@@ -240,3 +251,179 @@ def test_cpu_layers_artifact_pads_to_its_batch_multiple(classifier, tmp_path):
     np.testing.assert_allclose(p, p_ref, atol=1e-5, rtol=0, equal_nan=True)
   assert not np.isnan(p).any()
   assert np.asarray(state['num_images'])[n:].max() == 0  # padding slots stay empty
+
+
+def test_manifest_is_sealed(artifact, loaded):
+  """Both digests reproduce from the files alone (hashlib, canonical JSON), every field the
+  exporter writes is sealed, and the plausibility limits are the config's."""
+  m = json.loads((pathlib.Path(artifact) / exported.MANIFEST).read_text())
+  assert m['format_version'] == 2
+  blob = (pathlib.Path(artifact) / exported.ARTIFACT).read_bytes()
+  assert m['update_sha256'] == hashlib.sha256(blob).hexdigest()
+  sealed = {k: v for k, v in m.items() if k not in ('update_sha256', 'fields_sha256')}
+  assert set(sealed) == set(exported.DIGEST_FIELDS)  # a new field must be sealed or excluded
+  text = json.dumps(sealed, sort_keys=True, separators=(',', ':'))
+  assert m['fields_sha256'] == hashlib.sha256(text.encode()).hexdigest()
+  assert m['plausibility'] == plausibility.limits_from_config(hits.get_config('smoke'))
+  assert m['plausibility']['zero_point_range'] is not None
+  assert loaded.plausibility == m['plausibility']
+
+
+def test_damaged_artifact_is_refused(artifact, tmp_path):
+  """Random 4 KB overwrites inside update.jax (seeded positions) loaded and gave NaN before."""
+  rng = np.random.default_rng(29)
+  blob = (pathlib.Path(artifact) / exported.ARTIFACT).read_bytes()
+  assert len(blob) > 16 * 4096
+  for k, pos in enumerate(rng.integers(0, len(blob) - 4096, 4)):
+    out = tmp_path / f'damaged{k}'
+    shutil.copytree(artifact, out)
+    bad = bytearray(blob)
+    bad[pos:pos + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    (out / exported.ARTIFACT).write_bytes(bytes(bad))
+    with pytest.raises(exported.ManifestError,
+                       match=f'{exported.ARTIFACT} fails its integrity check') as e:
+      exported.load(str(out))
+    assert '\n' not in str(e.value) and str(e.value).startswith(str(out))
+
+
+def test_edited_manifest_is_refused(artifact, tmp_path):
+  """Edits that agree with the function's shapes were accepted before: two class names swapped
+  (mislabelled columns), the seeing cut (reported, not applied), the unknown-seeing rule, the
+  plausibility limits."""
+  def swap_classes(m):
+    m['class_names'][0], m['class_names'][1] = m['class_names'][1], m['class_names'][0]
+
+  def seeing_cut(m):
+    m['max_seeing_arcsec'] = 3.0
+
+  def unknown_seeing(m):
+    m['drop_unknown_seeing'] = not m['drop_unknown_seeing']
+
+  def limits(m):
+    m['plausibility']['zero_point_range'] = [-100.0, 100.0]
+
+  def no_digest(m):
+    del m['fields_sha256']
+
+  for edit in (swap_classes, seeing_cut, unknown_seeing, limits):
+    path = _edited(artifact, tmp_path, edit.__name__, edit)
+    with pytest.raises(exported.ManifestError,
+                       match=f'{exported.MANIFEST} fails its integrity check') as e:
+      exported.load(path)
+    assert '\n' not in str(e.value) and str(e.value).startswith(path)
+  with pytest.raises(exported.ManifestError, match='manifest lacks fields_sha256'):
+    exported.load(_edited(artifact, tmp_path, 'no_digest', no_digest))
+  # Rewritten in another layout and key order with the same values: canonical JSON, still loads.
+  same = _edited(artifact, tmp_path, 'reordered', lambda m: None)
+  m = json.loads((pathlib.Path(same) / exported.MANIFEST).read_text())
+  (pathlib.Path(same) / exported.MANIFEST).write_text(
+      json.dumps(dict(reversed(list(m.items()))), indent=3))
+  assert exported.load(same).class_names == tuple(hits.CLASS_NAMES)
+
+
+def test_version_1_artifact_loads_with_one_warning(artifact, tmp_path, capsys):
+  def version_1(m):
+    m['format_version'] = 1
+    for k in ('update_sha256', 'fields_sha256', 'plausibility'):
+      m.pop(k, None)
+
+  path = _edited(artifact, tmp_path, 'v1', version_1)
+  capsys.readouterr()
+  clf = exported.load(path)
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(f'warning: {path}: format version 1')
+  assert 'no integrity check' in err and 're-export' in err
+  assert clf.plausibility is None and clf.class_names == tuple(hits.CLASS_NAMES)
+
+
+def test_update_refuses_what_classifier_update_refuses(classifier, loaded):
+  """A NaN pixel, an MJD before the slot's previous image, the same image twice, an infinite
+  sky: refused in one line naming the slot (a ValueError), the state untouched, exactly where
+  Classifier.update refuses; not in an inactive slot or an image the seeing cut drops."""
+  from rcnn_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  n = 5
+  stamps, mjd, zp, sky = _stream(n, 3, 4)
+  state, ref = loaded.new_state(n), classifier.new_state(n)
+  for k in range(2):
+    _, state = loaded.update(state, stamps[k], mjd[k], zp[k], sky[k])
+    _, ref = classifier.update(ref, stamps[k], mjd[k], zp[k], sky[k])
+  nan_pixel = stamps[2].copy()
+  nan_pixel[1, 12, 12] = np.nan
+  earlier, again, inf_sky = mjd[2].copy(), mjd[2].copy(), sky[2].copy()
+  earlier[2] = mjd[0, 2]
+  again[3] = mjd[1, 3]
+  inf_sky[4] = np.inf
+  cases = [((nan_pixel, mjd[2], sky[2]), 'object slot 1: image contains NaN or Inf'),
+           ((stamps[2], earlier, sky[2]),
+            r'object slot 2: MJD \S+ is not after its previous image \(MJD'),
+           ((stamps[2], again, sky[2]), 'object slot 3: MJD .* the same image twice'),
+           ((stamps[2], mjd[2], inf_sky), 'object slot 4: sky_adu inf is not finite')]
+  before = {k: np.array(v) for k, v in state.items()}
+  for (images, m, s), message in cases:
+    with pytest.raises(exported.InputError, match=message) as e:
+      loaded.update(state, images, m, zp[2], s)
+    assert isinstance(e.value, ValueError) and '\n' not in str(e.value)
+    with pytest.raises(UserError):  # the twin refuses the same input
+      classifier.update(ref, images, m, zp[2], s)
+  for k, v in state.items():
+    np.testing.assert_array_equal(np.asarray(v), before[k], err_msg=k)
+  # A float32 copy of the host-side MJDs could not order images minutes apart: refused.
+  with pytest.raises(exported.InputError, match=r"state\['last_mjd'\] must be the float64"):
+    loaded.update(dict(state, last_mjd=state['last_mjd'].astype(np.float32)), stamps[2], mjd[2])
+  # Where Classifier.update does not look: slot 1's NaN image has bad seeing, slot 2 (an earlier
+  # MJD and a NaN pixel) is inactive. Both sides accept and agree.
+  images = nan_pixel.copy()
+  images[2, 0, 0] = np.nan
+  seeing, active = np.full(n, 1.2), np.array([True, True, False, True, True])
+  seeing[1] = 2.6
+  p, state = loaded.update(state, images, earlier, zp[2], sky[2], seeing, active)
+  on = np.flatnonzero(active)
+  p_ref, ref = classifier.update(ref, images[on], earlier[on], zp[2, on], sky[2, on], objects=on,
+                                 seeing_arcsec=seeing[on])
+  np.testing.assert_allclose(p, p_ref, atol=1e-5, rtol=0, equal_nan=True)
+  assert np.asarray(state['num_images']).tolist() == [3, 2, 2, 3, 3]
+  np.testing.assert_array_equal(state['last_mjd'], [mjd[2, 0], mjd[1, 1], mjd[1, 2], mjd[2, 3],
+                                                    mjd[2, 4]])
+  # A reset slot holds a new object: its first image may come at any MJD.
+  only_2 = np.arange(n) == 2
+  with pytest.raises(exported.InputError, match='object slot 2'):
+    loaded.update(state, stamps[0], mjd[0], zp[0], sky[0], active=only_2)
+  state = loaded.reset(state, [2])
+  assert state['last_mjd'].dtype == np.float64 and np.isnan(state['last_mjd'][2])
+  _, state = loaded.update(state, stamps[0], mjd[0], zp[0], sky[0], active=only_2)
+  assert np.asarray(state['num_images']).tolist() == [3, 2, 1, 3, 3]
+  assert state['last_mjd'][2] == mjd[0, 2]
+
+
+def test_implausible_epoch_is_dropped_as_classifier_update_does(classifier, loaded, capsys):
+  """A zero point of -99 or +Inf, a pixel of 1e30 ADU, a negative sky: that slot's epoch is
+  dropped (state unchanged, one line on stderr), the same lines and probabilities as
+  Classifier.update; a NaN zero point (no scaling) is not implausible."""
+  n, t, k = 5, 5, 2
+  stamps, mjd, zp, sky = _stream(n, t, 5)
+  zp[k, 0], zp[k, 1], zp[k, 4] = -99.0, np.inf, np.nan
+  stamps[k, 2, 12, 12] = 1e30
+  sky[k, 3] = -5.0
+  seeing = np.full(n, 1.2)
+  state, ref = loaded.new_state(n), classifier.new_state(n)
+  capsys.readouterr()
+  for i in range(t):
+    before = {key: np.array(v) for key, v in state.items()}
+    p, state = loaded.update(state, stamps[i], mjd[i], zp[i], sky[i], seeing)
+    ours = capsys.readouterr().err.splitlines()
+    p_ref, ref = classifier.update(ref, stamps[i], mjd[i], zp[i], sky[i], seeing_arcsec=seeing)
+    theirs = capsys.readouterr().err.splitlines()
+    np.testing.assert_allclose(p, p_ref, atol=1e-5, rtol=0, equal_nan=True)
+    if i != k:
+      assert ours == theirs == []
+      continue
+    assert ours == theirs and len(ours) == 4
+    for slot, line, why in zip(range(4), ours, ('zero point -99 outside the plausible',
+                                                 'zero point inf', 'pixel values',
+                                                 'sky -5 ADU is not positive')):
+      assert line.startswith(f'warning: object slot {slot}: epoch MJD {mjd[k, slot]:.5f} '
+                             f'dropped: {why}')
+      for key, v in state.items():  # as if the epoch had not come
+        np.testing.assert_array_equal(np.asarray(v)[slot], before[key][slot], err_msg=key)
+  assert np.asarray(state['num_images']).tolist() == [t - 1] * 4 + [t]
+  assert not np.isnan(p).any()
