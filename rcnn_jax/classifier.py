@@ -97,15 +97,25 @@ class Classifier(stream.Streaming):
       return []
     starts = start if isinstance(start, (list, tuple)) else [start] * len(seqs)
     limit = None if full_length else (self.max_steps if max_steps is None else int(max_steps))
-    inputs = [self._inputs(s, limit, st, warn) for s, st in zip(seqs, starts)]
+    return self.classify_prepared([self.prepare(s, limit, st, warn)
+                                   for s, st in zip(seqs, starts)], batch_size)
+
+  def classify_prepared(self, preps, batch_size=64) -> list[np.ndarray]:
+    """``classify`` on inputs already made by ``prepare`` (one dict per sequence), so that a
+    command can prepare each file on its own and report the ones that fail."""
+    bands_lib.require_one_band(self.config, 'Classifier.classify (whole real sequences)')
+    inputs = [(d['images'][:d['num_steps']], d['time_gaps'][:d['num_steps']],
+               d['mask'][:d['num_steps']]) for d in preps]
+    if not inputs:
+      return []
     lengths = np.array([len(m) for _, _, m in inputs])
     order = np.argsort(-lengths, kind='stable')  # similar lengths share a batch: less padding
-    b = int(min(batch_size, _next_pow2(len(seqs))))
+    b = int(min(batch_size, _next_pow2(len(inputs))))
     t = self.max_steps
     s, n_w = self.stamp_size, self.n_w
-    out = [None] * len(seqs)
+    out = [None] * len(inputs)
     variables = self._variables()
-    for start in range(0, len(seqs), b):
+    for start in range(0, len(inputs), b):
       idx = order[start:start + b]
       total = -(-int(lengths[idx].max()) // t) * t
       x = np.zeros((b, total, s, s, n_w), np.float32)
@@ -131,12 +141,6 @@ class Classifier(stream.Streaming):
       raise UserError(f'{seq.name}: stamps are {seq.stamps.shape[1]}x{seq.stamps.shape[2]}, '
                       f'the model takes {self.stamp_size}x{self.stamp_size}')
     return preprocess.prepare(seq, self.rules, start=start, max_steps=max_steps, warn=warn)
-
-  def _inputs(self, seq, max_steps, start='first', warn=None):
-    """(images [T, S, S, n_w], time gaps [T, n_w], mask [T]) of a sequence's valid steps."""
-    d = self.prepare(seq, max_steps, start, warn)
-    n = d['num_steps']
-    return d['images'][:n], d['time_gaps'][:n], d['mask'][:n]
 
   # Incremental (alert-broker) mode --------------------------------------------------------------
 

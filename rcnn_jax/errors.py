@@ -6,6 +6,8 @@ does not look like bad input. ``UserError`` is a ``ValueError`` so that library 
 catch ``ValueError`` for bad values keep doing so.
 """
 
+import os
+
 
 class UserError(ValueError):
   """Bad input or configuration from the user: reported as one line, exit status 2."""
@@ -17,3 +19,18 @@ class MissingFile(UserError, FileNotFoundError):
 
 class Diverged(UserError, FloatingPointError):
   """Training produced a non-finite loss or update (a learning rate too high for the run)."""
+
+
+class BadInput(UserError):
+  """An input (a file, a packet, an epoch) that cannot be used; the message is one line:
+  '{path}: {problem}'. Commands that take many inputs report it and go on with the others."""
+
+  def __init__(self, path, problem):
+    self.path = str(path)
+    self.problem = ' '.join(str(problem).split())
+    super().__init__(f'{printable(self.path)}: {self.problem}')
+
+
+def printable(path: str) -> str:
+  """A path that can always be printed or written (undecodable bytes as \\xNN)."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')

@@ -16,21 +16,28 @@ Sec. 4 on real labelled sequences (the paper's Fig. 8 and 9):
     python -m rcnn_jax.evaluate --workdir W --real DIR [DIR...] [--out DIR]
 
 A DIR is a folder of labelled files, a folder of class folders (``real_labelled_dev``), or
-``DIR=Class`` to label every file in it. A file's class is its ``label`` key, else its
-folder's name (exactly a class name, or containing exactly one class name:
-``real_nonvariable_dev`` -> NonVariable). Inputs are prepared as in training
-(``preprocess.prepare``): supernovae and asteroids start ``sim.pre_detection`` epochs before
-their photometric first detection, the other classes at their first epoch; sequences stop at
-``sim.max_steps`` (20, the paper's "after 20 inputs"). Writes ``metrics_real.json`` (recall per
-class by step, confusion at step 20 over the classes present, mean recall over the classes
-present, counts, which file went where) and ``real_recall.png`` (Fig. 8; Fig. 9 for the
-light-curve classifier, which measures optimal photometry on the real stamps with the file's
-seeing and the camera's median gain and read noise, ``preprocess.camera_gain_read_noise``).
+``DIR=Class`` to label every file in it (``realdata.labelled_files``). A file's class is its
+``label`` key, else its folder's name when that is exactly a class name (case and punctuation
+ignored: ``rr_lyrae`` -> RRLyrae; ``real_nonvariable_dev`` names no class: give
+``real_nonvariable_dev=NonVariable``). A folder with files beside class folders is refused, not
+guessed. A file that cannot be read, labelled or prepared (too few usable epochs) is one line
+on stderr; the others are evaluated and written, and the exit status is 2. ``--out`` is checked
+before any work; a shipped model folder needs one (no command writes into it).
+
+Inputs are prepared as in training (``preprocess.prepare``): supernovae and asteroids start
+``sim.pre_detection`` epochs before their first detection, the other classes at their first
+epoch; sequences stop at ``sim.max_steps`` (20, the paper's "after 20 inputs"). Writes
+``metrics_real.json`` (recall per class by step, confusion at step 20 over the classes
+present, mean recall over them, counts, which file went where, the refused inputs) and
+``real_recall.png`` (Fig. 8; Fig. 9 for the light-curve classifier, which measures optimal
+photometry on the real stamps with the file's seeing and the camera's median gain and read
+noise, ``preprocess.camera_gain_read_noise``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -40,6 +47,10 @@ import numpy as np
 
 from rcnn_jax import checkpoints
 from rcnn_jax import common
+from rcnn_jax import outputs
+from rcnn_jax import plots
+from rcnn_jax import preprocess
+from rcnn_jax import realdata
 from rcnn_jax import utils
 from rcnn_jax import workdir as workdir_lib
 
@@ -272,56 +283,42 @@ def _read_jsonl(path):
 # Real labelled sequences (Sec. 4, Fig. 8 and 9)
 
 
-def _class_of_folder(folder, class_names):
-  """A folder's class: its name exactly, or the one class name its name contains; else None."""
-  norm = lambda x: ''.join(ch for ch in x.lower() if ch.isalnum())
-  name = norm(os.path.basename(os.path.normpath(folder)))
-  exact = [c for c in class_names if norm(c) == name]
-  if exact:
-    return exact[0]
-  inside = [c for c in class_names if norm(c) in name]
-  # 'nonvariable' contains no other class name; a longest match decides e.g. a 'Variable' class.
-  inside = [c for c in inside if not any(c != d and norm(c) in norm(d) for d in inside)]
-  return inside[0] if len(inside) == 1 else None
+def load_labelled(dirs, config, errors=None):
+  """(sequences, labels [N]) of labelled real files (``realdata.labelled_files``: a file's
+  ``label`` key, else ``DIR=Class``, else its folder's exact class name).
 
-
-def labelled_files(dirs, class_names):
-  """[(path, class name)] from ``--real`` arguments (DIR, DIR=Class, files); bad -> BadInput."""
-  from rcnn_jax import realdata  # pylint: disable=g-import-not-at-top
-  out = []
-  for arg in dirs:
-    arg, forced = (arg.rsplit('=', 1) + [None])[:2] if '=' in arg else (arg, None)
-    if forced is not None and forced not in class_names:
-      raise realdata.BadInput(arg, f'unknown class {forced!r} (have: {", ".join(class_names)})')
-    if os.path.isdir(arg) and not any(realdata._suffix(f) for f in os.listdir(arg)):  # pylint: disable=protected-access
-      subs = sorted(os.path.join(arg, d) for d in os.listdir(arg)
-                    if os.path.isdir(os.path.join(arg, d)))
-      if not subs:
-        raise realdata.BadInput(arg, 'folder has no sequence files and no class folders')
-      out += labelled_files([f'{d}={forced}' if forced else d for d in subs], class_names)
-      continue
-    for f in realdata.expand_inputs([arg]):
-      out.append((f, forced or _class_of_folder(os.path.dirname(f), class_names)))
-  return out
-
-
-def load_labelled(dirs, config):
-  """(sequences, labels [N]) of labelled real files; the ``label`` key wins over the folder."""
-  from rcnn_jax import realdata  # pylint: disable=g-import-not-at-top
+  ``errors``: None raises the first problem (BadInput); a list receives one line per file or
+  argument that cannot be used, and the others are returned.
+  """
   names = [str(c) for c in config.sim.class_names]
+  pairs, problems = realdata.labelled_files(dirs, names)
   seqs, labels = [], []
-  for path, folder_class in labelled_files(dirs, names):
-    seq = realdata.load_sequence(path, int(config.sim.stamp_size), int(config.sim.n_w))
-    cls = seq.label or folder_class
-    if cls is None:
-      raise realdata.BadInput(path, "no 'label' key and its folder names no class; use DIR=Class")
-    if cls not in names:
-      raise realdata.BadInput(path, f'label {cls!r} is not a class of this model '
-                              f'({", ".join(names)})')
+
+  def problem(e):
+    if errors is None:
+      raise e
+    errors.append(str(e))
+
+  for e in problems:
+    problem(e)
+  for path, folder_class in pairs:
+    try:
+      seq = realdata.load_sequence(path, int(config.sim.stamp_size), int(config.sim.n_w))
+      cls = seq.label or folder_class
+      if cls is None:
+        raise realdata.BadInput(path, "no 'label' key and its folder's name is no class name "
+                                f'({", ".join(names)}); use DIR=Class')
+      if cls not in names:
+        raise realdata.BadInput(path, f'label {cls!r} is not a class of this model '
+                                f'({", ".join(names)})')
+    except realdata.BadInput as e:
+      problem(e)
+      continue
     seqs.append(seq)
     labels.append(names.index(cls))
   if not seqs:
-    raise utils.UserError('no labelled real sequences found')
+    raise utils.UserError('no labelled real sequences found' + (
+        f' ({len(errors)} inputs refused)' if errors else ''))
   return seqs, np.asarray(labels, np.int32)
 
 
@@ -358,21 +355,36 @@ def real_metrics(pred, labels, mask, class_names, step=20):
   }
 
 
-def real_inputs(seqs, labels, config, warn=None):
-  """Prepared inputs of labelled real sequences, stacked: dict of [N, ...] arrays (numpy)."""
-  from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+def real_inputs(seqs, labels, config, warn=None, errors=None):
+  """Prepared inputs of labelled real sequences, stacked: dict of [N, ...] arrays (numpy).
+
+  ``errors``: None raises a file's preparation problem; a list receives one line per file that
+  cannot be prepared (too few usable epochs, say), which is left out: ``index`` gives the rows'
+  positions in ``seqs``.
+  """
   rules = preprocess.Rules.from_config(config)
   names = [str(c) for c in config.sim.class_names]
-  preps = [preprocess.prepare(s, rules, start=preprocess.start_for_class(names[l], rules),
-                              warn=warn) for s, l in zip(seqs, labels)]
+  preps, index = [], []
+  for i, (s, l) in enumerate(zip(seqs, labels)):
+    try:
+      preps.append(preprocess.prepare(s, rules, start=preprocess.start_for_class(names[l], rules),
+                                      warn=warn))
+      index.append(i)
+    except utils.UserError as e:
+      if errors is None:
+        raise
+      errors.append(str(e))
+  if not preps:
+    raise utils.UserError('no labelled real sequence could be prepared')
   keys = ('images', 'time_gaps', 'mask', 'raw_adu', 'sky_adu', 'zero_point', 'zero_point_ref',
           'seeing_arcsec', 'epoch_valid')
   out = {k: np.stack([p[k] for p in preps]) for k in keys}
   out['start'] = np.array([p['start'] for p in preps])
   gain, rn = rules.gain, rules.read_noise_e
-  out['gain'] = np.full(len(seqs), gain, np.float32)
-  out['read_noise_e'] = np.full(len(seqs), rn, np.float32)
-  out['label'] = np.asarray(labels, np.int32)
+  out['gain'] = np.full(len(preps), gain, np.float32)
+  out['read_noise_e'] = np.full(len(preps), rn, np.float32)
+  out['label'] = np.asarray(labels, np.int32)[index]
+  out['index'] = np.asarray(index, np.int64)
   return out
 
 
@@ -414,17 +426,22 @@ def require_real_compatible(workdir, what='evaluate --real'):
     bands.require_one_band(checkpoints.load_config(workdir), what)
 
 
-def evaluate_real(workdir, dirs, step=None, stderr=None, detection_method=None):
+def evaluate_real(workdir, dirs, step=None, stderr=None, detection_method=None, errors=None):
   """metrics_real dict of a workdir's model on labelled real folders (see the module doc).
 
-  ``detection_method``: overrides the config's ``real.detection_method`` (None: keep it)."""
-  from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
+  ``detection_method``: overrides the config's ``real.detection_method`` (None: keep it).
+  ``errors``: a list that receives one line per input that could not be used (the metrics are
+  over the others; ``m['refused']`` lists them too)."""
   require_real_compatible(workdir)
   config, sim, model, state, step = checkpoints.restore_for_eval(workdir, step)
   if detection_method is not None:
     config.real.detection_method = detection_method
-  seqs, labels = load_labelled(dirs, config)
-  batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr))
+  if errors is None:
+    errors = []
+  seqs, labels = load_labelled(dirs, config, errors)
+  batch = real_inputs(seqs, labels, config, preprocess.Warnings(stderr), errors)
+  seqs = [seqs[i] for i in batch['index']]
+  labels = batch['label']
   logits = real_logits(config, sim, model, state, batch, seqs)
   pred = np.argmax(logits, -1)
   m = real_metrics(pred, labels, batch['mask'], sim.class_names,
@@ -439,24 +456,41 @@ def evaluate_real(workdir, dirs, step=None, stderr=None, detection_method=None):
   m['model'] = config.model.kind
   m['workdir'] = workdir
   m['detection_method'] = preprocess.Rules.from_config(config).detection_method
+  m['refused'] = list(errors)
   return m
 
 
-def main_real(workdir, dirs, step, out, detection_method=None):
-  """``--real``: writes metrics_real.json and the Fig. 8 (9) figure to ``out``."""
-  m = evaluate_real(workdir, dirs, step, detection_method=detection_method)
+def main_real(workdir, dirs, step, out, detection_method=None, stderr=None) -> int:
+  """``--real``: writes metrics_real.json and the Fig. 8 (9) figure to ``out``; returns the exit
+  status (2 when an input was refused, after writing the others' results)."""
+  stderr = stderr or sys.stderr
+  errors = []
+  m = evaluate_real(workdir, dirs, step, stderr=stderr, detection_method=detection_method,
+                    errors=errors)
+  for e in errors:
+    print(f'error: {e}', file=stderr)
   os.makedirs(out, exist_ok=True)
   utils.write_json(os.path.join(out, 'metrics_real.json'), m)
-  from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
   fig = plots.plot_real_recall(m, os.path.join(out, 'real_recall.png'))
   rec = ', '.join(f'{k} {v:.2f}' for k, v in m['recall_at_step'].items())
   print(f'{workdir} ({m["model"]}, step {m["checkpoint_step"]}) on {m["num_sequences"]} real '
-        f'sequences: recall at step {m["confusion_step"]}: {rec}; mean {m["mean_recall"]:.3f}')
+        f'sequences: recall at step {m["confusion_step"]}: {rec}; mean {m["mean_recall"]:.3f}'
+        + (f'; {len(errors)} inputs refused' if errors else ''))
   print(f'wrote {os.path.join(out, "metrics_real.json")}, {fig}')
+  return 2 if errors else 0
+
+
+def default_out(workdir) -> str:
+  """``--out``'s default: the training workdir's own ``eval/``; a shipped model folder is never
+  written into, so it needs an explicit ``--out``."""
+  if outputs.is_shipped(workdir):
+    raise utils.UserError(f'{workdir} is a shipped model folder, which no command writes into: '
+                          'give --out DIR for the results')
+  return os.path.join(workdir, 'eval')
 
 
 def main(argv):
-  if len(argv) > 1:
+  if len(argv) > 1 and not _REAL.value:  # --real A B: the usage line's DIR [DIR...]
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   workdirs = _WORKDIR.value or []
   if not workdirs:
@@ -466,14 +500,15 @@ def main(argv):
   for w in workdirs:
     if not os.path.isdir(w):
       raise utils.UserError(f'{w}: no such workdir')
-  out = _OUT.value or os.path.join(workdirs[0], 'eval')
+  out = _OUT.value or default_out(workdirs[0])
+  outputs.check_dir(out, allow_eval_of=workdirs[0])
   if _DETECTION.value and not _REAL.value:
     raise app.UsageError('--detection_method needs --real')
   if _REAL.value:
     if len(workdirs) != 1:
       raise app.UsageError('--real takes one --workdir')
     require_real_compatible(workdirs[0])
-    return main_real(workdirs[0], _REAL.value, _STEP.value, out, _DETECTION.value)
+    return main_real(workdirs[0], _REAL.value + argv[1:], _STEP.value, out, _DETECTION.value)
   if _TFDS.value:
     results = [evaluate_tfds(w, _TFDS.value, _TFDS_SPLIT.value, _STEP.value) for w in workdirs]
   else:
@@ -485,7 +520,6 @@ def main(argv):
     print(f'{m["workdir"]} ({m["model"]}, step {m["checkpoint_step"]}): accuracy at step '
           f'{m["confusion_step"]} = {m["accuracy_at_confusion_step"]:.3f} on '
           f'{m["num_examples"]} ' + (m['data'] if 'data' in m else 'simulated test objects'))
-  from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
   paths = plots.plot_evaluation(results, out)
   runs = [(m['model'], _read_jsonl(os.path.join(w, 'metrics.jsonl')))
           for m, w in zip(results, workdirs)]

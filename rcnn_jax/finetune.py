@@ -47,6 +47,7 @@ from rcnn_jax import evaluate
 from rcnn_jax import simulator as sim_lib
 from rcnn_jax import checkpoints
 from rcnn_jax import common
+from rcnn_jax import outputs
 from rcnn_jax import utils
 
 DEFAULTS = dict(num_steps=150, batch_size=32, real_fraction=0.5, learning_rate=1e-4,
@@ -183,19 +184,31 @@ def _run_steps(step_fn, state, config, real, progress=True):
   return state, losses
 
 
-def finetune(workdir, real_dirs, out, overrides=(), progress=True):
-  """Fine-tunes ``workdir``'s model on labelled real folders into the new workdir ``out``."""
-  if os.path.abspath(out) == os.path.abspath(workdir):
-    raise utils.UserError('--out must be a new workdir, not the base one')
-  if os.path.isdir(os.path.join(out, 'checkpoints')):
-    raise utils.UserError(f'{out} already holds checkpoints; use another --out')
+def finetune(workdir, real_dirs, out, overrides=(), progress=True, errors=None):
+  """Fine-tunes ``workdir``'s model on labelled real folders into the new workdir ``out``.
+
+  ``out`` is checked before any work (``outputs.check_new_workdir``: not the base, links
+  resolved; not an existing model folder or inside one; empty or new; writable). ``errors``: a
+  list that receives one line per input that cannot be read, labelled or prepared (the others
+  are used); None raises the first."""
+  outputs.check_new_workdir(out, workdir)
   config = finetune_config(checkpoints.load_config(workdir), overrides)
   bands.require_one_band(config, 'finetune (real labelled sequences)')
-  seqs, labels = evaluate.load_labelled(real_dirs, config)
+  seqs, labels = _usable_labelled(real_dirs, config, errors)
   # The published protocol: finetune.per_class examples per class (the first in sorted order).
   keep = np.flatnonzero(stratified_folds(labels, 1, int(config.finetune.per_class)) >= 0)
   seqs, labels = [seqs[i] for i in keep], np.asarray(labels)[keep]
   return _finetune_on(workdir, config, seqs, labels, out, progress)
+
+
+def _usable_labelled(real_dirs, config, errors):
+  """The labelled files that can be read and prepared (``evaluate.load_labelled`` and
+  ``real_inputs``), so that one bad file never shifts or cancels the selection of the rest."""
+  seqs, labels = evaluate.load_labelled(real_dirs, config, errors)
+  if errors is None:
+    return seqs, labels
+  index = evaluate.real_inputs(seqs, labels, config, errors=errors)['index']
+  return [seqs[i] for i in index], np.asarray(labels)[index]
 
 
 def _finetune_on(workdir, config, seqs, labels, out, progress=True):
@@ -241,11 +254,13 @@ def stratified_folds(labels, folds, per_class, seed=0):
   return fold
 
 
-def kfold(workdir, real_dirs, out, overrides=(), progress=True):
-  """The k-fold protocol (see the module doc); returns and writes ``out/kfold.json``."""
+def kfold(workdir, real_dirs, out, overrides=(), progress=True, errors=None):
+  """The k-fold protocol (see the module doc); returns and writes ``out/kfold.json``.
+  ``errors`` as in ``finetune``."""
+  outputs.check_dir(out)
   config = finetune_config(checkpoints.load_config(workdir), overrides)
   bands.require_one_band(config, 'finetune (real labelled sequences)')
-  seqs, labels = evaluate.load_labelled(real_dirs, config)
+  seqs, labels = _usable_labelled(real_dirs, config, errors)
   k, per_class = int(config.finetune.folds), int(config.finetune.per_class)
   fold = stratified_folds(labels, k, per_class)
   mesh = common.make_mesh()
@@ -303,22 +318,31 @@ def _scatter(values, idx, n):
 
 
 def main(argv):
-  if len(argv) > 1:
+  real = (_REAL.value or []) + argv[1:]  # --real A B: the usage line's DIR [DIR...]
+  if len(argv) > 1 and not _REAL.value:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _WORKDIR.value or not _REAL.value or not _OUT.value:
+  if not _WORKDIR.value or not real or not _OUT.value:
     raise app.UsageError('--workdir, --real and --out are required')
+  errors = []
   if _KFOLD.value:
-    r = kfold(_WORKDIR.value, _REAL.value, _OUT.value, _SET.value)
+    r = kfold(_WORKDIR.value, real, _OUT.value, _SET.value, errors=errors)
+    _report(errors)
     fmt = lambda d: ', '.join(f'{c} {v:.2f}' for c, v in d['recall_at_step'].items())
     print(f'k-fold ({r["folds"]} folds, step {r["step"]}): before {fmt(r["before"])} '
           f'(mean {r["before"]["mean_recall"]:.3f}); after {fmt(r["after"])} '
           f'(mean {r["after"]["mean_recall"]:.3f})')
     print(f'wrote {os.path.join(_OUT.value, "kfold.json")}')
-    return 0
-  finetune(_WORKDIR.value, _REAL.value, _OUT.value, _SET.value)
-  print(f'wrote {_OUT.value} (fine-tuned from {_WORKDIR.value}; files in finetune.json)',
-        file=sys.stdout)
-  return 0
+    return 2 if errors else 0
+  finetune(_WORKDIR.value, real, _OUT.value, _SET.value, errors=errors)
+  _report(errors)
+  print(f'wrote {_OUT.value} (fine-tuned from {_WORKDIR.value}; files in finetune.json)'
+        + (f'; {len(errors)} inputs refused' if errors else ''), file=sys.stdout)
+  return 2 if errors else 0
+
+
+def _report(errors):
+  for e in errors:
+    print(f'error: {e}', file=sys.stderr)
 
 
 if __name__ == '__main__':

@@ -7,12 +7,17 @@ figures. The classifier itself is ``classifier.Classifier`` (re-exported here as
 
 An INPUT is a sequence file in a ``realdata`` format (``.npz``: ``stamps`` (T, H, W) ADU with
 sky and ``mjd`` (T,), optionally ``zero_point`` and ``sky_adu``; or a FITS cube with an MJD
-table) or a folder of them. The CSV has one row per object and step: ``object`` (file stem),
+table) or a folder of them. The CSV has one row per object and step: ``object`` (the file's
+path as given, a folder argument joined with the path inside it: two inputs never share it),
 ``step`` (1-based), ``mjd`` (the step's last image) and one probability column per class.
 ``--plot DIR`` draws the paper's Appendix B figure per object to ``DIR/<object>.png``.
 
-Bad files are reported as one line each on stderr (``error: <path>: <problem>``); the good ones
-are still classified and the CSV written, and the exit status is 2. ``--fail-fast`` stops at the
+Bad files (unreadable, or with fewer than n_w usable epochs once the seeing cut and the
+plausibility rules of ``plausibility`` have dropped theirs) and unusable folder entries
+(dangling links, link loops) are reported as one line each on stderr (``error: <path>:
+<problem>``); the good ones are still classified and the CSV written, and the exit status is 2.
+``--out`` and ``--plot`` are checked before any work (``outputs``: writable, not an existing
+folder for the CSV, never inside a model folder). ``--fail-fast`` stops at the
 first bad file. With no good file nothing is written (an existing ``--out`` is kept).
 
 Inputs are prepared exactly as in training (``preprocess.prepare``): epochs with seeing above
@@ -40,6 +45,8 @@ from absl import flags
 import numpy as np
 
 from rcnn_jax import bands
+from rcnn_jax import checkpoints
+from rcnn_jax import outputs
 from rcnn_jax import photometry
 from rcnn_jax import preprocess
 from rcnn_jax import realdata
@@ -47,6 +54,7 @@ from rcnn_jax import sequences
 from rcnn_jax import utils
 from rcnn_jax.classifier import Classifier as Classifier  # re-exported: predict.Classifier
 from rcnn_jax.classifier import check_kind
+from rcnn_jax.errors import UserError
 from rcnn_jax.stream import StreamState as StreamState  # re-exported
 
 APERTURE_RADIUS_PX = 3.0  # light curve of the figures: sum of eq. 4 counts within this radius
@@ -90,7 +98,7 @@ def predictions_csv(seqs, probs, n_w, class_names, step_mjds=None) -> str:
     step_mjds = [step_mjd(seq, n_w, len(p)) for seq, p in zip(seqs, probs)]
   for seq, p, mjds in zip(seqs, probs, step_mjds):
     for j, (m, row) in enumerate(zip(mjds, p)):
-      out.writerow([seq.name, j + 1, f'{m:.6f}'] + [f'{v:.7g}' for v in row])
+      out.writerow([seq.object_id, j + 1, f'{m:.6f}'] + [f'{v:.7g}' for v in row])
   return buf.getvalue()
 
 
@@ -121,10 +129,15 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
   """Classifies files and folders into a CSV (and figures); returns the exit status (0 or 2).
 
   ``classifier`` reuses an already restored model (``workdir`` and ``step`` are then unused).
-  ``start`` and ``full_length`` as in ``Classifier.classify``.
+  ``start`` and ``full_length`` as in ``Classifier.classify``. Every output location is
+  checked before anything is read (``outputs``); each file that cannot be read or prepared
+  (too few usable epochs after the seeing cut, say) is one line naming its path, and the
+  others are classified and written.
   """
-  from rcnn_jax import checkpoints  # pylint: disable=g-import-not-at-top
   stderr = stderr or sys.stderr
+  outputs.check_file(out)
+  if plot_dir:
+    outputs.check_dir(plot_dir, '--plot')
   config = classifier.config if classifier is not None else checkpoints.load_config(workdir)
   check_kind(config)
   bands.require_one_band(config, 'predict on whole real sequences')
@@ -138,29 +151,43 @@ def predict_files(workdir, inputs, out, step=None, plot_dir=None, fail_fast=Fals
   for e in errors:
     print(f'error: {e}', file=stderr)
   if not seqs:
-    print(f'error: no valid input sequence ({len(errors)} bad); {out} not written', file=stderr)
+    print(f'error: no valid input sequence ({len(errors)} bad); {outputs.display(out)} not '
+          'written', file=stderr)
     return 2
   if classifier is None:
     classifier = Classifier.from_workdir(workdir, step)
   warn = preprocess.Warnings(stderr)
-  probs = classifier.classify(seqs, batch_size=batch_size, start=start,
-                              full_length=full_length, warn=warn)
   limit = None if full_length else classifier.max_steps
-  mjds = [classifier.prepare(s, limit, start, warn)['mjd_last'][:len(p)]
-          for s, p in zip(seqs, probs)]
-  utils.atomic_write_text(out, predictions_csv(seqs, probs, classifier.n_w,
+  good, preps = [], []
+  for seq in seqs:
+    try:
+      preps.append(classifier.prepare(seq, limit, start, warn))
+      good.append(seq)
+    except UserError as e:  # BadInput and the other per-file problems of preparation
+      if fail_fast:
+        raise
+      print(f'error: {e}', file=stderr)
+      errors.append(str(e))
+  if not good:
+    print(f'error: no input sequence could be prepared ({len(errors)} bad); '
+          f'{outputs.display(out)} not written', file=stderr)
+    return 2
+  probs = classifier.classify_prepared(preps, batch_size=batch_size)
+  mjds = [d['mjd_last'][:len(p)] for d, p in zip(preps, probs)]
+  utils.atomic_write_text(out, predictions_csv(good, probs, classifier.n_w,
                                                classifier.class_names, mjds))
-  print(f'wrote {out}: {len(seqs)} objects, {sum(len(p) for p in probs)} steps'
-        + (f'; {len(errors)} bad files skipped' if errors else ''))
+  print(f'wrote {outputs.display(out)}: {len(good)} objects, {sum(len(p) for p in probs)} steps'
+        + (f'; {len(errors)} bad inputs skipped' if errors else ''))
   if plot_dir:
-    from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
+    from rcnn_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib, on demand)
     os.makedirs(plot_dir, exist_ok=True)
-    for seq, p, m, path in zip(seqs, probs, mjds, plot_paths(seqs, plot_dir)):
+    for seq, p, m, path in zip(good, probs, mjds, plot_paths(good, plot_dir)):
       images = eq4_images(seq)
       plots.plot_sequence_prediction(
-          path, seq.name, seq.mjd, photometry.aperture_flux(images, radius=APERTURE_RADIUS_PX),
-          m, p, classifier.class_names, images)
-    print(f'wrote {len(seqs)} figures to {plot_dir}')
+          path, seq.object_id, seq.mjd,
+          photometry.aperture_flux(images, radius=APERTURE_RADIUS_PX), m, p,
+          classifier.class_names, images)
+    print(f'wrote {len(good)} figures to {outputs.display(plot_dir)}')
   return 2 if errors else 0
 
 

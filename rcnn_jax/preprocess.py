@@ -52,8 +52,10 @@ from scipy import optimize
 from scipy import special
 
 from rcnn_jax import photometry
+from rcnn_jax import plausibility as plausibility_lib
 from rcnn_jax import render
 from rcnn_jax import sequences
+from rcnn_jax.errors import BadInput
 from rcnn_jax.errors import UserError
 
 
@@ -82,6 +84,8 @@ class Rules:
   gain: float | None = None
   read_noise_e: float | None = None
   transient_classes: tuple | None = None
+  # Implausible epochs (``plausibility``): zero-point and pixel ranges of the survey; None: off.
+  plausibility: dict | None = None
 
   @classmethod
   def from_config(cls, config) -> 'Rules':
@@ -104,7 +108,8 @@ class Rules:
         # A PSF bank is the simulator's; the detection's matched filter uses its Moffat model.
         psf_kind='moffat' if kind == 'bank' else kind,
         moffat_beta=float(psf.moffat_beta), gain=gain, read_noise_e=rn,
-        transient_classes=tuple(sc.transient_classes))
+        transient_classes=tuple(sc.transient_classes),
+        plausibility=plausibility_lib.limits_from_config(config))
 
 
 def camera_gain_read_noise(config) -> tuple[float, float]:
@@ -138,24 +143,44 @@ class Warnings:
 _DEFAULT_WARN = Warnings()
 
 
-def select_epochs(seq, max_seeing_arcsec, warn=None, drop_unknown=True) -> np.ndarray:
+def select_epochs(seq, max_seeing_arcsec, warn=None, drop_unknown=True,
+                  plausibility=None) -> np.ndarray:
   """Indices of the epochs kept: seeing <= max_seeing_arcsec (None: all), as in training; an
-  epoch of NaN (unknown) seeing is dropped when ``drop_unknown`` (module docstring, step 1)."""
+  epoch of NaN (unknown) seeing is dropped when ``drop_unknown`` (module docstring, step 1); an
+  implausible epoch (``plausibility.epoch_problems`` with the ``plausibility`` limits: a zero
+  point far outside the survey's, non-positive seeing, exposure or sky, pixels beyond what the
+  camera records) is dropped with one line naming the file and the epoch."""
   warn = warn or _DEFAULT_WARN
   e = seq.num_epochs
+  ok = np.ones(e, bool)
+  if plausibility is not None:
+    why = plausibility_lib.epoch_problems(
+        plausibility, zero_point=seq.zero_point, seeing_arcsec=seq.seeing_arcsec,
+        sky_adu=None if seq.sky_estimated else seq.sky_adu,
+        exp_time_s=getattr(seq, 'exp_time_s', None), stamps=seq.stamps)
+    for i, w in enumerate(why):
+      if w:
+        ok[i] = False
+        warn(f'implausible:{_who(seq)}:{i}', f'{_who(seq)}: epoch {i} (MJD {seq.mjd[i]:.5f}) '
+             f'dropped: {w}')
   if max_seeing_arcsec is None:
-    return np.arange(e)
+    return np.flatnonzero(ok)
   if seq.seeing_arcsec is None:
     warn('no_seeing', f'{seq.name}: no seeing column: all epochs kept (training drops seeing > '
          f'{max_seeing_arcsec}"); said once for all such files')
-    return np.arange(e)
+    return np.flatnonzero(ok)
   seeing = np.asarray(seq.seeing_arcsec, np.float64)
   unknown = ~np.isfinite(seeing)
   if unknown.any():
     what = 'dropped (conditions not measured)' if drop_unknown else 'kept'
     warn('nan_seeing', f'{seq.name}: {int(unknown.sum())} epoch(s) of unknown (NaN) seeing '
          f'{what}; said once for all such files')
-  return np.flatnonzero((unknown & (not drop_unknown)) | (seeing <= max_seeing_arcsec))
+  return np.flatnonzero(ok & ((unknown & (not drop_unknown)) | (seeing <= max_seeing_arcsec)))
+
+
+def _who(seq) -> str:
+  """How a sequence is named in a message: its path (``object_id``), else its name."""
+  return getattr(seq, 'object_id', None) or seq.name
 
 
 def _fwhm_px(seeing_arcsec, rules: Rules) -> np.ndarray:
@@ -334,7 +359,10 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
   """
   warn = warn or _DEFAULT_WARN
   n_w = rules.n_w
-  kept = select_epochs(seq, rules.max_seeing_arcsec, warn, rules.drop_unknown_seeing)
+  kept = select_epochs(seq, rules.max_seeing_arcsec, warn, rules.drop_unknown_seeing,
+                       rules.plausibility)
+  if len(kept) < n_w:
+    raise BadInput(_who(seq), _too_few(seq, kept, rules))
   if seq.zero_point is None:
     warn('no_zero_point', f'{seq.name}: no zero points: no eq. 4 scaling; said once for all '
          'such files')
@@ -354,8 +382,8 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
     max_steps = rules.max_steps
   steps = len(kept) - s0 - n_w + 1
   if steps < 1:
-    raise UserError(f'{seq.name}: {len(kept) - s0} usable epochs from the start, fewer than '
-                    f'n_w = {n_w}')
+    raise BadInput(_who(seq), f'{len(kept) - s0} usable epochs from the start, fewer than '
+                   f'n_w = {n_w}')
   if max_steps is not None:
     steps = min(steps, int(max_steps))
   epochs = kept[s0:s0 + steps + n_w - 1]
@@ -390,6 +418,24 @@ def prepare(seq, rules: Rules, start='first', max_steps='config', warn=None) -> 
               raw_adu=np.asarray(raw), sky_adu=np.asarray(sky), zero_point=np.asarray(zp),
               zero_point_ref=np.float32(zr), seeing_arcsec=seeing, epoch_valid=epoch_valid,
               t_days=t_days)
+
+
+def _too_few(seq, kept, rules: Rules) -> str:
+  """Why a file has fewer than n_w usable epochs: the counts each rule dropped."""
+  e = seq.num_epochs
+  parts = []
+  if seq.seeing_arcsec is not None and rules.max_seeing_arcsec is not None:
+    s = np.asarray(seq.seeing_arcsec, np.float64)
+    unknown = int((~np.isfinite(s)).sum())
+    if unknown and rules.drop_unknown_seeing:
+      parts.append(f'{unknown} of unknown (NaN) seeing')
+    with np.errstate(invalid='ignore'):
+      above = int((s > rules.max_seeing_arcsec).sum())
+    if above:
+      parts.append(f'{above} with seeing above the {rules.max_seeing_arcsec:g}" cut')
+  dropped = ' (' + ', '.join(parts) + ' dropped)' if parts else ''
+  return (f'{len(kept)} usable epoch(s) of {e}{dropped}, fewer than n_w = {rules.n_w}; not '
+          'classified')
 
 
 def start_for_class(class_name, rules: Rules) -> str:

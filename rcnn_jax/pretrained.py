@@ -35,6 +35,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from rcnn_jax import outputs
 from rcnn_jax import utils
 
 FORMAT = 'rcnn_jax.pretrained'
@@ -235,6 +236,7 @@ def main(argv):
   if os.path.exists(out):
     raise utils.UserError(f'{out} exists; choose another --out (a shipped model is never '
                           'overwritten)')
+  outputs.check_dir(out)  # writable, and not inside another model folder: before any work
   dirs = [d.split('=')[0] for d in _CHECK.value]
   for d in dirs:
     if not os.path.isdir(d):

@@ -3,8 +3,8 @@
 Host side, numpy only. One file is one object's sequence of raw stamps (ADU, sky included):
 
 - ``.npz``: keys ``stamps`` (T, H, W), ``mjd`` (T,) and optionally ``zero_point``, ``sky_adu``,
-  ``seeing_arcsec`` (T,). Read with ``allow_pickle=False``: pickled content is refused, never
-  unpickled.
+  ``seeing_arcsec``, ``exp_time_s`` (T,; the exposure time may be one value for all).
+  Read with ``allow_pickle=False``: pickled content is refused, never unpickled.
 - FITS (``.fits``, ``.fits.gz``, ``.fit``): the primary HDU (or the first image HDU) holds the
   (T, H, W) cube; a BINTABLE extension (named ``MJD``, else the first table) holds the column
   ``mjd`` and optionally ``zero_point``, ``sky_adu``, ``seeing_arcsec`` (names case-insensitive).
@@ -29,23 +29,15 @@ import zlib
 
 import numpy as np
 
-from rcnn_jax.errors import UserError
+from rcnn_jax.errors import BadInput  # re-exported: realdata.BadInput
+from rcnn_jax.errors import printable
 
 NPZ_SUFFIXES = ('.npz',)
 FITS_SUFFIXES = ('.fits.gz', '.fits', '.fit')
 SKY_RING = 3  # width in pixels of the border used to estimate the sky
-OPTIONAL_KEYS = ('zero_point', 'sky_adu', 'seeing_arcsec')
+OPTIONAL_KEYS = ('zero_point', 'sky_adu', 'seeing_arcsec', 'exp_time_s')
 _READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, zipfile.BadZipFile,
                 zlib.error)
-
-
-class BadInput(UserError):
-  """A file that cannot be used; the message is one line: '{path}: {problem}'."""
-
-  def __init__(self, path, problem):
-    self.path = str(path)
-    self.problem = ' '.join(str(problem).split())
-    super().__init__(f'{self.path}: {self.problem}')
 
 
 @dataclasses.dataclass
@@ -60,6 +52,16 @@ class RealSequence:
   seeing_arcsec: np.ndarray | None
   label: str | None = None  # the class name, for labelled files (npz key ``label``)
   path: str | None = None
+  exp_time_s: np.ndarray | None = None  # (T,) seconds, when the file gives them
+
+  @property
+  def object_id(self) -> str:
+    """The object's name in outputs: its file's path as given (a folder argument joined with
+    the file's path inside it), which two inputs cannot share; printable whatever its bytes
+    (``outputs.display``). The file stem (``name``) when there is no path."""
+    if self.path is None:
+      return self.name
+    return printable(os.path.normpath(self.path))
 
   @property
   def num_epochs(self) -> int:
@@ -201,6 +203,8 @@ def _validate(path, raw, stamp_size, n_w):
     a = np.asarray(raw[key])
     if not _is_numeric(a):
       raise BadInput(path, f"'{key}' has non-numeric dtype {a.dtype}")
+    if key == 'exp_time_s' and a.ndim == 0:  # one exposure time for every epoch
+      a = np.full(t, a, np.float64)
     if a.shape != (t,):
       raise BadInput(path, f"'{key}' has shape {a.shape}, expected ({t},)")
     optional[key] = a
@@ -242,6 +246,7 @@ def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
   zp = opt.get('zero_point')
   sky = opt.get('sky_adu')
   seeing = opt.get('seeing_arcsec')
+  exp_time = opt.get('exp_time_s')
   return RealSequence(
       name=_stem(path),
       stamps=stamps,
@@ -250,61 +255,105 @@ def load_sequence(path, stamp_size=21, n_w=3) -> RealSequence:
       zero_point=None if zp is None else zp.astype(np.float64),
       sky_estimated=sky is None,
       seeing_arcsec=None if seeing is None else seeing.astype(np.float64),
-      label=label, path=path)
+      label=label, path=path,
+      exp_time_s=None if exp_time is None else exp_time.astype(np.float64))
 
 
-def expand_inputs(paths) -> list[str]:
-  """Files as given; folders -> their *.npz, *.fits, *.fits.gz, *.fit files, sorted; a folder
-  with none but with subfolders (one per class, as ``real_labelled_dev/``) -> theirs, in
-  sorted subfolder order.
+def _folder_entries(folder):
+  """(sequence files, one-line problems) of one folder: files with a known suffix that are
+  regular files; a known suffix on anything else (a dangling link, a link loop, a folder, an
+  unreadable entry) is a problem named by its path."""
+  files, problems = [], []
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError as e:
+    return [], [BadInput(folder, f'cannot list the folder ({e.strerror or e})')]
+  for f in names:
+    q = os.path.join(folder, f)
+    if not _suffix(f):
+      continue
+    if os.path.isfile(q):
+      files.append(q)
+    elif os.path.islink(q):
+      problems.append(BadInput(q, 'dangling symbolic link or link loop, skipped'))
+    elif os.path.isdir(q):
+      problems.append(BadInput(q, 'is a folder with a sequence file suffix, skipped'))
+    else:
+      problems.append(BadInput(q, 'not a regular file, skipped'))
+  return files, problems
 
-  A missing path, or a folder with no such file at either level, raises BadInput.
-  """
+
+def _subfolders(folder):
+  try:
+    return sorted(os.path.join(folder, d) for d in os.listdir(folder)
+                  if os.path.isdir(os.path.join(folder, d)))
+  except OSError:
+    return []
+
+
+def list_inputs(paths):
+  """(files, problems: one BadInput each): files as given; a folder -> its sequence files
+  (*.npz, *.fits, *.fits.gz, *.fit), sorted, or, when it has none but has subfolders (one
+  per class, as ``real_labelled_dev/``), theirs in sorted subfolder order. Every entry that
+  cannot be used (a missing path, a folder with no sequence file, a dangling link, a link
+  loop, an unreadable entry) is one line in ``problems``; the same file given twice is listed
+  once."""
   if isinstance(paths, (str, os.PathLike)):
     paths = [paths]
-  out = []
+  out, problems, seen = [], [], set()
   for p in paths:
     p = os.fspath(p)
     if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if _suffix(f) and os.path.isfile(os.path.join(p, f)))
-      if not found:
-        for sub in sorted(os.listdir(p)):
-          q = os.path.join(p, sub)
-          if os.path.isdir(q):
-            found += sorted(os.path.join(q, f) for f in os.listdir(q)
-                            if _suffix(f) and os.path.isfile(os.path.join(q, f)))
-      if not found:
-        raise BadInput(p, 'folder has no .npz, .fits, .fits.gz or .fit files (nor do its '
-                       'subfolders)')
-      out.extend(found)
-    elif os.path.exists(p):
-      out.append(p)
+      found, bad = _folder_entries(p)
+      if not found and not bad:
+        for q in _subfolders(p):
+          f2, b2 = _folder_entries(q)
+          found += f2
+          bad += b2
+      problems += bad
+      if not found and not bad:
+        problems.append(BadInput(p, 'folder has no .npz, .fits, .fits.gz or .fit files '
+                                     '(nor do its subfolders)'))
+    elif os.path.isfile(p):
+      found = [p]
+    elif os.path.lexists(p):
+      problems.append(BadInput(p, 'dangling symbolic link, link loop or not a regular '
+                                   'file'))
+      found = []
     else:
-      raise BadInput(p, 'no such file or folder')
-  return out
+      problems.append(BadInput(p, 'no such file or folder'))
+      found = []
+    for f in found:
+      key = os.path.normpath(f)
+      if key in seen:  # one object, one identity: a file given twice is used once
+        continue
+      seen.add(key)
+      out.append(f)
+  return out, problems
+
+
+def expand_inputs(paths) -> list[str]:
+  """``list_inputs``'s files; its first problem raises BadInput (the strict form)."""
+  files, problems = list_inputs(paths)
+  if problems:
+    raise problems[0]
+  return files
 
 
 def load_many(paths, stamp_size=21, n_w=3, fail_fast=False):
-  """(good sequences, one-line error messages) over files and folders; fail_fast re-raises."""
-  if isinstance(paths, (str, os.PathLike)):
-    paths = [paths]
-  seqs, errors = [], []
-  for p in paths:
+  """(good sequences, one-line error messages) over files and folders; fail_fast re-raises
+  the first problem as BadInput."""
+  files, problems = list_inputs(paths)
+  if fail_fast and problems:
+    raise problems[0]
+  seqs, errors = [], [str(e) for e in problems]
+  for f in files:
     try:
-      files = expand_inputs([p])
+      seqs.append(load_sequence(f, stamp_size, n_w))
     except BadInput as e:
       if fail_fast:
         raise
       errors.append(str(e))
-      continue
-    for f in files:
-      try:
-        seqs.append(load_sequence(f, stamp_size, n_w))
-      except BadInput as e:
-        if fail_fast:
-          raise
-        errors.append(str(e))
   return seqs, errors
 
 
@@ -344,3 +393,71 @@ def model_inputs(seq: RealSequence, n_w, max_steps=None) -> dict:
   from rcnn_jax import preprocess  # pylint: disable=g-import-not-at-top
   return preprocess.prepare(seq, preprocess.Rules(n_w=int(n_w), pre_detection=0),
                             start='first', max_steps=max_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels of real files (evaluate --real, finetune, the hits_real builder)
+
+
+def _norm_class(x) -> str:
+  return ''.join(ch for ch in str(x).lower() if ch.isalnum())
+
+
+def folder_class(folder, class_names) -> str | None:
+  """A folder's class: the class whose name equals the folder's name, case and punctuation
+  ignored (``RRLyrae``, ``rr_lyrae``, ``Eclipsing-Binary``); None for any other name. No
+  guessing from parts of a name: ``not_a_Supernova`` or ``real_nonvariable_dev`` name no class
+  (label such a folder with ``DIR=Class``)."""
+  name = _norm_class(os.path.basename(os.path.normpath(os.fspath(folder))))
+  exact = [c for c in class_names if _norm_class(c) == name]
+  return exact[0] if len(exact) == 1 else None
+
+
+def labelled_files(args, class_names):
+  """([(path, class from the argument or folder, or None)], [BadInput]) from labelled inputs.
+
+  The declared rule: an argument is ``DIR=Class`` (every file under DIR is ``Class``), ``DIR``
+  (a folder of sequence files, each labelled by its ``label`` key or else by the folder's name,
+  ``folder_class``), a folder of class folders (each treated as ``DIR``), or a file (its
+  ``label`` key, else its folder's name). A file's own ``label`` key wins over its folder. A
+  folder that holds sequence files beside folders of them is a mixed layout and refused (one
+  line), rather than guessing which of them is meant; so is an unknown ``Class``.
+  """
+  pairs, problems = [], []
+  for arg in args:
+    arg = os.fspath(arg)
+    forced = None
+    if '=' in arg and not os.path.exists(arg):
+      arg, forced = arg.rsplit('=', 1)
+      if forced not in class_names:
+        problems.append(BadInput(arg, f'unknown class {forced!r} (have: '
+                                 f'{", ".join(class_names)})'))
+        continue
+    if not os.path.isdir(arg):
+      files, bad = list_inputs([arg])
+      problems += bad
+      pairs += [(f, forced or folder_class(os.path.dirname(os.path.abspath(f)), class_names))
+                for f in files]
+      continue
+    files, bad = _folder_entries(arg)
+    subs = [q for q in _subfolders(arg) if _folder_entries(q)[0]]
+    if (files or bad) and subs:
+      names = ', '.join(os.path.basename(q) for q in subs)
+      problems.append(BadInput(arg, f'mixed layout: {len(files) + len(bad)} sequence file(s) '
+                               f'beside class folders ({names}); refused: give each folder as '
+                               'its own argument (DIR or DIR=Class)'))
+      continue
+    if files or bad:
+      problems += bad
+      cls = forced or folder_class(arg, class_names)
+      pairs += [(f, cls) for f in files]
+      continue
+    if not subs:
+      problems.append(BadInput(arg, 'folder has no sequence files and no class folders'))
+      continue
+    for q in subs:
+      f2, b2 = _folder_entries(q)
+      problems += b2
+      cls = forced or folder_class(q, class_names)
+      pairs += [(f, cls) for f in f2]
+  return pairs, problems

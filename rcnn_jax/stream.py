@@ -12,12 +12,14 @@ truncate.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rcnn_jax import bands as bands_lib
+from rcnn_jax import plausibility
 from rcnn_jax import realdata
 from rcnn_jax import sequences
 from rcnn_jax.errors import UserError
@@ -119,7 +121,10 @@ class Streaming:
     ``seeing_arcsec`` [K] (None: not given, every image kept): an image whose seeing is above
     ``config.survey.max_seeing_arcsec``, or NaN (conditions not measured, with
     ``config.real.drop_unknown_seeing``, as ``preprocess`` drops a file's), is dropped, as
-    training never contains one (its object is left as if it had no new image).
+    training never contains one (its object is left as if it had no new image); so is an
+    implausible epoch (``plausibility.epoch_problems``: an infinite zero point or one far
+    outside the survey's, non-positive seeing or sky, pixels beyond what the camera records),
+    with one line on stderr naming the slot and the MJD.
     ``probs`` holds every object's latest probabilities: NaN until it has n_w images, unchanged
     for objects without a new image. All N slots go through one jitted call of fixed shape.
     ``band`` [K]: each image's band (a name of ``config.survey.bands`` or its index); required
@@ -131,16 +136,29 @@ class Streaming:
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[0] != k:
       raise UserError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
+    good = np.ones(k, bool)
+    if self.rules.plausibility is not None:
+      opt = lambda x, name: None if x is None else _per_object(x, k, name)
+      why = plausibility.epoch_problems(
+          self.rules.plausibility, zero_point=opt(zero_point, 'zero_point'),
+          seeing_arcsec=opt(seeing_arcsec, 'seeing_arcsec'), sky_adu=opt(sky_adu, 'sky_adu'),
+          stamps=images)
+      m = _per_object(mjd, k, 'mjd')
+      for j, w in enumerate(why):
+        if w:
+          good[j] = False
+          print(f'warning: object slot {idx[j]}: epoch MJD {m[j]:.5f} dropped: {w}',
+                file=sys.stderr)
     if seeing_arcsec is not None and self.rules.max_seeing_arcsec is not None:
       seeing = _per_object(seeing_arcsec, k, 'seeing_arcsec')
-      good = ~(seeing > self.rules.max_seeing_arcsec)
+      good &= ~(seeing > self.rules.max_seeing_arcsec)
       if self.rules.drop_unknown_seeing:
         good &= np.isfinite(seeing)
-      if not good.all():
-        sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
-        bsub = None if band is None else np.asarray(band).reshape(-1)[good]
-        return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),
-                           idx[good], band=bsub)
+    if not good.all():
+      sub = lambda x: None if x is None else _per_object(x, k, 'value')[good]
+      bsub = None if band is None else np.asarray(band).reshape(-1)[good]
+      return self.update(state, images[good], sub(mjd), sub(zero_point), sub(sky_adu),
+                         idx[good], band=bsub)
     h, w = images.shape[1:]
     if h < s or w < s:
       raise UserError(f'stamps are {h}x{w}, smaller than the stamp size {s}')

@@ -4,6 +4,7 @@ every development file once, evaluate on both, reading without TensorFlow."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -123,7 +124,9 @@ def test_interrupted_generation_leaves_no_complete_split(tmp_path, monkeypatch):
 
 def test_folder_labels():
   names = hits.CLASS_NAMES
-  assert hits_real.folder_label('/x/real_nonvariable_dev', names) == 'NonVariable'
+  # The one declared rule (realdata.folder_class): exact class names only, no guessing.
+  assert hits_real.folder_label('/x/real_nonvariable_dev', names) is None
+  assert hits_real.folder_label('/x/not_a_Supernova', names) is None
   assert hits_real.folder_label('/x/real_labelled_dev/RRLyrae/', names) == 'RRLyrae'
   assert hits_real.folder_label('/x/eclipsing-binary', names) == 'EclipsingBinary'
   assert hits_real.folder_label('/x/misc', names) is None
@@ -132,7 +135,10 @@ def test_folder_labels():
 def test_hits_real_holds_every_dev_file_once(hits_data, tmp_path):
   folders = [hits_data / 'real_labelled_dev', hits_data / 'real_nonvariable_dev']
   files = sorted(str(p) for f in folders for p in f.rglob('*.npz'))
-  path = build.build_real(folders, str(tmp_path))
+  refused = []
+  path = build.build_real([folders[0], f'{folders[1]}=NonVariable'], str(tmp_path),
+                          refused=refused)
+  assert refused == []
   seqs, labels, names = reading.load_real_split(path, 'dev')
   assert names == hits.CLASS_NAMES
   builder, ds = reading.data_source(path, 'dev')
@@ -155,9 +161,31 @@ def test_hits_real_holds_every_dev_file_once(hits_data, tmp_path):
     z = np.load(os.path.join(str(hits_data), r))
     folder = os.path.basename(os.path.dirname(r))
     assert names[lab] == (str(z['label']) if 'label' in z.files else
-                          hits_real.folder_label(folder, names))
+                          hits_real.folder_label(folder, names) or 'NonVariable')
   assert len(lengths) > 1  # variable length kept
   assert builder.info.metadata['producer'] == 'rcnn_jax.datasets.hits_real'
+
+
+def test_hits_real_leaves_out_a_bad_file_with_one_line(hits_data, tmp_path):
+  """Issue 29: one bad file never costs the others (a corrupt one, an unlabelled one)."""
+  src = sorted((hits_data / 'real_nonvariable_dev').glob('*.npz'))[:2]
+  d = tmp_path / 'NonVariable'
+  d.mkdir()
+  shutil.copy(src[0], d / 'good.npz')
+  (d / 'cut.npz').write_bytes(src[1].read_bytes()[:300])
+  u = tmp_path / 'misc'
+  u.mkdir()
+  shutil.copy(src[1], u / 'unlabelled.npz')
+  refused = []
+  path = build.build_real([d, u], str(tmp_path / 'tfds'), refused=refused)
+  seqs, labels, names = reading.load_real_split(path, 'dev')
+  assert [s.name for s in seqs] == ['good'] and names[labels[0]] == 'NonVariable'
+  assert len(refused) == 2
+  assert str(d / 'cut.npz') in refused[0] and 'cannot read' in refused[0]
+  assert str(u / 'unlabelled.npz') in refused[1] and 'DIR=Class' in refused[1]
+  again = []  # prepared already: the record is reported again
+  build.build_real([d, u], str(tmp_path / 'tfds'), refused=again)
+  assert again == refused
 
 
 @pytest.fixture(scope='module')
@@ -176,7 +204,7 @@ def test_evaluate_on_tfds(workdir, sim_dataset, hits_data, tmp_path):
   np.testing.assert_allclose(np.array(on_split['accuracy_by_step'], float),
                              np.array(direct['accuracy_by_step'], float))
   assert on_split['data'].endswith(':test')
-  real = build.build_real([hits_data / 'real_nonvariable_dev'], str(tmp_path))
+  real = build.build_real([f"{hits_data / 'real_nonvariable_dev'}=NonVariable"], str(tmp_path))
   m = evaluate.evaluate_tfds(workdir, real)
   assert m['num_examples'] == 40 and m['class_names'] == list(hits.CLASS_NAMES)
   assert sum(m['confusion_counts'][4]) == 40  # all true NonVariable

@@ -161,7 +161,7 @@ def test_csv_rows_columns_and_figures(classifier, tmp_path):
   seqs, _ = realdata.load_many([str(data)])
   whole = classifier.classify(seqs)
   for seq, w in zip(seqs, whole):
-    mine = [r for r in rows if r['object'] == seq.name]
+    mine = [r for r in rows if r['object'] == seq.object_id]
     # Truncated at max_steps (the paper's "after 20 inputs"; 6 in smoke).
     assert len(mine) == min(seq.num_epochs - classifier.n_w + 1, classifier.max_steps) == len(w)
     assert [int(r['step']) for r in mine] == list(range(1, len(mine) + 1))
@@ -221,7 +221,8 @@ def test_cli_reports_bad_file_and_classifies_the_rest(workdir, tmp_path):
   errors = [l for l in r.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and bad in errors[0] and 'NaN' in errors[0], r.stderr[-3000:]
   rows = _read_csv(out)
-  assert sorted({r['object'] for r in rows}) == ['good0', 'good1']
+  assert sorted({r['object'] for r in rows}) == [str(data / 'good0.npz'),
+                                                 str(data / 'good1.npz')]
   assert len(rows) == 4 + 5
   assert sorted(os.listdir(tmp_path / 'f')) == ['good0.png', 'good1.png']
 

@@ -128,8 +128,9 @@ def test_fallbacks_warn_once():
 
 def test_truncation_and_full_length():
   rules = _rules(n_w=3, max_steps=4)
-  seq = _seq(np.zeros((10, 21, 21)), np.arange(10.0), np.zeros(10), np.full(10, 25.0),
-             np.ones(10))
+  # Raw stamps hold the sky: 100 ADU of sky on 100 ADU stamps (a sky of 0 is implausible).
+  seq = _seq(np.full((10, 21, 21), 100.0), np.arange(10.0), np.full(10, 100.0),
+             np.full(10, 25.0), np.ones(10))
   assert preprocess.prepare(seq, rules)['num_steps'] == 4
   full = preprocess.prepare(seq, rules, max_steps=None)
   assert full['num_steps'] == 8 and full['images'].shape[0] == 8

@@ -128,7 +128,8 @@ def test_folder_expansion(tmp_path):
   files = realdata.expand_inputs([tmp_path])
   assert [os.path.basename(f) for f in files] == ['a.npz', 'b.fits.gz', 'c.npz', 'd.fit']
   single = str(tmp_path / 'sub' / 'z.npz')
-  assert realdata.expand_inputs([single, tmp_path / 'sub']) == [single, single]
+  # The same file twice is one object (its path is its identity in outputs): listed once.
+  assert realdata.expand_inputs([single, tmp_path / 'sub']) == [single]
   with pytest.raises(realdata.BadInput, match='nowhere'):
     realdata.expand_inputs([tmp_path / 'nowhere'])
   # A folder of class folders (real_labelled_dev/): the subfolders' files, in sorted order.
@@ -268,7 +269,8 @@ def test_load_many_collects_errors_and_fail_fast(tmp_path):
   seqs, errors = realdata.load_many([folder, tmp_path / 'absent'])
   assert [s.name for s in seqs] == ['a_good', 'd_good']
   assert len(errors) == 3 and all('\n' not in e for e in errors)
-  assert 'b_bad.npz' in errors[0] and 'c_cut.npz' in errors[1] and 'absent' in errors[2]
+  # Listing problems first (the missing path), then the files that fail to load, in order.
+  assert 'absent' in errors[0] and 'b_bad.npz' in errors[1] and 'c_cut.npz' in errors[2]
   with pytest.raises(realdata.BadInput, match='b_bad.npz'):
     realdata.load_many([folder], fail_fast=True)
   with pytest.raises(realdata.BadInput, match='absent'):

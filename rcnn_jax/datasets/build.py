@@ -3,7 +3,7 @@
     python -m rcnn_jax.datasets.build hits_sim --config configs/hits.py \
         [--config.dataset.size=full] --data_dir DIR
     python -m rcnn_jax.datasets.build hits_real --data ../shared/data/hits2015/real_labelled_dev \
-        --data ../shared/data/hits2015/real_nonvariable_dev --data_dir DIR
+        --data ../shared/data/hits2015/real_nonvariable_dev=NonVariable --data_dir DIR
 
 Prints the prepared folder (the path ``evaluate --tfds`` and ``tfds.builder_from_directory``
 take). Splits are written into a temporary ``incomplete.*`` folder that is renamed only when all
@@ -14,8 +14,10 @@ existing complete dataset is kept and reused.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 import time
 
 from absl import app
@@ -32,7 +34,8 @@ def _define_flags():
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (hits_sim: required).',
                                             lock_config=True)
   _DATA_DIR = flags.DEFINE_string('data_dir', None, 'tfds data folder to write into.')
-  _DATA = flags.DEFINE_multi_string('data', None, 'hits_real: folder(s) of sequence files.')
+  _DATA = flags.DEFINE_multi_string('data', None, 'hits_real: folder(s) of sequence files '
+                                    '(DIR or DIR=Class).')
   _SPLIT = flags.DEFINE_string('split', 'dev', 'hits_real: the split name.')
 
 
@@ -71,8 +74,11 @@ def build_sim(config, data_dir) -> str:
                                                  file_format='array_record')))
 
 
-def build_real(folders, data_dir, config=None, split='dev') -> str:
-  """``config``: the classes, stamp size and n_w (default: configs/hits.py's)."""
+def build_real(folders, data_dir, config=None, split='dev', refused=None) -> str:
+  """``config``: the classes, stamp size and n_w (default: configs/hits.py's). ``folders``:
+  ``DIR`` or ``DIR=Class`` each. ``refused``: a list that receives one line per file left out
+  (also kept in the prepared folder's ``refused.json``, so a rebuild that finds the dataset
+  prepared reports them again)."""
   from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
   if config is None:
     from configs import hits  # pylint: disable=g-import-not-at-top
@@ -80,8 +86,19 @@ def build_real(folders, data_dir, config=None, split='dev') -> str:
   names = tuple(config.sim.class_names)
   s, n_w = int(config.sim.stamp_size), int(config.sim.n_w)
   bc = hits_real.builder_config(folders, names, s, n_w, split)
-  return prepare(_quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
-                                                   file_format='array_record')))
+  builder = _quiet(lambda: hits_real.HitsReal(config=bc, data_dir=data_dir,
+                                              file_format='array_record'))
+  path = prepare(builder)
+  record = os.path.join(path, 'refused.json')
+  if getattr(builder, 'refused', None) is not None:
+    utils.write_json(record, builder.refused)
+  lines = []
+  if os.path.isfile(record):
+    with open(record) as f:
+      lines = json.load(f)
+  if refused is not None:
+    refused.extend(lines)
+  return path
 
 
 def main(argv):
@@ -97,12 +114,16 @@ def main(argv):
   else:
     if not _DATA.value:
       raise app.UsageError('hits_real needs --data FOLDER (repeatable)')
-    path = build_real(_DATA.value, _DATA_DIR.value, _CONFIG.value, _SPLIT.value)
+    refused = []
+    path = build_real(_DATA.value, _DATA_DIR.value, _CONFIG.value, _SPLIT.value, refused)
+    for line in refused:
+      print(f'error: {line}', file=sys.stderr)
   from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
   info = reading.open_dataset(path).info
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in info.splits.items())
   size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
   print(f'{path}: {counts} records, {size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s')
+  return 2 if argv[1] == 'hits_real' and refused else 0
 
 
 if __name__ == '__main__':

@@ -5,8 +5,11 @@ its whole sequence as observed (variable length, bad-seeing epochs included): ra
 [E, S, S] (ADU, sky included, centre-cropped), ``mjd``, ``zero_point``, ``sky_adu``,
 ``seeing_arcsec``, ``exp_time_s`` [E] (NaN where the file has none; ``sky_estimated`` says the
 sky came from the stamps' outer ring), ``label``, ``name`` (file stem) and ``path`` (relative to
-its folder's parent). The label is the file's ``label`` key when present, else its folder's name
-matched to a class name (case and punctuation ignored; ``real_nonvariable_dev`` -> NonVariable).
+its folder's parent). The label is the file's ``label`` key when present, else the class of a
+``DIR=Class`` argument, else its folder's name when that is exactly a class name (case and
+punctuation ignored; ``realdata.folder_class``: ``real_nonvariable_dev`` needs
+``real_nonvariable_dev=NonVariable``). A file that cannot be read or labelled is left out with
+one line (``build``: exit status 2, the list in ``refused.json``); the others are written.
 Records are sorted by path; one split (``dev`` by default).
 """
 
@@ -16,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,24 +29,28 @@ from rcnn_jax import utils
 ARRAYS = ('mjd', 'zero_point', 'sky_adu', 'seeing_arcsec', 'exp_time_s')
 
 
-def _norm(s) -> str:
-  return re.sub(r'[^a-z0-9]', '', str(s).lower())
-
-
 def folder_label(folder, class_names) -> str | None:
-  """The class whose name the folder's name contains (one match), else None."""
-  name = _norm(os.path.basename(os.path.normpath(folder)))
-  hits = [c for c in class_names if _norm(c) in name]
-  # 'nonvariable' contains no other class name, but keep the longest match for safety.
-  hits = [c for c in hits if not any(h != c and _norm(c) in _norm(h) for h in hits)]
-  return hits[0] if len(hits) == 1 else None
+  """The folder's class by the project's one rule (``realdata.folder_class``: its name is
+  exactly a class name, case and punctuation ignored), else None."""
+  return realdata.folder_class(folder, class_names)
 
 
-def list_files(folders) -> list[tuple[str, str]]:
-  """(file, relative path) of every sequence file under ``folders`` (recursively), sorted."""
+def _split_forced(folder):
+  """'DIR=Class' -> ('DIR', 'Class'); 'DIR' -> ('DIR', None)."""
+  folder = os.fspath(folder)
+  if '=' in folder and not os.path.exists(folder):
+    d, c = folder.rsplit('=', 1)
+    return d, c
+  return folder, None
+
+
+def list_files(folders) -> list[tuple[str, str, str | None]]:
+  """(file, relative path, forced class or None) of every sequence file under ``folders``
+  (each ``DIR`` or ``DIR=Class``; recursively), sorted by relative path."""
   out = []
-  for root in folders:
-    root = os.path.normpath(os.fspath(root))
+  for arg in folders:
+    root, forced = _split_forced(arg)
+    root = os.path.normpath(root)
     if not os.path.isdir(root):
       raise utils.UserError(f'{root}: not a folder')
     base = os.path.dirname(root)
@@ -52,34 +58,21 @@ def list_files(folders) -> list[tuple[str, str]]:
       for f in files:
         if realdata._suffix(f):  # pylint: disable=protected-access
           p = os.path.join(d, f)
-          out.append((p, os.path.relpath(p, base)))
+          out.append((p, os.path.relpath(p, base), forced))
   if not out:
     raise utils.UserError(f'no .npz or FITS sequence files under {", ".join(map(str, folders))}')
   return sorted(out, key=lambda x: x[1])
 
 
-def file_label(path, class_names) -> str:
-  """The file's own ``label`` (npz key), else its folder's; UserError if neither names a class."""
-  label = None
-  if path.lower().endswith('.npz'):
-    with np.load(path, allow_pickle=False) as z:
-      if 'label' in z.files:
-        label = str(z['label'])
-  if label is None:
-    label = folder_label(os.path.dirname(path), class_names)
+def file_label(seq, class_names, forced=None) -> str:
+  """A read file's own ``label`` (npz key), else ``forced`` (``DIR=Class``), else its folder's
+  exact class name; BadInput naming the file if none names a class."""
+  label = seq.label or forced or folder_label(os.path.dirname(seq.path), class_names)
   if label not in class_names:
-    raise utils.UserError(f'{path}: label {label!r} is not a class ({", ".join(class_names)}); '
-                          'give it a label key or put it in a folder named after its class')
+    raise realdata.BadInput(seq.path, f'label {label!r} is not a class '
+                            f'({", ".join(class_names)}); give it a label key, name its folder '
+                            'after its class, or pass DIR=Class')
   return label
-
-
-def _extra_arrays(path, e) -> dict:
-  """exp_time_s (not read by realdata) from an npz, NaN otherwise."""
-  if path.lower().endswith('.npz'):
-    with np.load(path, allow_pickle=False) as z:
-      if 'exp_time_s' in z.files and np.shape(z['exp_time_s']) == (e,):
-        return {'exp_time_s': np.asarray(z['exp_time_s'], np.float64)}
-  return {'exp_time_s': np.full(e, np.nan)}
 
 
 @dataclasses.dataclass
@@ -93,13 +86,18 @@ class HitsRealConfig(tfds.core.BuilderConfig):
 
 def builder_config(folders, class_names, stamp_size=21, n_w=3, split='dev',
                    name=None) -> HitsRealConfig:
-  folders = tuple(os.path.abspath(f) for f in folders)
+  folders = tuple(_abs_arg(f) for f in folders)
   digest = hashlib.sha256(json.dumps([folders, list(class_names), stamp_size, n_w, split])
                           .encode()).hexdigest()[:10]
   return HitsRealConfig(name=name or f'{split}_{digest}', folders=folders,
                         class_names=tuple(class_names), stamp_size=int(stamp_size),
                         n_w=int(n_w), split=split,
                         description=f'real sequences from {", ".join(folders)}')
+
+
+def _abs_arg(arg) -> str:
+  d, c = _split_forced(arg)
+  return os.path.abspath(d) + (f'={c}' if c else '')
 
 
 class HitsReal(tfds.core.GeneratorBasedBuilder):
@@ -134,21 +132,25 @@ class HitsReal(tfds.core.GeneratorBasedBuilder):
     return {self.builder_config.split: self._generate_examples()}
 
   def _generate_examples(self):
+    """One record per usable file; a file that cannot be read or labelled is one line in
+    ``self.refused`` (``build.build_real`` reports them and writes ``refused.json``)."""
     c = self.builder_config
-    for i, (path, rel) in enumerate(list_files(c.folders)):
-      label = file_label(path, c.class_names)
+    self.refused = []
+    for i, (path, rel, forced) in enumerate(list_files(c.folders)):
       try:
         seq = realdata.load_sequence(path, c.stamp_size, c.n_w)
+        label = file_label(seq, c.class_names, forced)
       except realdata.BadInput as e:
-        raise utils.UserError(str(e)) from None
+        self.refused.append(str(e))
+        continue
       e = seq.num_epochs
       nan = np.full(e, np.nan)
       ex = {'stamps': seq.stamps, 'label': label, 'name': seq.name, 'path': rel,
             'sky_estimated': bool(seq.sky_estimated), 'num_epochs': e,
             'mjd': seq.mjd, 'sky_adu': np.asarray(seq.sky_adu, np.float64),
             'zero_point': nan if seq.zero_point is None else seq.zero_point,
-            'seeing_arcsec': nan if seq.seeing_arcsec is None else seq.seeing_arcsec}
-      ex.update(_extra_arrays(path, e))
+            'seeing_arcsec': nan if seq.seeing_arcsec is None else seq.seeing_arcsec,
+            'exp_time_s': nan if seq.exp_time_s is None else seq.exp_time_s}
       yield i, ex
 
 
