@@ -323,7 +323,7 @@ def test_state_round_trip(clf, templates, tmp_path):
   assert _dump(tmp_path / 'one.db') == _dump(tmp_path / 'two.db')
   store = state_lib.Store(tmp_path / 'one.db')
   eng = engine_lib.Engine(clf, store, slots=SLOTS)
-  slots = store.slots(['ZTFsyn000', 'ZTFsyn001'], eng._num_carry)  # pylint: disable=protected-access
+  slots = store.slots(['ZTFsyn000', 'ZTFsyn001'], eng._fresh)  # pylint: disable=protected-access
   st = eng._state([slots['ZTFsyn000'], slots['ZTFsyn001']])  # pylint: disable=protected-access
   assert st.num_images[:2].tolist() == [4, 4] and st.num_images[2:].tolist() == [0] * (SLOTS - 1)
   again = eng._slots_of(st, {'ZTFsyn000': 0})['ZTFsyn000']  # pylint: disable=protected-access
@@ -334,6 +334,11 @@ def test_state_round_trip(clf, templates, tmp_path):
   assert slots['ZTFsyn000']['window_band'].shape == (clf.n_w - 1,)
   blob = store.all_objects()[0][3]
   assert b'pickle' not in blob and blob[:6] == b'\x93NUMPY'
+  back = state_lib.unpack_slot(state_lib.pack_slot(slots['ZTFsyn000'], eng._fresh), eng._fresh)  # pylint: disable=protected-access
+  assert all(np.array_equal(back[k], v) for k, v in slots['ZTFsyn000'].items())
+  for damaged in (blob[:len(blob) // 2], blob[:-4], blob + blob[:200]):
+    with pytest.raises(state_lib.UserError, match='damaged state database'):
+      state_lib.unpack_slot(damaged, eng._fresh)  # pylint: disable=protected-access
   store.close()
 
 

@@ -92,7 +92,7 @@ class Engine:
     with store.transaction():
       t0 = time.perf_counter()
       done = store.alert_rows([e.alert_id for e in epochs])
-      saved = store.slots(objects, self._num_carry)
+      saved = store.slots(objects, self._fresh)
       t.add('state_read', time.perf_counter() - t0)
       t0 = time.perf_counter()
       slot_of = {o: i for i, o in enumerate(objects)}
@@ -160,8 +160,7 @@ class Engine:
       changed = [o for o in objects
                  if state.num_images[slot_of[o]] != saved.get(o, self._fresh)['num_images']]
       if changed:
-        store.put_slots(self._slots_of(state, {o: slot_of[o] for o in changed}),
-                        self._num_carry)
+        store.put_slots(self._slots_of(state, {o: slot_of[o] for o in changed}), self._fresh)
       store.put_alerts(new_rows)
       t.add('state_write', time.perf_counter() - t0)
       if self._pause:

@@ -6,13 +6,14 @@ Tables:
   and the SHA-256 of its weights). A state made with another model is refused: its LSTM
   carries mean nothing to a different network.
 * ``objects`` (object_id, num_images, last_mjd, slot): each object's ``stream.StreamState``
-  slot, ``slot`` being the arrays of ``SLOT_FIELDS`` written one after another with
+  slot: the LSTM carry (c, h) [H] float32, the window of the last n_w - 1 eq. 4 images
+  [n_w - 1, S, S] float32, their times [n_w - 1] float32 and bands [n_w - 1] int32, the
+  latest probabilities [C] float32, num_images int64 and mjd0, zp0, last_mjd float64
+  (``slot_names`` order), flattened and concatenated per dtype, each group written with
   ``np.save(..., allow_pickle=False)`` and read back with ``np.load(..., allow_pickle=False)``
-  (plain arrays, never a pickle): the LSTM carry (c, h) [H], the window of the last n_w - 1
-  eq. 4 images [n_w - 1, S, S], their times [n_w - 1] and bands, the latest probabilities
-  [C], and in float64 num_images, mjd0, zp0 and last_mjd (``num_images`` and ``last_mjd`` are
-  repeated as columns for queries; SQLite stores a NaN REAL as NULL, so the exact values live
-  in the blob).
+  (plain arrays, never a pickle; ``pack_slot``). ``num_images`` and ``last_mjd`` are repeated
+  as columns for queries (SQLite stores a NaN REAL as NULL, so the exact values live in the
+  blob).
 * ``alerts`` (alert_id, object_id, mjd, band, step, status, probs, seq): every alert processed,
   with the row the command writes for it (``probs`` as an np.save blob); ``seq`` is the order
   of processing.
@@ -41,7 +42,7 @@ import numpy as np
 from rcnn_jax.errors import UserError
 
 SCHEMA_VERSION = 1
-# One object's slot: carry leaves first (carry_0, carry_1, ...), then these.
+# One object's slot: the carry's leaves first (carry_0, carry_1, ...), then these.
 SLOT_FIELDS = ('window', 'window_t', 'window_band', 'probs', 'num_images', 'mjd0', 'zp0',
                'last_mjd')
 _TABLES = """
@@ -64,8 +65,51 @@ def arrays_to_bytes(arrays) -> bytes:
 
 
 def bytes_to_arrays(blob, count) -> list[np.ndarray]:
+  """``count`` arrays written by ``arrays_to_bytes``; ValueError if the bytes hold more."""
   buf = io.BytesIO(blob)
-  return [np.load(buf, allow_pickle=False) for _ in range(count)]
+  out = [np.load(buf, allow_pickle=False) for _ in range(count)]
+  if buf.tell() != len(blob):
+    raise ValueError(f'{len(blob) - buf.tell()} bytes after the arrays')
+  return out
+
+
+def slot_names(template) -> list[str]:
+  """The slot's arrays in their stored order: the carry's leaves, then ``SLOT_FIELDS``."""
+  carry = sorted((n for n in template if n.startswith('carry_')), key=lambda n: int(n[6:]))
+  return carry + list(SLOT_FIELDS)
+
+
+def pack_slot(slot, template) -> bytes:
+  """One object's slot as a few plain arrays: its arrays (``slot_names`` order) flattened and
+  concatenated per dtype of ``template`` (float32, float64, int32, int64), each group written
+  with np.save. Few arrays because np.load's header parse is most of a read."""
+  groups = {}
+  for name in slot_names(template):
+    t = np.asarray(template[name])
+    groups.setdefault(t.dtype.str, []).append(np.ravel(np.asarray(slot[name], t.dtype)))
+  return arrays_to_bytes([np.concatenate(groups[k]) for k in sorted(groups)])
+
+
+def unpack_slot(blob, template) -> dict:
+  """``pack_slot``'s inverse: arrays of the template's shapes and dtypes."""
+  names = slot_names(template)
+  keys = sorted({np.asarray(template[n]).dtype.str for n in names})
+  try:
+    flat = dict(zip(keys, bytes_to_arrays(blob, len(keys))))
+  except (ValueError, EOFError, OSError) as e:
+    raise UserError(f'a stored object slot cannot be read (damaged state database: {e})') \
+        from None
+  pos, out = dict.fromkeys(keys, 0), {}
+  for name in names:
+    t = np.asarray(template[name])
+    k, n = t.dtype.str, t.size
+    if flat[k].dtype.str != k or pos[k] + n > flat[k].size:
+      raise UserError('a stored object slot does not fit this model (damaged state database)')
+    out[name] = flat[k][pos[k]:pos[k] + n].reshape(t.shape)
+    pos[k] += n
+  if any(pos[k] != flat[k].size for k in keys):
+    raise UserError('a stored object slot does not fit this model (damaged state database)')
+  return out
 
 
 def model_identity(classifier) -> dict:
@@ -150,16 +194,16 @@ class Store:
                       probs=bytes_to_arrays(p, 1)[0])
     return out
 
-  def slots(self, object_ids, num_carry) -> dict:
-    """object_id -> slot arrays (dict) of the objects already in the state."""
+  def slots(self, object_ids, template) -> dict:
+    """object_id -> slot arrays (``unpack_slot`` with ``template``, a fresh slot) of the
+    objects already in the state."""
     out = {}
     ids = list(dict.fromkeys(object_ids))
-    names = [f'carry_{i}' for i in range(num_carry)] + list(SLOT_FIELDS)
     for i in range(0, len(ids), 500):
       part = ids[i:i + 500]
       q = f'SELECT object_id, slot FROM objects WHERE object_id IN ({",".join("?" * len(part))})'
       for o, blob in self.db.execute(q, part):
-        out[o] = dict(zip(names, bytes_to_arrays(blob, len(names))))
+        out[o] = unpack_slot(blob, template)
     return out
 
   def all_alerts(self) -> list[tuple]:
@@ -173,13 +217,12 @@ class Store:
 
   # Writes (inside ``transaction``) -----------------------------------------------------------
 
-  def put_slots(self, slots: dict, num_carry):
-    names = [f'carry_{i}' for i in range(num_carry)] + list(SLOT_FIELDS)
+  def put_slots(self, slots: dict, template):
     rows = []
     for o, a in slots.items():
       last = float(a['last_mjd'])
       rows.append((o, int(a['num_images']), last if np.isfinite(last) else None,
-                   arrays_to_bytes([a[n] for n in names])))
+                   pack_slot(a, template)))
     self.db.executemany('INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)', rows)
 
   def put_alerts(self, rows):
