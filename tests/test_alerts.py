@@ -505,3 +505,22 @@ def test_fast_fits_equals_astropy():
         for k in ('BITPIX', 'NAXIS1', 'CRPIX1', 'CRPIX2'):
           if k in b.header:
             assert a.header[k] == b.header[k]
+
+
+def _fits_gz(image):
+  buf = io.BytesIO()
+  fits.PrimaryHDU(np.asarray(image, np.float32)).writeto(buf)
+  return gzip.compress(buf.getvalue())
+
+
+@pytest.mark.parametrize('width,xpos,col', [(40, 20.2, 19), (50, 3060.0, 31), (63, 500.0, 31)])
+def test_ztf_cutout_cut_at_a_ccd_edge(templates, width, xpos, col):
+  """ZTF cuts its 63 px cutouts short at a CCD edge: the candidate's pixel is then on the cut
+  side's offset (x/ypos, 1-based), else the cutout's centre; the stamp is centred on it."""
+  image = np.full((63, width), 100.0)
+  image[31, col] = 5000.0
+  rec = _packet(templates, 0, 0)
+  rec['cutoutScience'] = dict(rec['cutoutScience'], stampData=_fits_gz(image))
+  rec['candidate']['xpos'], rec['candidate']['ypos'] = xpos, 1500.0
+  e = reader.decode(rec, templates[0], 'x', reader.StampSpec.from_config(ztf.get_config('smoke')))
+  assert e.stamp[10, 10] == 5000.0 and e.stamp.sum() == 5000.0 + 100.0 * (21 * 21 - 1)
