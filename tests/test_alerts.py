@@ -353,6 +353,19 @@ def test_same_file_twice_changes_nothing(clf, templates, tmp_path):
   assert rows2 == rows1 + rows1
 
 
+def test_parquet_output_holds_the_csv_rows(clf, templates, tmp_path):
+  pq = pytest.importorskip('pyarrow.parquet')
+  path, _ = _stream(templates, tmp_path / 's.avro', num_objects=2, num_epochs=4)
+  _run(clf, tmp_path / 'a.db', [path], tmp_path / 'a.csv')
+  _run(clf, tmp_path / 'b.db', [path], tmp_path / 'b.parquet')
+  rows, table = _rows(tmp_path / 'a.csv'), pq.read_table(tmp_path / 'b.parquet').to_pylist()
+  assert [r['alert_id'] for r in rows] == [t['alert_id'] for t in table]
+  for r, t in zip(rows, table):
+    assert r['status'] == t['status'] and int(r['step']) == t['step']
+    for c in clf.class_names:
+      assert (t[c] is None) if not r[c] else t[c] == pytest.approx(float(r[c]), rel=1e-6)
+
+
 def test_partitions_own_disjoint_objects(clf, templates, tmp_path):
   path, _ = _stream(templates, tmp_path / 's.avro', num_objects=6, num_epochs=3)
   _run(clf, tmp_path / 'all.db', [path], tmp_path / 'all.csv')

@@ -2,9 +2,11 @@
 runs (``classify_files``), also called by the tests and ``bench alerts``.
 
 CSV columns: ``object_id``, ``alert_id``, ``mjd``, ``band``, ``step``, ``status``
-(``engine.py``), then one probability per class (empty where NaN: ``warmup``). One row per
-alert of the inputs, in input order, the rows of alerts already in the state included as they
-were stored, so that a rerun (after a crash, or on the same files) writes the same CSV.
+(``engine.py``), then one probability per class (empty where NaN: ``warmup``). An output
+path ending in ``.parquet`` gets the same table as Parquet (``to_parquet``, with pyarrow).
+One row per alert of the inputs, in input order, the rows of alerts already in the state
+included as they were stored, so that a rerun (after a crash, or on the same files) writes the
+same CSV.
 """
 
 from __future__ import annotations
@@ -131,11 +133,33 @@ def classify_files(classifier, store, files, out, slots=64, partition=(0, 1), st
     flush()
   if bar is not None:
     bar.close()
-  os.replace(tmp, out)
+  if str(out).endswith('.parquet'):
+    to_parquet(tmp, out, classifier.class_names)
+    os.remove(tmp)
+  else:
+    os.replace(tmp, out)
   wall = time.perf_counter() - t_start
   summary.update(counts=counts, seconds=wall, timers=dict(timers),
                  objects=len(summary['objects']), exit=2 if summary['bad'] else 0)
   return summary
+
+
+def to_parquet(csv_path, out, class_names):
+  """The CSV as Parquet (``--out X.parquet``; pyarrow, an optional dependency): ids, band and
+  status as strings, probabilities float32 (null where the CSV cell is empty)."""
+  try:
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    from pyarrow import csv as pa_csv  # pylint: disable=g-import-not-at-top
+    from pyarrow import parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f'--out {out}: Parquet needs pyarrow (pip install pyarrow), or write a '
+                    '.csv') from None
+  types = {'object_id': pa.string(), 'alert_id': pa.string(), 'mjd': pa.float64(),
+           'band': pa.string(), 'step': pa.int32(), 'status': pa.string(),
+           **{c: pa.float32() for c in class_names}}
+  table = pa_csv.read_csv(csv_path, convert_options=pa_csv.ConvertOptions(column_types=types))
+  pq.write_table(table, f'{out}.partial.parquet')
+  os.replace(f'{out}.partial.parquet', out)
 
 
 def summary_line(out, s) -> str:
