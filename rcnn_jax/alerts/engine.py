@@ -45,6 +45,7 @@ from rcnn_jax import stream
 # Tests only: seconds to sleep inside each chunk's transaction, after its writes and before its
 # COMMIT, so that a test can SIGKILL the process mid-transaction.
 PAUSE_ENV = 'RCNN_JAX_ALERTS_TEST_PAUSE_S'
+ROW_MULTIPLE = 16
 _SLOT_LINE = re.compile(r'^(.*?)object slot (\d+)(.*)$')
 
 
@@ -74,7 +75,10 @@ class Engine:
                             else 0.5 * float(rules.max_seeing_arcsec))
     s = self.classifier.stamp_size
     self._scratch_stamp = np.full((s, s), 100.0, np.float32)
-    template = self.classifier.new_state(self.slots + 1)
+    # Rows: the slots, the scratch row, then padding to a multiple of ROW_MULTIPLE (the CPU
+    # encoder runs 16 sequences at a time: models.resolve_encoder_chunk).
+    self._rows = -(-(self.slots + 1) // ROW_MULTIPLE) * ROW_MULTIPLE
+    template = self.classifier.new_state(self._rows)
     self._treedef = jax.tree_util.tree_structure(template.carry)
     self._num_carry = self._treedef.num_leaves
     self._fresh = _slot_arrays(template, 0)
@@ -180,7 +184,7 @@ class Engine:
 
   def _state(self, slots) -> stream.StreamState:
     """A ``StreamState`` of ``self.slots`` rows holding ``slots`` first (the rest fresh)."""
-    n = self.slots + 1  # the objects' slots, then the scratch row
+    n = self._rows  # the objects' slots, the scratch row, padding
     slots = list(slots) + [self._fresh] * (n - len(slots))
     stack = lambda name: np.stack([s[name] for s in slots])
     carry = jax.tree_util.tree_unflatten(
