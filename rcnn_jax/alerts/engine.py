@@ -183,7 +183,7 @@ class Engine:
       print(line, file=sys.stderr)
 
   def _state(self, slots) -> stream.StreamState:
-    """A ``StreamState`` of ``self.slots`` rows holding ``slots`` first (the rest fresh)."""
+    """A ``StreamState`` of ``self._rows`` rows holding ``slots`` first (the rest fresh)."""
     n = self._rows  # the objects' slots, the scratch row, padding
     slots = list(slots) + [self._fresh] * (n - len(slots))
     stack = lambda name: np.stack([s[name] for s in slots])
