@@ -38,6 +38,7 @@ import numpy as np
 from rcnn_jax import exported as exported_lib
 from rcnn_jax import plausibility
 from rcnn_jax import realdata
+from rcnn_jax import outputs
 from rcnn_jax import utils
 
 # Sky estimate of realdata (outer ring, clipped median): the same rule inside the function.
@@ -246,6 +247,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not _WORKDIR.value or not _OUT.value:
     raise app.UsageError('--workdir and --out are required')
+  outputs.check_dir(_OUT.value)  # writable, not inside a model folder: before any compile
+  if os.path.exists(os.path.join(_OUT.value, exported_lib.MANIFEST)):
+    raise utils.UserError(f'--out {_OUT.value}: already holds an exported artifact, which is '
+                          'never overwritten; give a new folder')
   from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
   clf = predict.Classifier.from_workdir(_WORKDIR.value, _STEP.value)
   max_seeing = float(clf.config.survey.max_seeing_arcsec)

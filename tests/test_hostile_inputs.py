@@ -1,7 +1,7 @@
 """Issue 29: one bad file, path or input never costs the good results, a model folder, or a
 right answer. Each test is one numbered case of the issue, reproduced with the shipped model
 (a copy of ``pretrained/hits2015_rcnn`` in a temporary folder) and copies of the real
-development files; the README's "What survives what" table lists them."""
+development files; `docs/robustness.md` ("What survives what") lists them."""
 
 from __future__ import annotations
 
@@ -187,6 +187,14 @@ def test_3_no_command_writes_into_a_model_folder(shipped, tmp_path):
       outputs.check_dir(str(bad), allow_eval_of=str(wd))
   with pytest.raises(UserError, match='training workdir'):
     finetune.finetune(shipped, [str(tmp_path)], str(wd))
+  # export: into a model folder, or over an existing artifact: refused before any compile.
+  r = _run('rcnn_jax.export', ['--workdir', shipped, '--out', os.path.join(shipped, 'exp')])
+  assert r.returncode == 2 and 'inside a shipped model folder' in r.stderr, r.stderr[-2000:]
+  (tmp_path / 'exp').mkdir()
+  (tmp_path / 'exp' / 'manifest.json').write_text('{}')
+  r = _run('rcnn_jax.export', ['--workdir', shipped, '--out', str(tmp_path / 'exp')])
+  assert r.returncode == 2 and 'already holds an exported artifact' in r.stderr
+  assert (tmp_path / 'exp' / 'manifest.json').read_text() == '{}'
   assert {p: _digest(p) for p in (shipped, str(other))} == before
 
 
