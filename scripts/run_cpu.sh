@@ -3,10 +3,10 @@
 # 'cpu' variant of configs/hits.py), evaluate both on the simulated test set, draw the paper's
 # figures and the simulated examples. Re-running resumes; finished runs are only re-evaluated.
 #
-#   bash experiments/run_cpu.sh [OUT_DIR]      (default OUT_DIR: experiments/cpu_run)
+#   bash scripts/run_cpu.sh [OUT_DIR]      (default OUT_DIR: experiments/cpu_run)
 #
 # Extra ml-collections overrides for both trainings can be given in $OVERRIDES, e.g.
-#   OVERRIDES='--config.train.num_steps=100' bash experiments/run_cpu.sh /tmp/short
+#   OVERRIDES='--config.train.num_steps=100' bash scripts/run_cpu.sh /tmp/short
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-experiments/cpu_run}
