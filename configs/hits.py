@@ -249,6 +249,15 @@ def _sim():
   s.lightcurves.contact_log_period_d = (-0.43, 0.1)  # log10 P ~ N: median 0.37 d
   s.lightcurves.contact_period_clip_d = (0.22, 0.6)
   s.lightcurves.contact_amp = (0.1, 0.8)  # full amplitude, mag
+  # Amplitude distribution (lightcurves.contact_amplitude): flat on [0.1, flat_to], falling
+  # linearly to zero at 0.8 mag, as Rucinski (2001, AJ 122, 1007) computes for isotropic orbits
+  # and the observed mass ratios (A(a) ~ constant for small a, maximum near 0.2-0.25 mag, zero
+  # at the q = 1 edge-on ~0.75-0.8 mag); median 0.32 mag. Before issue 31 (and in configs saved
+  # without this field) uniform on contact_amp, median 0.45: the simulated binaries that passed
+  # the variability selection then had a median 5-95 % amplitude of 0.47 mag (0.36 in the real
+  # HiTS held-out sample) and reached into the RR Lyrae amplitudes
+  # (experiments/realism/eb_stats.py, experiments/long_v8/README.md).
+  s.lightcurves.contact_amp_flat_to = 0.25
   s.lightcurves.contact_a1_over_a2 = (0.0, 0.15)  # primary deeper or equal
   s.lightcurves.contact_oconnell = (-0.03, 0.03)  # b1 / |a2|: maxima within ~0.02 mag
   s.lightcurves.detached_log_period_d = (-0.3, 1.3)  # log-uniform 0.5-20 d

@@ -250,6 +250,11 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.float('sim.lightcurves.phase_step', 0.0, lo_open=True)
   c.float('sim.lightcurves.rrc_fraction', 0.0, 1.0)
   c.float('sim.lightcurves.contact_fraction', 0.0, 1.0)
+  amp = c.pair('sim.lightcurves.contact_amp', lo=0.0)
+  flat_to = c.float('sim.lightcurves.contact_amp_flat_to', 0.0)  # absent: uniform (before #31)
+  if amp is not _MISSING and flat_to is not _MISSING and not amp[0] <= flat_to < amp[1]:
+    _bad('sim.lightcurves.contact_amp_flat_to', flat_to,
+         f'in [{amp[0]}, {amp[1]}) (sim.lightcurves.contact_amp)')
   rrab = c.get('sim.lightcurves.rrab_minimum')
   if rrab is not _MISSING and (len(rrab) != 3 or not (rrab[1] > 0 and 0 <= rrab[2] < 1)):
     _bad('sim.lightcurves.rrab_minimum', rrab, '(centre, width > 0, strength in [0, 1))')

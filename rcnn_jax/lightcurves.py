@@ -394,6 +394,32 @@ def contact_flux(phase, a1, a2, a4, b1):
   return 1.0 + a1 * jnp.cos(x) + a2 * jnp.cos(2 * x) + a4 * jnp.cos(4 * x) + b1 * jnp.sin(x)
 
 
+def contact_amplitude(key, amp_range, flat_to=None):
+  """A W UMa full amplitude (mag), drawn with ``key``.
+
+  ``flat_to`` None: uniform on ``amp_range`` (the model before issue 31). Otherwise the
+  amplitude distribution A(a) of Rucinski (2001, AJ 122, 1007, "The photometric-amplitude and
+  mass-ratio distributions of contact binary stars"): for isotropic orbits and the observed
+  mass-ratio distribution, steep towards small q (Q(q) ~ (1 - q)^6), A(a) is about constant
+  for small amplitudes, has its (local) maximum near 0.2-0.25 mag and falls to zero at the
+  largest geometric amplitude, ~0.75-0.8 mag (q = 1 seen edge-on); the observed amplitudes of
+  the OGLE Baade's Window contact binaries are "surprisingly small" (Rucinski 1997, AJ 113,
+  1112). As a trapezoid: density constant on [lo, flat_to], falling linearly to zero at hi
+  (lo, hi = amp_range). Its median on [0.1, 0.8] with flat_to 0.25 is 0.32 mag (uniform: 0.45).
+  """
+  if flat_to is None:
+    return _uniform(key, amp_range)
+  lo, hi = amp_range
+  u = jax.random.uniform(key)
+  c = jnp.clip(flat_to, lo, hi)
+  w = hi - c
+  flat, tail = c - lo, 0.5 * w
+  r = u * (flat + tail)
+  # Inverse CDF: linear on the flat part; y - y^2 / (2 w) = r - flat on the declining part.
+  y = w - jnp.sqrt(jnp.maximum(w * w - 2.0 * w * (r - flat), 0.0))
+  return jnp.where(r <= flat, lo + r, c + y)
+
+
 def disk_overlap(d, r1, r2):
   """Overlap area of two disks of radii r1, r2 with centres d apart."""
   d = jnp.maximum(d, 1e-9)
@@ -439,7 +465,9 @@ def _eclipsing_binary(key, t, num_epochs, mean_mag, model: LightCurveModel):
   # Contact: a2 from the full amplitude (ignoring a1, a4), then a1, a4, b1 (Rucinski 1993, 1997).
   mu, sig = p['contact_log_period_d']
   p_con = jnp.clip(10.0**(mu + sig * jax.random.normal(k_pc)), *p['contact_period_clip_d'])
-  ratio = 10.0**(0.4 * _uniform(k_amp, p['contact_amp']))
+  # Configs saved before issue 31 have no contact_amp_flat_to: uniform amplitudes, as then.
+  ratio = 10.0**(0.4 * contact_amplitude(k_amp, p['contact_amp'],
+                                          p.get('contact_amp_flat_to', None)))
   a2 = -(ratio - 1.0) / (ratio + 1.0)
   a1 = a2 * _uniform(k_a1, p['contact_a1_over_a2'])  # same sign as a2: primary deeper
   # a4 above the inner-contact line and above a2 / 4 (below it each maximum splits in two).

@@ -42,7 +42,7 @@ BAD = [
     ('survey.conditions_path', '/nonexistent/conditions.csv'),
     ('real.detection_method', 'aperture'), ('real.baseline_epochs', 0),
     ('real.detection_sigma', 0.0), ('real.drop_unknown_seeing', 'yes'),
-    ('sim.detection', 'photometry'),
+    ('sim.detection', 'photometry'), ('sim.lightcurves.contact_amp_flat_to', 0.9),
 ]
 
 

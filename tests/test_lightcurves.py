@@ -150,6 +150,47 @@ def test_contact_binaries_two_minima_primary_deeper_equal_maxima(model):
     assert 0.2 < orbit < 0.62
 
 
+def test_contact_amplitudes_follow_rucinski_2001(model):
+  """Rucinski (2001, AJ 122, 1007): the W UMa amplitude distribution is about flat for small
+  amplitudes, peaks near 0.2-0.25 mag and falls to zero at the largest geometric amplitude
+  (~0.75-0.8 mag, q = 1 edge-on); OGLE's amplitudes are small (Rucinski 1997). The uniform
+  draw before issue 31 had median 0.45 mag and as many binaries at 0.6-0.75 as at 0.15-0.3."""
+  config = hits.get_config('paper')
+  config.sim.lightcurves.contact_fraction = 1.0
+  m = lc.build_lightcurve_model(config.sim)
+  t = jnp.linspace(0.0, 0.6, 1201)  # at least one whole orbit (P <= 0.6 d)
+  mag, _, _ = _curves(m, 'EclipsingBinary', t, num=2000)
+  amp = np.ptp(mag, 1)
+  assert 0.27 < np.median(amp) < 0.37, np.median(amp)
+  low = np.mean((amp > 0.15) & (amp < 0.3))
+  high = np.mean((amp > 0.6) & (amp < 0.75))
+  assert high < 0.35 * low, (low, high)
+  assert amp.max() < 0.95  # 0.8 plus the unequal minima (a1 <= 0.15 a2)
+
+
+def test_contact_amplitude_draw_is_the_trapezoid_and_old_configs_draw_uniform():
+  keys = jax.random.split(jax.random.key(1), 20000)
+  draw = jax.jit(jax.vmap(lambda k: lc.contact_amplitude(k, (0.1, 0.8), 0.25)))
+  a = np.asarray(draw(keys), np.float64)
+  assert a.min() >= 0.1 and a.max() <= 0.8
+  # density: 1 on [0.1, 0.25], (0.8 - a) / 0.55 above, normalised by 0.15 + 0.275
+  edges = np.linspace(0.1, 0.8, 15)
+  hist, _ = np.histogram(a, edges, density=True)
+  mid = 0.5 * (edges[1:] + edges[:-1])
+  dens = np.where(mid <= 0.25, 1.0, (0.8 - mid) / 0.55) / 0.425
+  np.testing.assert_allclose(hist[mid < 0.7], dens[mid < 0.7], rtol=0.12)
+  # Configs saved without contact_amp_flat_to (before issue 31): the old draw, bit for bit.
+  old = jax.vmap(lambda k: lc.contact_amplitude(k, (0.1, 0.8), None))(keys[:100])
+  ref = jax.vmap(lambda k: jax.random.uniform(k, (), minval=0.1, maxval=0.8))(keys[:100])
+  np.testing.assert_array_equal(np.asarray(old), np.asarray(ref))
+  config = hits.get_config('paper')
+  del config.sim.lightcurves['contact_amp_flat_to']
+  config.sim.lightcurves.contact_fraction = 1.0
+  m = lc.build_lightcurve_model(config.sim)
+  mag, _, _ = _curves(m, 'EclipsingBinary', jnp.linspace(0.0, 0.6, 1201), num=400)
+  assert 0.4 < np.median(np.ptp(mag, 1)) < 0.5  # uniform on 0.1-0.8
+
+
 def test_detached_flat_outside_eclipse_and_width_from_geometry():
   phase = np.linspace(-0.5, 0.5, 200001)
   for r1, r2, cos_i, j in ((0.15, 0.1, 0.05, 0.5), (0.05, 0.04, 0.0, 0.9),
