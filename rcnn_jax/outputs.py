@@ -74,7 +74,7 @@ def _nearest_existing(path) -> str:
 
 def _probe_writable(path, what):
   """Refuses ``path`` unless the folder it would be created in accepts a new file."""
-  base = _nearest_existing(path)
+  base = _nearest_existing(os.path.dirname(os.path.abspath(os.fspath(path))))
   if not os.path.isdir(base):
     kind = 'a file' if os.path.exists(base) else 'not a folder'
     raise UserError(f'{what} {display(path)}: cannot be created: {display(base)} is {kind}')
