@@ -237,7 +237,9 @@ def test_surveys_and_pixel_scales_do_not_mix():
 def test_alert_path_equals_direct_updates(clf, templates, tmp_path):
   """Every row equals Classifier.update fed the same epochs decoded independently, one object
   at a time, in a state of its own."""
-  path, recs = _stream(templates, tmp_path / 's.avro', num_objects=5, num_epochs=5)
+  path, _ = _stream(templates, tmp_path / 's.avro', num_objects=5, num_epochs=5)
+  with open(path, 'rb') as f:
+    recs = list(fastavro.reader(f))  # as stored (Avro floats are float32)
   s = _run(clf, tmp_path / 's.db', [path], tmp_path / 's.csv')
   assert s['exit'] == 0 and s['rows'] == 25 and s['objects'] == 5
   rows = {r['alert_id']: r for r in _rows(tmp_path / 's.csv')}
@@ -251,8 +253,19 @@ def test_alert_path_equals_direct_updates(clf, templates, tmp_path):
       row = rows[str(rec['candid'])]
       assert int(row['step']) == max(k + 1 - clf.n_w + 1, 0)
       assert row['status'] == ('classified' if k + 1 >= clf.n_w else 'warmup')
-      got = np.array([float(row[c]) if row[c] else np.nan for c in clf.class_names])
-      np.testing.assert_allclose(got, p[0], rtol=2e-6, atol=1e-7)
+      # The CSV's 7 significant digits of the same float32 probabilities.
+      assert [row[c] for c in clf.class_names] == [command._fmt(float(v)) for v in p[0]]  # pylint: disable=protected-access
+    # The model's inputs are identical: the window of eq. 4 images, their times and bands,
+    # and the eq. 4 reference (zp0) and first MJD kept in the state.
+    store = state_lib.Store(tmp_path / 's.db')
+    eng = engine_lib.Engine(clf, store, slots=SLOTS)
+    saved = store.slots([f'ZTFsyn{o:03d}'], eng._fresh)[f'ZTFsyn{o:03d}']  # pylint: disable=protected-access
+    store.close()
+    np.testing.assert_array_equal(saved['window'], np.asarray(state.window[0]))
+    np.testing.assert_array_equal(saved['window_t'], np.asarray(state.window_t[0]))
+    np.testing.assert_array_equal(saved['window_band'], np.asarray(state.window_band[0]))
+    assert saved['zp0'] == state.zp0[0] and saved['mjd0'] == state.mjd0[0]
+    assert saved['num_images'] == state.num_images[0] == 5
   # Input order kept in the CSV.
   assert [r['alert_id'] for r in _rows(tmp_path / 's.csv')] == [str(r['candid']) for r in recs]
 
