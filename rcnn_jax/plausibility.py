@@ -73,7 +73,7 @@ def epoch_problems(limits, zero_point=None, seeing_arcsec=None, sky_adu=None, ex
     if a is not None:
       n = len(np.asarray(a))
       break
-  if n is None:
+  if not n:  # nothing given, or no epoch at all
     return []
   why = [[] for _ in range(n)]
 

@@ -136,6 +136,8 @@ class Streaming:
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[0] != k:
       raise UserError(f'images must be [{k}, H, W] for {k} objects, got {images.shape}')
+    if k == 0:  # no image (e.g. every one dropped by the rules): nothing changes
+      return np.asarray(state.probs), state
     good = np.ones(k, bool)
     if self.rules.plausibility is not None:
       opt = lambda x, name: None if x is None else _per_object(x, k, name)

@@ -332,6 +332,11 @@ def test_7_streaming_drops_an_infinite_zero_point(classifier, capfd):
   assert 'object slot 0: epoch MJD' in err and 'zero point inf' in err
   assert state2.num_images[0] == before[0] and state2.num_images[1] == before[1] + 1
   np.testing.assert_array_equal(probs2[0], probs[0])
+  # Every image of a call dropped (here by the seeing cut): nothing changes, no error.
+  probs3, state3 = classifier.update(state2, seq.stamps[[4]], seq.mjd[[4]], seq.zero_point[[4]],
+                                     seq.sky_adu[[4]], objects=[0], seeing_arcsec=[9.0])
+  assert list(state3.num_images) == list(state2.num_images)
+  np.testing.assert_array_equal(probs3, probs2)
 
 
 # 8. The usage line is what the command takes -------------------------------------------------
