@@ -117,9 +117,9 @@ def best_candidates(workdir, config, latest):
   return sorted(out, key=lambda c: (c[0], c[2] is not latest, -c[1]))
 
 
-# Fields that may differ when a run is resumed (length of the run, logging cadence).
+# Fields that may differ when a run is resumed (length of the run, logging cadence, processes).
 _RESUMABLE = ('train.num_steps', 'train.log_every', 'train.eval_every', 'ckpt.every',
-              'ckpt.max_to_keep')
+              'ckpt.max_to_keep', 'train.distributed')  # the layout: the same numbers
 # Sections that training never reads (real inputs, fine-tuning, dataset export): free to differ.
 _NOT_TRAINING = ('real.', 'finetune.', 'dataset.')
 # Fields added after runs were saved without them: what their absence meant.
@@ -147,8 +147,9 @@ def _flatten(d, prefix=''):
   return out
 
 
-def save_config(workdir, config):
-  """Writes config.json; refuses to mix a different configuration into an existing run."""
+def save_config(workdir, config, write=True):
+  """Writes config.json (unless ``write`` is False: the processes of a run other than 0 only
+  check); refuses to mix a different configuration into an existing run."""
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(path) and workdir_lib.has_checkpoint(workdir):
@@ -164,7 +165,8 @@ def save_config(workdir, config):
       raise utils.UserError(
           f'{workdir} holds a run with a different config ({diff[0]}: {a.get(diff[0])!r} there,'
           f' {b.get(diff[0])!r} now); use another --workdir')
-  utils.write_json(path, new)
+  if write:
+    utils.write_json(path, new)
 
 
 def load_config(workdir):

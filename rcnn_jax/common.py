@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 import optax
 
 from rcnn_jax import models
@@ -203,12 +204,20 @@ def make_eval_step(config, sim, model, mesh, with_logits=False):
 def evaluate_loss(eval_step, state, key, num, batch_size):
   """Validation loss and last-step accuracy over a fixed simulated set of ``num`` objects."""
   totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
+  # Several processes: the scalars as arrays over the global mesh (the same in each process).
+  put = _replicated_like(state.params) if jax.process_count() > 1 else jnp.int32
   for off in range(0, num, batch_size):
-    s = jax.device_get(eval_step(state.params, state.batch_stats, key, jnp.int32(off),
-                                 jnp.int32(num)))
+    s = jax.device_get(eval_step(state.params, state.batch_stats, key, put(off), put(num)))
     totals = {k: totals[k] + float(s[k]) for k in totals}
   return {'loss': totals['loss'] / totals['count'],
           'accuracy': totals['correct'] / totals['count']}
+
+
+def _replicated_like(tree):
+  """int -> an int32 scalar replicated over the (global) mesh of ``tree``'s first array, the
+  same value given by every process."""
+  sharding = NamedSharding(jax.tree.leaves(tree)[0].sharding.mesh, P())
+  return lambda v: jax.make_array_from_callback((), sharding, lambda _: np.int32(v))
 
 
 def validation_key(config):

@@ -14,15 +14,28 @@ keeps the latest ``ckpt.max_to_keep`` checkpoints and the best by validation los
 (``checkpoints.py``). A rerun resumes from the newest
 intact checkpoint. A run holds its workdir's lock, and every config value is checked before
 anything compiles (``workdir.py``, ``config_check.py``; README: "What survives what").
+
+Several processes (hosts) train one run with ``jax.distributed`` (docs/distributed.md):
+
+    python -m rcnn_jax.train --config ... --workdir SHARED_DIR \
+        --coordinator_address HOST0:PORT --num_processes N --process_id I
+
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; under a SLURM job step of
+several tasks, nothing: jax.distributed finds them). One mesh over every process's devices;
+each device simulates its own consecutive slice of the global batch by global object index, so
+the batch, and the run, is the same for any layout. Process 0 holds the workdir's lock and
+writes the logs; every process takes part in each checkpoint save (orbax).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import sys
+import threading
 import time
 
 from absl import app
@@ -47,6 +60,193 @@ def _define_flags():
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '
                                  '(default: workdirs/<variant>_<model kind>).')
+  global _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _INIT_TIMEOUT
+  _COORDINATOR = flags.DEFINE_string(
+      'coordinator_address', None, 'Several processes: host:port of process 0 (env '
+      'JAX_COORDINATOR_ADDRESS; found by jax.distributed under SLURM).')
+  _NUM_PROCESSES = flags.DEFINE_integer(
+      'num_processes', None, 'Several processes: how many (env JAX_NUM_PROCESSES).')
+  _PROCESS_ID = flags.DEFINE_integer(
+      'process_id', None, 'Several processes: this one\'s index, 0 .. num_processes - 1 (env '
+      'JAX_PROCESS_ID).')
+  _INIT_TIMEOUT = flags.DEFINE_integer(
+      'initialization_timeout', None, 'Several processes: seconds to wait for all of them to '
+      'join (and for each other\'s answers) before stopping with an error (env '
+      f'JAX_INITIALIZATION_TIMEOUT; default {DEFAULT_TIMEOUT_S}).')
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes (jax.distributed)
+
+DEFAULT_TIMEOUT_S = 300
+ENV = {'coordinator_address': 'JAX_COORDINATOR_ADDRESS', 'num_processes': 'JAX_NUM_PROCESSES',
+       'process_id': 'JAX_PROCESS_ID', 'timeout': 'JAX_INITIALIZATION_TIMEOUT'}
+
+
+def _env_int(environ, name):
+  v = environ.get(ENV[name])
+  if v is None or v == '':
+    return None
+  try:
+    return int(v)
+  except ValueError:
+    raise utils.UserError(f'{ENV[name]}={v!r} is invalid: must be an integer') from None
+
+
+def _slurm_tasks(environ) -> int:
+  """The task count of a SLURM job step (the variables jax.distributed's own detection reads),
+  0 outside one."""
+  if not all(k in environ for k in ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
+                                    'SLURM_PROCID', 'SLURM_LOCALID')):
+    return 0
+  try:
+    return int(environ['SLURM_NTASKS'])
+  except ValueError:
+    return 0
+
+
+def distributed_settings(config=None, coordinator_address=None, num_processes=None,
+                         process_id=None, timeout=None, environ=None):
+  """The ``jax.distributed.initialize`` arguments of this process, or None for one process.
+
+  Flags first, then the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID, JAX_INITIALIZATION_TIMEOUT); with none of them, a SLURM job step of several
+  tasks (or ``config.train.distributed``) leaves everything to jax.distributed's detection.
+  A setting that cannot work raises UserError (one line) before anything starts.
+  """
+  environ = os.environ if environ is None else environ
+  address = coordinator_address or environ.get(ENV['coordinator_address']) or None
+  n = num_processes if num_processes is not None else _env_int(environ, 'num_processes')
+  pid = process_id if process_id is not None else _env_int(environ, 'process_id')
+  t = timeout if timeout is not None else _env_int(environ, 'timeout')
+  t = DEFAULT_TIMEOUT_S if t is None else t
+  if t < 1:
+    raise utils.UserError(f'--initialization_timeout={t} is invalid: must be at least 1 (s)')
+  explicit = (address, n, pid) != (None, None, None)
+  auto = _slurm_tasks(environ) > 1 or bool(config is not None and
+                                           config.train.get('distributed', False))
+  if not explicit and not auto:
+    return None
+  if n is not None and n < 1:
+    raise utils.UserError(f'--num_processes={n} is invalid: must be at least 1')
+  if pid is not None and (pid < 0 or (n is not None and pid >= n)):
+    raise utils.UserError(f'--process_id={pid} is invalid: must be 0 .. num_processes - 1'
+                          + (f' = {n - 1}' if n is not None else ''))
+  if explicit and not auto and None in (address, n, pid):
+    missing = [f'--{k} ({ENV[k]})' for k, v in (('coordinator_address', address),
+                                                 ('num_processes', n), ('process_id', pid))
+               if v is None]
+    raise utils.UserError('several processes need --coordinator_address, --num_processes and '
+                          f'--process_id (or their environment variables); missing '
+                          f'{", ".join(missing)}')
+  if address is not None and not re.fullmatch(r'.+:\d+', address):
+    raise utils.UserError(f'--coordinator_address={address!r} is invalid: must be host:port')
+  return {'coordinator_address': address, 'num_processes': n, 'process_id': pid,
+          'initialization_timeout': t}
+
+
+class _Deadline:
+  """Ends the process with one line (exit status 2) unless left within ``seconds``: a joining
+  that never completes (jax.distributed's own timeouts abort with a C++ stack trace)."""
+
+  def __init__(self, seconds, message):
+    self._seconds, self._message = seconds, message
+    self._done = threading.Event()
+
+  def _watch(self):
+    if not self._done.wait(self._seconds):
+      print(f'error: {self._message}', file=sys.stderr, flush=True)
+      os._exit(2)  # pylint: disable=protected-access  (the main thread is blocked in C++)
+
+  def __enter__(self):
+    threading.Thread(target=self._watch, daemon=True, name='rcnn_jax_join_deadline').start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+
+
+def initialize_distributed(settings, config):
+  """Joins the processes of ``settings`` (``distributed_settings``; nothing for None or when
+  already joined), checks that they were all given the same config and process count, and
+  starts the backend (the processes exchange their devices there).
+
+  Whatever does not work (a coordinator that never answers, a process that never comes,
+  mismatched counts or configs) ends every process in one line within
+  ``initialization_timeout`` seconds (a little more for the processes' start).
+  """
+  if settings is None or jax.distributed.is_initialized():
+    return
+  t = settings['initialization_timeout']
+  where = settings['coordinator_address'] or 'the address jax.distributed detected'
+  n = settings['num_processes'] or 'the detected number of'
+  with _Deadline(t, f'the {n} training processes did not all join at {where} within {t} s; '
+                 'check that process 0 runs, that every process has the same '
+                 '--coordinator_address and --num_processes and its own --process_id, and '
+                 'that the port is reachable (--initialization_timeout sets the wait)'):
+    try:
+      # jax's own timeouts later than the deadline's (they abort); the exit's barrier waits
+      # as long for peers that died.
+      jax.distributed.initialize(**{**settings, 'initialization_timeout': t + 60},
+                                 shutdown_timeout_seconds=t)
+    except (RuntimeError, ValueError, TypeError) as e:  # XlaRuntimeError; jax's own checks
+      raise utils.UserError(f'could not join the training processes at {where} '
+                            f'({workdir_lib.reason(e)})') from e
+    _check_same_run(config, t)
+    jax.devices()  # every process starts its backend now: they exchange their devices there
+
+
+def _process() -> tuple[int, int]:
+  """(this process's index, the process count) as this process was told (before any device
+  exists; jax.process_index() would start the backend)."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  g = distributed.global_state
+  if g.client is None:
+    return 0, 1
+  return g.process_id, g.num_processes
+
+
+def exchange(tag: str, value: str, timeout_s: int, check=None) -> list[str]:
+  """Every process's ``value`` for ``tag``, in process order, through the coordination
+  service's key-value store (no device, no compilation); UserError naming the process that did
+  not answer within ``timeout_s``. ``check(i, value)``, if given, sees each as it comes."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  me, n = _process()
+  if client is None:
+    return [value]
+  client.key_value_set(f'rcnn_jax/{tag}/{me}', value)
+  out = []
+  for i in range(n):  # process 0 first
+    try:
+      out.append(client.blocking_key_value_get(f'rcnn_jax/{tag}/{i}', int(timeout_s * 1000)))
+    except Exception as e:  # pylint: disable=broad-except  (XlaRuntimeError: deadline exceeded)
+      raise utils.UserError(f'process {i} of {n} did not answer within {timeout_s} s '
+                            f'({tag}: {workdir_lib.reason(e)}); did it stop?') from e
+    if check is not None:
+      check(i, out[-1])
+  return out
+
+
+def _check_same_run(config, timeout_s):
+  """Every process was given the same config and process count as process 0; else one line
+  in each (process 0's answer is read first: a process told of more processes than there are
+  would wait for one that never comes)."""
+  me, n = _process()
+  mine = {'config': hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode())
+                    .hexdigest()[:16], 'num_processes': n}
+
+  def check(i, value):
+    other = json.loads(value)
+    if other['num_processes'] != n:
+      raise utils.UserError(f'process {i} was started with --num_processes '
+                            f'{other["num_processes"]}, process {me} with {n}; give every '
+                            'process the same')
+    if other['config'] != mine['config']:
+      raise utils.UserError(f'process {i} was given another config than process {me} (its '
+                            'fields or --config overrides differ); give every process the same')
+
+  exchange('settings', json.dumps(mine), timeout_s, check)
 
 
 def default_workdir(config) -> str:
@@ -139,14 +339,24 @@ def _io_error(e: BaseException) -> str | None:
   return None
 
 
+def _move_aside(workdir, directory, step):
+  """workdir.move_aside by process 0 alone; the others wait until it is done."""
+  if jax.process_index() == 0:
+    workdir_lib.move_aside(workdir, directory, step)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'rcnn_jax_move_aside_{step}')
+
+
 def _restore_for_training(workdir, config, latest, target, mesh):
   """(latest, state, best_val): the newest intact checkpoint and the lowest validation loss of
   an intact checkpoint (inf when none). Damaged checkpoints are named and moved to W/damaged/
-  (nothing deleted); a damaged best no longer counts as the best."""
+  (nothing deleted; by process 0 of several, the others waiting); a damaged best no longer
+  counts as the best."""
   state, step, damaged = checkpoints.restore_newest_intact(latest, target)
   if damaged:
     for s in damaged:
-      workdir_lib.move_aside(workdir, str(latest.directory), s)
+      _move_aside(workdir, str(latest.directory), s)
     latest = checkpoints.manager(workdir, config)
   if state is not None:
     state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -161,31 +371,50 @@ def _restore_for_training(workdir, config, latest, target, mesh):
       best_val = val_loss
       break
     workdir_lib.warn(f'{why}; it no longer counts as the best checkpoint')
-    workdir_lib.move_aside(workdir, str(mgr.directory), s)
+    _move_aside(workdir, str(mgr.directory), s)
     if mgr is latest:
       latest = checkpoints.manager(workdir, config)
   return latest, state, best_val
 
 
-def train_and_evaluate(config, workdir, progress=True):
+def train_and_evaluate(config, workdir, progress=True, distributed=None):
   """Trains (resuming from the latest checkpoint in ``workdir``); returns the final metrics.
 
   Holds the workdir's lock for its whole life; every config value is checked before anything
-  is built or compiled.
+  is built or compiled. ``distributed``: ``distributed_settings`` for several processes
+  (default: from the environment); each process calls this, process 0 holding the lock and
+  writing the logs, and each returns the same metrics.
   """
-  if config.train.get('distributed', False):
-    jax.distributed.initialize()
+  settings = distributed if distributed is not None else distributed_settings(config)
+  initialize_distributed(settings, config)
   mesh = common.make_mesh()
   config_check.validate(config, num_devices=mesh.devices.size)
-  lock = workdir_lib.lock(workdir)
+  if _process()[1] > 1:
+    me, _ = _process()
+    t = settings['initialization_timeout']
+    lock = workdir_lib.lock_processes(workdir, me, lambda tag, v: exchange(tag, v, t))
+  else:
+    lock = workdir_lib.lock(workdir)
   try:
-    return _train_locked(config, workdir, mesh, progress)
+    return _train_locked(config, workdir, mesh, progress and _process()[0] == 0)
   finally:
     lock.release()
 
 
+class _NoWriter:
+  """The logs of processes other than 0: nothing written."""
+
+  def write(self, step, scalars):
+    pass
+
+  def close(self, raise_errors=True):
+    pass
+
+
 def _train_locked(config, workdir, mesh, progress):
-  checkpoints.save_config(workdir, config)
+  main_process = jax.process_index() == 0
+  multi = jax.process_count() > 1
+  checkpoints.save_config(workdir, config, write=main_process)
   sim, model, tx = common.build(config)
   state = common.init_state(config, sim, model, tx, mesh)
   latest = checkpoints.manager(workdir, config)
@@ -201,7 +430,10 @@ def _train_locked(config, workdir, mesh, progress):
   eval_step = common.make_eval_step(config, sim, model, mesh)
   root = jax.random.key(config.seed)
   val_key = common.validation_key(config)
-  writer = MetricWriter(workdir, resume_step=start)
+  if multi:  # the same keys, as arrays over the global mesh (made by each process's program)
+    root, val_key = jax.jit(lambda: (jax.random.key(config.seed), common.validation_key(config)),
+                            out_shardings=NamedSharding(mesh, P()))()
+  writer = MetricWriter(workdir, resume_step=start) if main_process else _NoWriter()
   n_params = models.count_params(state.params)
 
   total = config.train.num_steps
@@ -274,9 +506,17 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config is required (e.g. --config configs/hits.py:cpu)')
   workdir = _WORKDIR.value or default_workdir(config)
-  print(f'workdir: {workdir}  devices: {jax.device_count()} x {jax.default_backend()}')
-  final = train_and_evaluate(config, workdir)
-  print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in final.items()}))
+  # Joined before anything touches a device (jax.distributed requires it).
+  settings = distributed_settings(config, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value, _INIT_TIMEOUT.value)
+  initialize_distributed(settings, config)
+  me, n = _process()
+  if me == 0:
+    where = f'  processes: {n}' if n > 1 else ''
+    print(f'workdir: {workdir}  devices: {jax.device_count()} x {jax.default_backend()}{where}')
+  final = train_and_evaluate(config, workdir, distributed=settings)
+  if me == 0:
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in final.items()}))
 
 
 if __name__ == '__main__':

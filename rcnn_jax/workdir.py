@@ -3,6 +3,7 @@ metrics that stay one line per step across kills.
 
 * ``lock(workdir)``: an exclusive ``flock`` on ``W/.lock`` for the run's life. The OS drops it
   when the process ends, however it ends (SIGKILL included), so no stale lock is ever left.
+  A run of several processes: ``lock_processes`` (process 0 holds it, the others check it).
   ``evaluate`` and ``predict`` only read and never take it.
 * ``restore_newest_intact``: tries the steps newest first; each damaged one is named in one
   line on stderr, with the reason, and the next older one is tried.
@@ -17,7 +18,9 @@ import errno
 import fcntl
 import json
 import os
+import socket
 import sys
+import uuid
 
 from absl import logging as absl_logging
 import jax
@@ -52,7 +55,8 @@ class WorkdirLock:
     self.path = os.path.join(workdir, LOCK_NAME)
     self._fd = None
 
-  def acquire(self) -> 'WorkdirLock':
+  def acquire(self, token: str | None = None) -> 'WorkdirLock':
+    """``token`` (several processes): a second line, by which the others recognise the lock."""
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,12 +64,13 @@ class WorkdirLock:
       if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         os.close(fd)
         raise
-      holder = os.read(fd, 64).decode(errors='replace').strip() or 'unknown'
+      holder = (os.read(fd, 64).decode(errors='replace').strip().splitlines() or
+                ['unknown'])[0]
       os.close(fd)
       raise utils.UserError(f'{self.workdir} is in use by another training run (pid {holder}); '
                             'wait for it to finish or use another --workdir') from None
     os.ftruncate(fd, 0)
-    os.write(fd, f'{os.getpid()}\n'.encode())
+    os.write(fd, f'{os.getpid()}\n{token}\n'.encode() if token else f'{os.getpid()}\n'.encode())
     self._fd = fd
     return self
 
@@ -81,10 +86,50 @@ class WorkdirLock:
     self.release()
 
 
-def lock(workdir: str) -> WorkdirLock:
+def lock(workdir: str, token: str | None = None) -> WorkdirLock:
   """Creates ``workdir`` if needed and takes its lock; UserError naming the holder's pid."""
   os.makedirs(workdir, exist_ok=True)
-  return WorkdirLock(workdir).acquire()
+  return WorkdirLock(workdir).acquire(token)
+
+
+def lock_processes(workdir: str, process_index: int, exchange) -> WorkdirLock:
+  """The lock of a run of several processes: "one run" across them.
+
+  Process 0 takes W/.lock as one process does (its pid, and a token naming this run on the
+  second line); every other process waits for the outcome and then checks that its W/.lock
+  holds that token, i.e. that the workdir is the same folder for all (orbax's collective
+  checkpoints need one shared folder). Any failure stops every process with one line.
+  ``exchange(tag, value) -> [value of each process]`` (train.exchange).
+  """
+  held, error, token = None, None, None
+  if process_index == 0:
+    token = f'run {socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}'
+    try:
+      held = lock(workdir, token)
+    except utils.UserError as e:
+      error = str(e)
+  first = json.loads(exchange('lock', json.dumps({'token': token, 'error': error}))[0])
+  if first['error']:
+    raise utils.UserError(first['error'] if process_index == 0 else
+                          f'process 0 could not take the lock: {first["error"]}')
+  seen = 'ok'
+  if process_index != 0:
+    try:
+      with open(os.path.join(workdir, LOCK_NAME)) as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      lines = [f'{e.strerror}']
+    if first['token'] not in lines:
+      seen = (f'{os.path.join(workdir, LOCK_NAME)} as process {process_index} sees it does not '
+              'hold process 0\'s lock: the workdir must be one folder that every process '
+              'shares (the same path on a shared file system)')
+  verdicts = exchange('lock_seen', seen)
+  bad = next((v for v in verdicts if v != 'ok'), None)
+  if bad is not None:
+    if held is not None:
+      held.release()
+    raise utils.UserError(bad)
+  return held if held is not None else WorkdirLock(workdir)  # others: release() does nothing
 
 
 # ----------------------------------------------------------------------------------------------

@@ -255,3 +255,20 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
   assert checkpoints.load_config(str(b)).model.lstm_size == 12
   shapes = [np.shape(x) for x in jax.tree.leaves(_params(str(b), 30).params)]
   assert any(12 in s for s in shapes) and not any(16 in s for s in shapes)  # smoke's is 16
+
+
+def test_train_step_has_no_host_round_trips():
+  """The step (simulation included) runs under transfer_guard('disallow'): no host-to-device
+  or device-to-host transfer inside it, as a GPU run needs; its state is donated."""
+  config = hits.get_config('smoke')
+  mesh = common.make_mesh()
+  sim, model, tx = common.build(config)
+  state = common.init_state(config, sim, model, tx, mesh)
+  step = common.make_train_step(config, sim, model, tx, mesh)
+  key = jax.random.key(0)
+  state, m = step(state, key)  # compiled outside the guard
+  old = state
+  with jax.transfer_guard('disallow'):
+    state, m = step(state, key)
+    jax.block_until_ready((state, m))
+  assert jax.tree.leaves(old.params)[0].is_deleted()  # donated

@@ -1,0 +1,186 @@
+"""Several processes (jax.distributed, CPU collectives: gloo, JAX's default on the CPU).
+
+Two processes on localhost, one CPU device each, train the smoke config; their metrics and
+checkpoint equal a one-process run with two devices (the same SPMD program per device, and
+sums of two operands are commutative: bitwise expected). Bad settings end in one line.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rcnn_jax import errors
+from rcnn_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OVERRIDES = ['--config.train.num_steps=4', '--config.train.eval_every=2', '--config.ckpt.every=2']
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices=1):
+  flags = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                   if 'force_host_platform_device_count' not in f)
+  if devices > 1:
+    flags += f' --xla_force_host_platform_device_count={devices}'
+  return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', XLA_FLAGS=flags.strip())
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, '-m', 'rcnn_jax.train', '--config', 'configs/hits.py:smoke',
+          '--workdir', str(workdir), *OVERRIDES, *extra]
+
+
+def _launch(workdir, n=2, port=None, extra=()):
+  port = port or _free_port()
+  return [subprocess.Popen(
+      _cmd(workdir, '--coordinator_address', f'localhost:{port}', '--num_processes', str(n),
+           '--process_id', str(i), *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(n)]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+# ------------------------------------------------------------------------------------------
+# Settings (no processes)
+
+
+def test_settings_single_process_by_default():
+  assert train.distributed_settings(environ={}) is None
+
+
+def test_settings_from_environment_and_slurm():
+  s = train.distributed_settings(environ={'JAX_COORDINATOR_ADDRESS': 'h:1234',
+                                          'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'})
+  assert s == {'coordinator_address': 'h:1234', 'num_processes': 2, 'process_id': 1,
+               'initialization_timeout': train.DEFAULT_TIMEOUT_S}
+  slurm = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]', 'SLURM_NTASKS': '2',
+           'SLURM_PROCID': '0', 'SLURM_LOCALID': '0'}
+  s = train.distributed_settings(environ=slurm)
+  assert s is not None and s['coordinator_address'] is None  # jax.distributed detects it
+  assert train.distributed_settings(environ={**slurm, 'SLURM_NTASKS': '1'}) is None
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'coordinator_address': 'h:1', 'num_processes': 2}, 'missing --process_id'),
+    ({'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 2}, 'process_id=2'),
+    ({'coordinator_address': 'h', 'num_processes': 2, 'process_id': 0}, 'host:port'),
+    ({'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 0, 'timeout': 0},
+     'initialization_timeout'),
+])
+def test_bad_settings_are_one_line(kwargs, match):
+  with pytest.raises(errors.UserError, match=match):
+    train.distributed_settings(environ={}, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# Real processes
+
+
+def test_coordinator_that_never_answers_ends_in_one_line(tmp_path):
+  """Process 1 alone: nobody listens at the coordinator's port; one line, exit 2, after the
+  stated --initialization_timeout (the subprocess timeout only guards against a hang)."""
+  r = subprocess.run(_cmd(tmp_path / 'w', '--coordinator_address', f'localhost:{_free_port()}',
+                          '--num_processes', '2', '--process_id', '1',
+                          '--initialization_timeout', '5'),
+                     cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and 'within 5 s' in lines[0], lines
+
+
+def test_mismatched_process_counts_end_in_one_line_each(tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(tmp_path / 'w', '--coordinator_address', f'localhost:{port}', '--num_processes',
+           str(n), '--process_id', str(i), '--initialization_timeout', '60'),
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i, n in ((0, 2), (1, 3))]
+  for p in procs:
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 2, err[-2000:]
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith('[Gloo]')]
+    assert len(lines) == 1 and '--num_processes' in lines[0], lines
+
+
+def _restore_numpy(workdir, step):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  meta = ocp.StandardCheckpointer().metadata(path)
+  tree = getattr(meta, 'item_metadata', meta)
+  import jax  # pylint: disable=g-import-not-at-top
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+  return ocp.StandardCheckpointer().restore(path, target)
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  """Losses, validation, the kept checkpoints and their arrays: bitwise equal."""
+  one = tmp_path / 'one'
+  ref = subprocess.Popen(_cmd(one), cwd=ROOT, env=_env(devices=2), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+  two = tmp_path / 'two'
+  procs = _launch(two)
+  for p in [ref] + procs:
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  strip = lambda rows: [{k: v for k, v in r.items() if 'per_s' not in k} for r in rows]
+  assert strip(_rows(two)) == strip(_rows(one))
+  assert sorted(os.listdir(two / 'checkpoints')) == sorted(os.listdir(one / 'checkpoints'))
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.tree.map(np.testing.assert_array_equal, _restore_numpy(str(two), 4),
+               _restore_numpy(str(one), 4))
+  assert not os.path.exists(two / 'metrics.jsonl.1')  # one writer: process 0
+
+
+def test_killed_process_then_relaunch_resumes_and_finishes(tmp_path):
+  """Process 1 killed after the first checkpoint; the other stops (or is stopped, as a
+  scheduler would); both relaunched: the run resumes and finishes, one row per step, and
+  equals an uninterrupted two-process run."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  full = tmp_path / 'full'
+  for p in _launch(full, extra=['--config.train.num_steps=12']):
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  w = tmp_path / 'w'
+  procs = _launch(w, extra=['--config.train.num_steps=12'])
+  killed, deadline = False, time.time() + 900
+  while time.time() < deadline and procs[1].poll() is None:
+    try:
+      steps = [r['step'] for r in _rows(w) if 'train_loss' in r]
+    except (OSError, ValueError):
+      steps = []
+    if steps and max(steps) >= 3:
+      procs[1].send_signal(signal.SIGKILL)
+      killed = True
+      break
+    time.sleep(0.02)
+  try:
+    procs[0].wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+  for p in procs:
+    p.communicate()
+  assert killed
+  for p in _launch(w, extra=['--config.train.num_steps=12']):
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  strip = lambda rows: [{k: v for k, v in r.items() if 'per_s' not in k} for r in rows]
+  assert [r['step'] for r in _rows(w) if 'train_loss' in r] == list(range(1, 13))
+  assert strip(_rows(w)) == strip(_rows(full))
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.tree.map(np.testing.assert_array_equal, _restore_numpy(str(w), 12),
+               _restore_numpy(str(full), 12))
