@@ -413,6 +413,15 @@ def folder_class(folder, class_names) -> str | None:
   return exact[0] if len(exact) == 1 else None
 
 
+def split_class_arg(arg) -> tuple[str, str | None]:
+  """'DIR=Class' -> ('DIR', 'Class'); a path (even one containing '=') -> (path, None)."""
+  arg = os.fspath(arg)
+  if '=' in arg and not os.path.exists(arg):
+    d, c = arg.rsplit('=', 1)
+    return d, c
+  return arg, None
+
+
 def labelled_files(args, class_names):
   """([(path, class from the argument or folder, or None)], [BadInput]) from labelled inputs.
 
@@ -425,10 +434,8 @@ def labelled_files(args, class_names):
   """
   pairs, problems = [], []
   for arg in args:
-    arg = os.fspath(arg)
-    forced = None
-    if '=' in arg and not os.path.exists(arg):
-      arg, forced = arg.rsplit('=', 1)
+    arg, forced = split_class_arg(arg)
+    if forced is not None:
       if forced not in class_names:
         problems.append(BadInput(arg, f'unknown class {forced!r} (have: '
                                  f'{", ".join(class_names)})'))

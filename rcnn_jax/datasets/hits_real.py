@@ -35,21 +35,12 @@ def folder_label(folder, class_names) -> str | None:
   return realdata.folder_class(folder, class_names)
 
 
-def _split_forced(folder):
-  """'DIR=Class' -> ('DIR', 'Class'); 'DIR' -> ('DIR', None)."""
-  folder = os.fspath(folder)
-  if '=' in folder and not os.path.exists(folder):
-    d, c = folder.rsplit('=', 1)
-    return d, c
-  return folder, None
-
-
 def list_files(folders) -> list[tuple[str, str, str | None]]:
   """(file, relative path, forced class or None) of every sequence file under ``folders``
   (each ``DIR`` or ``DIR=Class``; recursively), sorted by relative path."""
   out = []
   for arg in folders:
-    root, forced = _split_forced(arg)
+    root, forced = realdata.split_class_arg(arg)
     root = os.path.normpath(root)
     if not os.path.isdir(root):
       raise utils.UserError(f'{root}: not a folder')
@@ -96,7 +87,7 @@ def builder_config(folders, class_names, stamp_size=21, n_w=3, split='dev',
 
 
 def _abs_arg(arg) -> str:
-  d, c = _split_forced(arg)
+  d, c = realdata.split_class_arg(arg)
   return os.path.abspath(d) + (f'={c}' if c else '')
 
 
