@@ -3,12 +3,14 @@
     python -m rcnn_jax.simulate --config configs/lsst.py:smoke --num 28 --out /tmp/lsst.npz
     python -m rcnn_jax.train --config configs/lsst.py:cpu --workdir /tmp/lsst_cpu
 
-The ``cpu`` variant cut to 300 steps (the overrides of experiments/surveys/README.md): ~12 min
-on the 2-core AMD EPYC (shared), simulated test accuracy at step 20 0.45 against chance 0.14.
+The ``cpu`` variant cut to 300 steps at a constant rate (the overrides of
+experiments/surveys/README.md and ``configs/variants/cpu.py``): ~12 min on the 2-core AMD EPYC
+(shared), simulated test accuracy at step 20 0.45 against chance 0.14.
 
-Variants as in ``configs/hits.py``: ``paper`` (Sec. 3.4's schedule), ``cpu``, ``smoke``; append
-``,lc`` for the light-curve classifier. Architecture, training and the simulator's class models
-are HiTS's; the survey, the PSF, the colours and the magnitude ranges are LSST's.
+Variants as in ``configs/hits.py`` (``configs/variants/``): ``paper`` (Sec. 3.4's schedule),
+``cpu``, ``smoke`` (and ``long``, not run on LSST); append ``,lc`` for the light-curve
+classifier. Architecture, training and the simulator's class models are HiTS's
+(``configs/common/``); the survey, the PSF, the colours and the magnitude ranges are LSST's.
 
 Sources (numbers in the config below; ``~`` marks approximations):
 * Camera and visits: Ivezic et al. (2019, ApJ 873, 111; "LSST: from science drivers to
@@ -31,79 +33,28 @@ Sources (numbers in the config below; ``~`` marks approximations):
   to PSF as HiTS's 21 px x 0.263" = 5.5" at 1.3" (4.2 FWHM), so the same architecture sees the
   same PSF sampling relative to the stamp (a 41 px stamp, 8.2", would hold more of a host
   galaxy for 3.8x the encoder cost). Moffat beta 3 ~; seeing = FWHM (no HiTS calibration).
-* Colours (``_colours``): see its docstring (mean colours and amplitude ratios, ~).
+* Colours (``configs.common.surveys.colours``): see its docstring (mean colours and amplitude
+  ratios, ~).
 """
 
-import math
+import pathlib
+import sys
 
 import ml_collections
 
-from configs import hits
+try:
+  from configs import common
+except ModuleNotFoundError as e:  # loaded by path (--config /path/to/configs/lsst.py) elsewhere
+  if e.name != 'configs':
+    raise
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import common
 
-LSST_BANDS = ('u', 'g', 'r', 'i', 'z', 'y')
-
-
-def _colours(bands):
-  """Per-class colours m_b - m_g (mean, sd) and amplitude ratios A_b / A_g for ``bands``.
-
-  Approximate literature values (~), ugrizy with y ~ z + small:
-  * RR Lyrae: mean colours of SDSS Stripe 82 RRab/RRc (Sesar et al. 2010, ApJ 708, 717:
-    u - g ~ 1.15, g - r ~ 0.2, r - i ~ 0.05, i - z ~ 0.02); amplitude ratios A_u : A_g : A_r :
-    A_i : A_z ~ 1.25 : 1 : 0.73 : 0.58 : 0.53 (Sesar et al. 2010, Sec. 3).
-  * Cepheids: F-G supergiants, g - r ~ 0.55 +- 0.2; amplitudes fall to the red as A_V : A_I
-    ~ 1 : 0.6 (Madore & Freedman 1991, PASP 103, 933).
-  * Eclipsing binaries: field F-K stars, g - r ~ 0.45 +- 0.25; eclipses nearly grey
-    (ratio 1 ~ for similar components).
-  * Non-variable stars: g - r ~ 0.6 +- 0.35 (SDSS field stars, Ivezic et al. 2008, ApJ 684, 287,
-    Fig. 2: the disk and halo loci between g - r 0.2 and 1.4).
-  * Asteroids: reflected sunlight, S and C types g - r ~ 0.55 +- 0.1 (Ivezic et al. 2001,
-    AJ 122, 2749).
-  * Hosts and galaxies: a typical low-z galaxy, u - g 1.4, g - r 0.65, r - i 0.35, i - z 0.25
-    (Blanton & Roweis 2007, AJ 133, 734 ~).
-  * SN II: g - r ~ 0 at explosion, reddening ~1 mag per 100 d (de Jaeger et al. 2018, MNRAS
-    476, 4592 ~); u fades faster, i, z, y slower.
-  """
-  table = {
-      # per band u, g, r, i, z, y: (mean colour X - g, its scatter, amplitude ratio A_X / A_g)
-      'RRLyrae': ((1.15, 0.1, 1.25), (0.0, 0.0, 1.0), (-0.2, 0.05, 0.73), (-0.25, 0.06, 0.58),
-                  (-0.27, 0.07, 0.53), (-0.28, 0.08, 0.50)),
-      'Cepheid': ((1.5, 0.3, 1.2), (0.0, 0.0, 1.0), (-0.55, 0.2, 0.75), (-0.8, 0.25, 0.6),
-                  (-0.9, 0.3, 0.5), (-0.95, 0.3, 0.45)),
-      'EclipsingBinary': ((1.1, 0.3, 1.0), (0.0, 0.0, 1.0), (-0.45, 0.25, 1.0),
-                          (-0.6, 0.3, 1.0), (-0.65, 0.35, 1.0), (-0.7, 0.35, 1.0)),
-      'NonVariable': ((1.3, 0.6, 1.0), (0.0, 0.0, 1.0), (-0.6, 0.35, 1.0), (-0.85, 0.5, 1.0),
-                      (-0.95, 0.6, 1.0), (-1.0, 0.65, 1.0)),
-      'Asteroid': ((1.6, 0.2, 1.0), (0.0, 0.0, 1.0), (-0.55, 0.1, 1.0), (-0.72, 0.12, 1.0),
-                   (-0.75, 0.15, 1.0), (-0.8, 0.15, 1.0)),
-  }
-  host = dict(zip(LSST_BANDS, (1.4, 0.0, -0.65, -1.0, -1.25, -1.4)))
-  sn_ii = dict(zip(LSST_BANDS, ((0.3, 1.8), (0.0, 0.0), (0.0, -1.0), (0.05, -1.3),
-                                (0.1, -1.4), (0.15, -1.5))))
-  c = ml_collections.ConfigDict()
-  c.reference = 'g'  # the band of the stellar magnitude prior and the light-curve shapes
-  c.classes = {name: {b: row[LSST_BANDS.index(b)] for b in bands}
-               for name, row in table.items()}
-  c.host = {b: host[b] for b in bands}
-  c.sn_ii = {b: sn_ii[b] for b in bands}
-  return c
+LSST_BANDS = common.UGRIZY
 
 
-def _band_conditions(bands, seeing, sky_dark, zp_e, gain, sky_spread, zp_spread, seeing_spread):
-  """Per band: seeing quantiles (5/50/95 %), sky brightness quantiles, zero-point quantiles."""
-  out = ml_collections.ConfigDict()
-  for b in bands:
-    bc = ml_collections.ConfigDict()
-    s = seeing[b]
-    bc.seeing_quantiles_arcsec = (s * seeing_spread[0], s, s * seeing_spread[1])
-    mu = sky_dark[b]
-    bc.sky_mag_quantiles = (mu + sky_spread[0], mu + sky_spread[1], mu + sky_spread[2])
-    zp = zp_e[b] - 2.5 * math.log10(gain)
-    bc.zero_point_quantiles = (zp + zp_spread[0], zp, zp + zp_spread[1])
-    out[b] = bc
-  return out
-
-
-def _survey():
+def survey_block():
+  """``config.survey``: the LSST Wide-Fast-Deep survey in ugrizy (sources above)."""
   s = ml_collections.ConfigDict()
   s.name = 'lsst_wfd'
   s.band = 'g'  # the reference band (single-band readers); the survey's bands are below
@@ -124,46 +75,31 @@ def _survey():
   s.read_noise_median_e = 7.0  # ~
   s.saturation_range_adu = (55000.0, 65000.0)
   gain = 1.6
-  s.band_conditions = _band_conditions(
+  s.band_conditions = common.band_conditions(
       LSST_BANDS,
       seeing=dict(zip(LSST_BANDS, (0.92, 0.87, 0.83, 0.80, 0.78, 0.76))),
       sky_dark=dict(zip(LSST_BANDS, (22.99, 22.26, 21.20, 20.48, 19.60, 18.61))),
       zp_e=dict(zip(LSST_BANDS, (26.52, 28.51, 28.36, 28.17, 27.78, 26.82))),
       gain=gain, sky_spread=(-1.2, -0.3, 0.05), zp_spread=(-0.15, 0.03),
       seeing_spread=(0.75, 1.6))
-  s.cadence = ml_collections.ConfigDict()
-  s.cadence.season_days = 180.0
-  s.cadence.night_gap_days = (2.0, 3.0, 3.0, 4.0, 5.0)  # ~3.4 nights between revisits
-  s.cadence.weather_loss = 0.2
-  s.cadence.visits_per_night = 2
-  s.cadence.visit_gap_hours = 0.55  # ~33 min between a pair's visits
-  s.cadence.night_start_range_days = (0.05, 0.3)
-  s.cadence.band_pattern = 'weighted'
-  s.cadence.band_weights = dict(zip(LSST_BANDS, (56.0, 80.0, 184.0, 184.0, 160.0, 160.0)))
-  s.cadence.same_band_pair = 0.3
-  s.cadence.night_bands = ()
+  s.cadence = common.cadence(
+      season_days=180.0,
+      night_gap_days=(2.0, 3.0, 3.0, 4.0, 5.0),  # ~3.4 nights between revisits
+      weather_loss=0.2,
+      visits_per_night=2,
+      visit_gap_hours=0.55,  # ~33 min between a pair's visits
+      night_start_range_days=(0.05, 0.3),
+      band_pattern='weighted',
+      band_weights=dict(zip(LSST_BANDS, (56.0, 80.0, 184.0, 184.0, 160.0, 160.0))),
+      same_band_pair=0.3,
+      night_bands=())
   return s
-
-
-def _adapt_sim(sim, bands):
-  """HiTS's simulator with another survey's PSF, colours and calibration errors (shared by ztf)."""
-  sim.colours = _colours(bands)
-  # The HiTS PSF relation and scatters were calibrated on HiTS stars: here seeing is the FWHM.
-  sim.psf.moffat_beta = 3.0
-  sim.psf.seeing_scale = 1.0
-  sim.psf.seeing_offset_arcsec = 0.0
-  sim.psf.fwhm_scatter = 0.03  # ~
-  sim.calibration.zero_point_rms = 0.01  # ~1 % per epoch ~
-  sim.calibration.night_rms = 0.01  # ~
-  sim.astrometry.centroid_jitter_px = 0.1  # ~
-  return sim
 
 
 def get_config(arg=None):
   """``arg`` as in configs/hits.py: 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
-  config = hits.get_config(arg)
-  config.survey = _survey()
-  sim = _adapt_sim(config.sim, LSST_BANDS)
+  config = common.build(arg, survey_block())
+  sim = common.adapt_sim(config.sim, LSST_BANDS)
   sim.calibration.night_boundary_mjd_frac = 0.70  # local noon at Cerro Pachon (70.7 W): 16.7 h UT
   # Magnitude ranges: saturation at r ~ 16 in a 15-s snap (Ivezic et al. 2019, Sec. 3.2) to the
   # ~24.5 single-visit depth; SN Ia reach 24.5 at z ~ 0.9, SN II (M ~ -16.8) at z ~ 0.5.

@@ -3,12 +3,14 @@
     python -m rcnn_jax.simulate --config configs/ztf.py:smoke --num 28 --out /tmp/ztf.npz
     python -m rcnn_jax.train --config configs/ztf.py:cpu --workdir /tmp/ztf_cpu
 
-The ``cpu`` variant cut to 300 steps (the overrides of experiments/surveys/README.md): ~12 min
-on the 2-core AMD EPYC (shared), simulated test accuracy at step 20 0.51 against chance 0.14.
+The ``cpu`` variant cut to 300 steps at a constant rate (the overrides of
+experiments/surveys/README.md and ``configs/variants/cpu.py``): ~12 min on the 2-core AMD EPYC
+(shared), simulated test accuracy at step 20 0.51 against chance 0.14.
 
-Variants as in ``configs/hits.py``: ``paper``, ``cpu``, ``smoke``; append ``,lc`` for the
-light-curve classifier. Architecture, training and class models are HiTS's; survey, PSF,
-colours (configs/lsst.py's tables, g and r) and magnitude ranges are ZTF's.
+Variants as in ``configs/hits.py`` (``configs/variants/``): ``paper``, ``cpu``, ``smoke`` (and
+``long``, not run on ZTF); append ``,lc`` for the light-curve classifier. Architecture, training
+and class models are HiTS's (``configs/common/``); survey, PSF, colours (the ugrizy tables of
+``configs.common.surveys.colours``, g and r) and magnitude ranges are ZTF's.
 
 Sources (``~`` marks approximations):
 * Camera: Dekany et al. (2020, PASP 132, 038001): 16 CCDs of 4 read-out quadrants (64
@@ -33,18 +35,31 @@ Sources (``~`` marks approximations):
   unchanged; a 9 px stamp (HiTS's 4 FWHM) would undersample everything beyond the core.
 """
 
-from configs import hits
-from configs import lsst
+import pathlib
+import sys
+
+import ml_collections
+
+try:
+  from configs import common
+except ModuleNotFoundError as e:  # loaded by path (--config /path/to/configs/ztf.py) elsewhere
+  if e.name != 'configs':
+    raise
+  sys.path.append(str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import common
 
 ZTF_BANDS = ('g', 'r')
 
 
-def _survey():
-  s = lsst._survey()  # pylint: disable=protected-access
+def survey_block():
+  """``config.survey``: the ZTF public (MSIP) survey in g and r (sources above)."""
+  s = ml_collections.ConfigDict()
   s.name = 'ztf_msip'
   s.band = 'g'
   s.bands = ZTF_BANDS
   s.filters = {'g': 'panstarrs-g', 'r': 'panstarrs-r'}
+  s.conditions_path = ''
+  s.camera_path = ''
   s.max_seeing_arcsec = 4.0  # ~2x the median, as HiTS's 2" cut at its 1.3" median ~
   s.pixel_scale_arcsec = 1.01
   s.model_seed = 2018
@@ -57,29 +72,28 @@ def _survey():
   s.read_noise_range_e = (8.0, 10.0)
   s.read_noise_median_e = 9.0
   s.saturation_range_adu = (45000.0, 60000.0)
-  bc = lsst._band_conditions(  # pylint: disable=protected-access
+  s.band_conditions = common.band_conditions(
       ZTF_BANDS, seeing={'g': 2.1, 'r': 2.0}, sky_dark={'g': 20.5, 'r': 20.1},
       zp_e={'g': 26.3 - 3.693, 'r': 26.2 - 3.693}, gain=1.0,
       sky_spread=(-1.3, -0.35, 0.1), zp_spread=(-0.2, 0.05), seeing_spread=(0.75, 1.55))
-  s.band_conditions = bc
-  s.cadence.season_days = 180.0
-  s.cadence.night_gap_days = (3.0,)
-  s.cadence.weather_loss = 0.25
-  s.cadence.visits_per_night = 2
-  s.cadence.visit_gap_hours = 0.75
-  s.cadence.night_start_range_days = (0.05, 0.25)
-  s.cadence.band_pattern = 'sequence'
-  s.cadence.night_bands = ('g', 'r')
-  s.cadence.band_weights = {'g': 1.0, 'r': 1.0}
-  s.cadence.same_band_pair = 0.0
+  s.cadence = common.cadence(
+      season_days=180.0,
+      night_gap_days=(3.0,),
+      weather_loss=0.25,
+      visits_per_night=2,
+      visit_gap_hours=0.75,
+      night_start_range_days=(0.05, 0.25),
+      band_pattern='sequence',
+      band_weights={'g': 1.0, 'r': 1.0},
+      same_band_pair=0.0,
+      night_bands=('g', 'r'))
   return s
 
 
 def get_config(arg=None):
   """``arg`` as in configs/hits.py: 'paper' (default), 'cpu' or 'smoke', plus ',lc'."""
-  config = hits.get_config(arg)
-  config.survey = _survey()
-  sim = lsst._adapt_sim(config.sim, ZTF_BANDS)  # pylint: disable=protected-access
+  config = common.build(arg, survey_block())
+  sim = common.adapt_sim(config.sim, ZTF_BANDS)
   sim.calibration.night_boundary_mjd_frac = 0.82  # local noon at Palomar (116.9 W): 19.8 h UT
   # Magnitude ranges: saturation near 12.5-13 (Masci et al. 2019) to the ~20.7 depth; SN Ia
   # (M_B -19.3) reach 20.7 at z ~ 0.1, SN II (M ~ -16.8 +- 1) at z ~ 0.03-0.06.
