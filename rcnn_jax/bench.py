@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import hits
-from rcnn_jax import config_check
-from rcnn_jax import utils
+from rcnn_jax.core import utils
+from rcnn_jax.training import config_check
+
 
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
@@ -49,7 +50,8 @@ def _define_flags():
   _WORKDIR = flags.DEFINE_string(
       'workdir', '', 'inference: the trained RCNN of this training workdir (best checkpoint) '
       'instead of random initial parameters of the config.')
-  _OUT = flags.DEFINE_string('out', 'experiments/bench/latest.jsonl', 'Where the JSON lines go.')
+  _OUT = flags.DEFINE_string('out', 'workdirs/bench/latest.jsonl', 'Where the JSON lines go '
+                             '(default: under the ignored workdirs/).')
   _ALERT_OBJECTS = flags.DEFINE_integer('alert_objects', 1024, 'alerts: objects in the stream.')
   _ALERT_EPOCHS = flags.DEFINE_integer('alert_epochs', 4, 'alerts: alerts per object.')
   _ALERT_SLOTS = flags.DEFINE_integer('alert_slots', 256, 'alerts: objects per model call.')
@@ -104,7 +106,7 @@ def _time(fn, iters, warmup=3):
 
 
 def bench_simulate(config):
-  from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.sim import simulator as sim_lib  # lazy: per benchmark
   sim = sim_lib.build_simulator(config)
   b = _SIM_BATCH.value
   fn = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, b)['images'])
@@ -130,14 +132,14 @@ def bench_train(config):
   """The fused training step on simulated batches as they come (their padding steps, about
   43 % of a paper batch, are skipped by the CPU encoder), then with every step valid: the
   work of a fixed-length implementation such as the PyTorch peer's."""
-  from rcnn_jax import common  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.training import steps as steps_lib  # lazy: per benchmark
   config.train.batch_size = _BATCH.value
   config.sim.max_steps = _STEPS.value
-  mesh = common.make_mesh()
-  sim, model, tx = common.build(config)
+  mesh = steps_lib.make_mesh()
+  sim, model, tx = steps_lib.build(config)
   for all_valid in (False, True):
-    state = common.init_state(config, sim, model, tx, mesh)
-    step = common.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
+    state = steps_lib.init_state(config, sim, model, tx, mesh)
+    step = steps_lib.make_train_step(config, sim, model, tx, mesh, all_steps_valid=all_valid)
     root = jax.random.key(0)
     t0 = time.perf_counter()
     state, m = step(state, root)
@@ -161,7 +163,7 @@ def bench_train(config):
     if not all_valid:
       step_med = med
   # The simulation's share of the step: the same batch simulated alone, jitted.
-  from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.sim import simulator as sim_lib  # lazy: per benchmark
   sim_fn = jax.jit(lambda k: sim_lib.simulate_batch(k, sim, _BATCH.value)['images'])
   jax.block_until_ready(sim_fn(jax.random.key(1)))
   i = [1]
@@ -199,11 +201,11 @@ def bench_inference(config):
   with its largest probability difference from full precision (the plain float32 layers: XLA's
   convolution over the whole batch) over the first updates of the same image stream.
   """
-  from rcnn_jax import models  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import models  # lazy: per benchmark
+  from rcnn_jax.serving.classifier import Classifier  # lazy: per benchmark
   n, iters = _OBJECTS.value, _ITERS.value
   if _WORKDIR.value:
-    trained = predict.Classifier.from_workdir(_WORKDIR.value)
+    trained = Classifier.from_workdir(_WORKDIR.value)
     config, params, batch_stats = trained.config, trained.params, trained.batch_stats
   else:
     model = models.build_model(config.model, len(config.sim.class_names))
@@ -246,13 +248,13 @@ def bench_inference(config):
 
   probs, timings = {}, {}
   for dtype in ('float32', 'bfloat16'):
-    clf = predict.Classifier(config, params, batch_stats, dtype=dtype)
+    clf = Classifier(config, params, batch_stats, dtype=dtype)
     probs[dtype], timings[dtype] = run(clf, timed=True)
   # Full precision: the plain float32 layers (XLA's convolution over the whole batch, no
   # Winograd, no chunks), on the stream's first images.
   ref_config = copy.deepcopy(config)
   ref_config.model.conv_impl, ref_config.model.encoder_chunk = 'xla', 0
-  ref_clf = predict.Classifier(ref_config, params, batch_stats, dtype='float32')
+  ref_clf = Classifier(ref_config, params, batch_stats, dtype='float32')
   reference, _ = run(ref_clf, num_calls=n_w - 1 + _REFERENCE_CALLS)
   for dtype in ('float32', 'bfloat16'):
     best, med, calls, compile_s = timings[dtype]
@@ -307,8 +309,9 @@ def alert_files(folder, num_objects, num_epochs, per_file=2048):
 def _finite_stamp(rec):
   import gzip  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
-  from astropy.io import fits  # pylint: disable=g-import-not-at-top
   import warnings  # pylint: disable=g-import-not-at-top
+
+  from astropy.io import fits  # pylint: disable=g-import-not-at-top
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     d = fits.open(io.BytesIO(gzip.decompress(rec['cutoutScience']['stampData'])))[0].data
@@ -316,7 +319,7 @@ def _finite_stamp(rec):
 
 
 def bench_alerts(_):
-  """End to end over real ZTF packets: ``alerts.command.classify_files`` (Avro decoding,
+  """End to end over real ZTF packets: ``serving.alerts.pipeline.classify_files`` (Avro decoding,
   cutouts, SQLite state read and write in one transaction per chunk, ``Classifier.update``
   batched over --alert_slots objects) on --alert_objects x --alert_epochs alerts, after a
   warm-up run that compiles the update; then the latency of one alert (decode, one-alert
@@ -324,13 +327,14 @@ def bench_alerts(_):
   Random initial parameters of configs/ztf.py (--config_arg variant), or --workdir's model."""
   import io  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
+
   from configs import ztf  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import models  # pylint: disable=g-import-not-at-top
-  from rcnn_jax.alerts import command  # pylint: disable=g-import-not-at-top
-  from rcnn_jax.alerts import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from rcnn_jax.alerts import reader  # pylint: disable=g-import-not-at-top
-  from rcnn_jax.alerts import state as state_lib  # pylint: disable=g-import-not-at-top
-  from rcnn_jax.classifier import Classifier  # pylint: disable=g-import-not-at-top
+  from rcnn_jax import models  # lazy: per benchmark
+  from rcnn_jax.serving.alerts import engine as engine_lib  # lazy: per benchmark
+  from rcnn_jax.serving.alerts import pipeline  # lazy: per benchmark
+  from rcnn_jax.serving.alerts import reader  # lazy: per benchmark
+  from rcnn_jax.serving.alerts import state as state_lib  # lazy: per benchmark
+  from rcnn_jax.serving.classifier import Classifier  # lazy: per benchmark
   if _WORKDIR.value:
     clf = Classifier.from_workdir(_WORKDIR.value)
   else:
@@ -347,7 +351,7 @@ def bench_alerts(_):
     warm = alert_files(os.path.join(tmp), min(n_obj, slots), 2)
     t0 = time.perf_counter()
     store = state_lib.Store(os.path.join(tmp, 'warm.db'))
-    command.classify_files(clf, store, warm, os.path.join(tmp, 'warm.csv'), slots=slots,
+    pipeline.classify_files(clf, store, warm, os.path.join(tmp, 'warm.csv'), slots=slots,
                            progress=False, stderr=io.StringIO())
     store.close()
     compile_s = time.perf_counter() - t0
@@ -356,7 +360,7 @@ def bench_alerts(_):
     files = alert_files(data, n_obj, n_ep)
     store = state_lib.Store(os.path.join(tmp, 'state.db'))
     store.bind(state_lib.model_identity(clf))
-    summ = command.classify_files(clf, store, files, os.path.join(tmp, 'out.csv'),
+    summ = pipeline.classify_files(clf, store, files, os.path.join(tmp, 'out.csv'),
                                   slots=slots, progress=False, stderr=io.StringIO())
     wall = summ['seconds']
     timers = dict(summ['timers'])

@@ -3,13 +3,13 @@
 # 'cpu' variant of configs/hits.py), evaluate both on the simulated test set, draw the paper's
 # figures and the simulated examples. Re-running resumes; finished runs are only re-evaluated.
 #
-#   bash scripts/run_cpu.sh [OUT_DIR]      (default OUT_DIR: experiments/cpu_run)
+#   bash scripts/run_cpu.sh [OUT_DIR]      (default OUT_DIR: workdirs/cpu_run, ignored by git; experiments/cpu_run/ is the recorded run)
 #
 # Extra ml-collections overrides for both trainings can be given in $OVERRIDES, e.g.
 #   OVERRIDES='--config.train.num_steps=100' bash scripts/run_cpu.sh /tmp/short
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-experiments/cpu_run}
+out=${1:-workdirs/cpu_run}
 work=${WORKDIRS:-workdirs}
 py=.venv/bin/python
 if [ ! -x "$py" ]; then

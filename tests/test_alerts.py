@@ -23,22 +23,22 @@ import sys
 import time
 import warnings
 
+from astropy.io import fits
 import fastavro
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from astropy.io import fits
 
 from configs import lsst
 from configs import ztf
 from rcnn_jax import models
-from rcnn_jax import pretrained
-from rcnn_jax.alerts import command
-from rcnn_jax.alerts import engine as engine_lib
-from rcnn_jax.alerts import reader
-from rcnn_jax.alerts import state as state_lib
-from rcnn_jax.classifier import Classifier
+from rcnn_jax.serving import shipped
+from rcnn_jax.serving.alerts import engine as engine_lib
+from rcnn_jax.serving.alerts import pipeline
+from rcnn_jax.serving.alerts import reader
+from rcnn_jax.serving.alerts import state as state_lib
+from rcnn_jax.serving.classifier import Classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALERTS = ROOT.parent / 'shared' / 'data' / 'alerts'
@@ -58,7 +58,7 @@ def _random_model(config, out):
   width = n_w + (n_w * nb if nb > 1 else 0)  # time gaps, then the bands' one-hots
   v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)), jnp.zeros((1, 1, width)),
                                    jnp.ones((1, 1), bool)))(jax.random.key(3))
-  pretrained.save(str(out), config, v['params'], v['batch_stats'], step=0,
+  shipped.save(str(out), config, v['params'], v['batch_stats'], step=0,
                   source='random init (tests/test_alerts.py)', dtype='float32')
   return Classifier(config, v['params'], v['batch_stats'])
 
@@ -125,7 +125,7 @@ def _run(clf, db, files, out, slots=SLOTS, **kw):
   store = state_lib.Store(db)
   try:
     store.bind(state_lib.model_identity(clf))
-    s = command.classify_files(clf, store, [str(f) for f in files], str(out), slots=slots,
+    s = pipeline.classify_files(clf, store, [str(f) for f in files], str(out), slots=slots,
                                progress=False, stderr=kw.pop('stderr', io.StringIO()), **kw)
   finally:
     store.close()
@@ -254,7 +254,7 @@ def test_alert_path_equals_direct_updates(clf, templates, tmp_path):
       assert int(row['step']) == max(k + 1 - clf.n_w + 1, 0)
       assert row['status'] == ('classified' if k + 1 >= clf.n_w else 'warmup')
       # The CSV's 7 significant digits of the same float32 probabilities.
-      assert [row[c] for c in clf.class_names] == [command._fmt(float(v)) for v in p[0]]  # pylint: disable=protected-access
+      assert [row[c] for c in clf.class_names] == [pipeline._fmt(float(v)) for v in p[0]]  # pylint: disable=protected-access
     # The model's inputs are identical: the window of eq. 4 images, their times and bands,
     # and the eq. 4 reference (zp0) and first MJD kept in the state.
     store = state_lib.Store(tmp_path / 's.db')
@@ -444,13 +444,13 @@ def test_bad_packets_one_line_each_the_rest_classified(clf, templates, tmp_path)
 def test_paths_checked_before_any_work(ztf_model, tmp_path):
   wd = ztf_model[0]
   with pytest.raises(state_lib.UserError, match='does not exist'):
-    command.run_command(wd, [str(ZTF_MULTI)], str(tmp_path / 'no' / 's.db'),
+    pipeline.run_command(wd, [str(ZTF_MULTI)], str(tmp_path / 'no' / 's.db'),
                         str(tmp_path / 'o.csv'), progress=False)
   with pytest.raises(state_lib.UserError, match='output .* folder'):
-    command.run_command(wd, [str(ZTF_MULTI)], str(tmp_path / 's.db'),
+    pipeline.run_command(wd, [str(ZTF_MULTI)], str(tmp_path / 's.db'),
                         str(tmp_path / 'no' / 'o.csv'), progress=False)
   with pytest.raises(state_lib.UserError, match='no such file'):
-    command.run_command(wd, [str(tmp_path / 'nothing.avro')], str(tmp_path / 's.db'),
+    pipeline.run_command(wd, [str(tmp_path / 'nothing.avro')], str(tmp_path / 's.db'),
                         str(tmp_path / 'o.csv'), progress=False)
   assert not (tmp_path / 's.db').exists()
 

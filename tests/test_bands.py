@@ -14,18 +14,18 @@ import pytest
 from configs import hits
 from configs import lsst
 from configs import ztf
-from rcnn_jax import bands
-from rcnn_jax import cadence
-from rcnn_jax import config_check
-from rcnn_jax import lightcurves
 from rcnn_jax import models
-from rcnn_jax import render
-from rcnn_jax import simulator as sim_lib
-from rcnn_jax import survey as survey_lib
-from rcnn_jax import utils
-from rcnn_jax.errors import UserError
+from rcnn_jax.core import utils
+from rcnn_jax.core.errors import UserError
+from rcnn_jax.sim import bands
+from rcnn_jax.sim import cadence
+from rcnn_jax.sim import lightcurves
+from rcnn_jax.sim import render
+from rcnn_jax.sim import simulator as sim_lib
+from rcnn_jax.sim import survey as survey_lib
+from rcnn_jax.training import config_check
 
-# The arrays of simulate.simulate_to_host(hits smoke, 28, chunk=14) as the code before any band
+# The arrays of batches.simulate_to_host(hits smoke, 28, chunk=14) as the code before any band
 # code existed (commit 27eda9b) wrote them: integer and boolean arrays by sha256[:16]; float
 # arrays by (sum, sum of |x|, projection on a seeded Gaussian vector), NaNs left out, since
 # another CPU or XLA optimisation level moves float32 results by an ulp (measured: 1e-7
@@ -67,7 +67,7 @@ def _float_fingerprint(a):
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='recorded on the CPU')
 def test_hits_outputs_unchanged_by_the_band_code():
-  from rcnn_jax import simulate  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.sim import batches  # pylint: disable=g-import-not-at-top
   config = hits.get_config('smoke')
   # The physics added since (issue 12: RRab broad minimum, sky errors, supernovae detected on
   # the difference) switched off, so that the comparison is of the band code alone.
@@ -79,7 +79,7 @@ def test_hits_outputs_unchanged_by_the_band_code():
   config.sim.clip_early_start = False
   config.sim.detection = 'flux'
   del config.sim.lightcurves['contact_amp_flat_to']  # issue 31's W UMa amplitudes: absent = old
-  data = simulate.simulate_to_host(config, 28, chunk=14, progress=False)
+  data = batches.simulate_to_host(config, 28, chunk=14, progress=False)
   assert 'band' not in data and data['time_gaps'].shape[-1] == 3
   got = {k: hashlib.sha256(np.asarray(data[k]).tobytes()).hexdigest()[:16]
          for k in HITS_SMOKE_HASHES}
@@ -202,8 +202,8 @@ def lsst_lc():
 
 
 def test_sn_ia_through_each_bands_filter(lsst_lc):
-  import sncosmo  # pylint: disable=g-import-not-at-top
   from astropy.cosmology import Planck18  # pylint: disable=g-import-not-at-top
+  import sncosmo  # pylint: disable=g-import-not-at-top
   config, lcm = lsst_lc
   assert lcm.num_bands == 6 and lcm.ia_mag_bands.shape[0] == 6
   zi, pi = 10, int(np.argmin(np.abs(np.asarray(lcm.ia_phase))))
@@ -327,8 +327,8 @@ def test_mixed_band_stacking_by_hand():
 
 def test_stream_takes_a_band_per_image(ztf_batch):
   """The incremental mode with a band per image equals the model on the whole sequence."""
-  from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import sequences  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.serving.classifier import Classifier  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.sim import sequences  # pylint: disable=g-import-not-at-top
   config, sim, b = ztf_batch
   model = models.build_model(config.model, 7)
   j = int(np.argmax(b['mask'].sum(1)))
@@ -341,7 +341,7 @@ def test_stream_takes_a_band_per_image(ztf_batch):
   side = bands.side_input(gaps, jnp.asarray(band), jnp.asarray(mask), sim.n_w, 2)
   variables = model.init(jax.random.key(1), x[None], side[None], mask[None])
   want = jax.nn.softmax(model.apply(variables, x[None], side[None], mask[None]), -1)[0]
-  clf = predict.Classifier(config, variables['params'], variables['batch_stats'])
+  clf = Classifier(config, variables['params'], variables['batch_stats'])
   state = clf.new_state(1)
   got = []
   names = np.asarray(sim.survey.bands)[band]

@@ -9,10 +9,10 @@ import pytest
 
 from configs import hits
 from configs import hits_lc
-from rcnn_jax import config_check
-from rcnn_jax import common
-from rcnn_jax import train
-from rcnn_jax import utils
+from rcnn_jax.core import utils
+from rcnn_jax.training import config_check
+from rcnn_jax.training import loop
+from rcnn_jax.training import steps as steps_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,14 +100,14 @@ def test_bad_config_is_refused_before_anything_is_built(tmp_path, monkeypatch):
   def no_build(*a, **k):
     raise AssertionError('built (and would compile) before validating')
 
-  monkeypatch.setattr(common, 'build', no_build)
+  monkeypatch.setattr(steps_lib, 'build', no_build)
   for name, value in [('train.learning_rate', -1.0), ('train.batch_size', 0),
                       ('eval.val_size', 0)]:
     config = hits.get_config('smoke')
     _set(config, name, value)
     wd = tmp_path / name
     with pytest.raises(utils.UserError, match=name):
-      train.train_and_evaluate(config, str(wd), progress=False)
+      loop.train_and_evaluate(config, str(wd), progress=False)
     assert not wd.exists()  # nothing written either
 
 

@@ -160,7 +160,9 @@ def test_the_documented_variant_values(name, variant):
 
 
 def test_the_surveys():
-  from configs import hits, lsst, ztf  # pylint: disable=g-import-not-at-top
+  from configs import hits  # pylint: disable=g-import-not-at-top
+  from configs import lsst  # pylint: disable=g-import-not-at-top
+  from configs import ztf  # pylint: disable=g-import-not-at-top
   h, l, z = (m.get_config('paper') for m in (hits, lsst, ztf))
   assert (h.survey.name, h.survey.band, h.survey.pixel_scale_arcsec) == ('hits2015', 'g', 0.263)
   assert 'bands' not in h.survey and 'colours' not in h.sim

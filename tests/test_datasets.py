@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import evaluate
-from rcnn_jax import realdata
-from rcnn_jax import simulate
-from rcnn_jax import train
-from rcnn_jax import utils
+from rcnn_jax.core import utils
 from rcnn_jax.datasets import build
 from rcnn_jax.datasets import hits_real
 from rcnn_jax.datasets import hits_sim
 from rcnn_jax.datasets import reading
+from rcnn_jax.evaluation import simulated as sim_eval
+from rcnn_jax.inputs import realdata
+from rcnn_jax.sim import batches
+from rcnn_jax.training import loop
 
 
 def _config():
@@ -41,7 +41,7 @@ def test_hits_sim_split_equals_simulate(sim_dataset):
   assert offsets['test'] == config.eval.test_seed_offset
   for split in ('test', 'train'):
     got = reading.load_sim_split(sim_dataset, split)
-    want = simulate.simulate_to_host(config, sizes[split], chunk=config.dataset.chunk,
+    want = batches.simulate_to_host(config, sizes[split], chunk=config.dataset.chunk,
                                      seed_offset=offsets[split], progress=False)
     np.testing.assert_array_equal(got['index'], np.arange(sizes[split]))
     np.testing.assert_array_equal(got['label'], np.arange(sizes[split]) % 7)  # balanced
@@ -191,21 +191,21 @@ def test_hits_real_leaves_out_a_bad_file_with_one_line(hits_data, tmp_path):
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('evaluate') / 'wd')
-  train.train_and_evaluate(_config(), wd, progress=False)
+  loop.train_and_evaluate(_config(), wd, progress=False)
   return wd
 
 
 def test_evaluate_on_tfds(workdir, sim_dataset, hits_data, tmp_path):
   # The hits_sim test split of the workdir's config is evaluate's simulated test set.
-  direct = evaluate.evaluate_workdir(workdir, progress=False)
-  on_split = evaluate.evaluate_tfds(workdir, sim_dataset)
+  direct = sim_eval.evaluate_workdir(workdir, progress=False)
+  on_split = sim_eval.evaluate_tfds(workdir, sim_dataset)
   assert on_split['num_examples'] == direct['num_examples'] == 28
   assert on_split['confusion_counts'] == direct['confusion_counts']
   np.testing.assert_allclose(np.array(on_split['accuracy_by_step'], float),
                              np.array(direct['accuracy_by_step'], float))
   assert on_split['data'].endswith(':test')
   real = build.build_real([f"{hits_data / 'real_nonvariable_dev'}=NonVariable"], str(tmp_path))
-  m = evaluate.evaluate_tfds(workdir, real)
+  m = sim_eval.evaluate_tfds(workdir, real)
   assert m['num_examples'] == 40 and m['class_names'] == list(hits.CLASS_NAMES)
   assert sum(m['confusion_counts'][4]) == 40  # all true NonVariable
   assert m['sequences_by_step'][0] == 40

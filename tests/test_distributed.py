@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from rcnn_jax import errors
-from rcnn_jax import train
+from rcnn_jax.core import errors
+from rcnn_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = ['--config.train.num_steps=4', '--config.train.eval_every=2', '--config.ckpt.every=2']
@@ -59,19 +59,19 @@ def _rows(workdir):
 
 
 def test_settings_single_process_by_default():
-  assert train.distributed_settings(environ={}) is None
+  assert loop.distributed_settings(environ={}) is None
 
 
 def test_settings_from_environment_and_slurm():
-  s = train.distributed_settings(environ={'JAX_COORDINATOR_ADDRESS': 'h:1234',
+  s = loop.distributed_settings(environ={'JAX_COORDINATOR_ADDRESS': 'h:1234',
                                           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1'})
   assert s == {'coordinator_address': 'h:1234', 'num_processes': 2, 'process_id': 1,
-               'initialization_timeout': train.DEFAULT_TIMEOUT_S}
+               'initialization_timeout': loop.DEFAULT_TIMEOUT_S}
   slurm = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'n[1-2]', 'SLURM_NTASKS': '2',
            'SLURM_PROCID': '0', 'SLURM_LOCALID': '0'}
-  s = train.distributed_settings(environ=slurm)
+  s = loop.distributed_settings(environ=slurm)
   assert s is not None and s['coordinator_address'] is None  # jax.distributed detects it
-  assert train.distributed_settings(environ={**slurm, 'SLURM_NTASKS': '1'}) is None
+  assert loop.distributed_settings(environ={**slurm, 'SLURM_NTASKS': '1'}) is None
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -83,7 +83,7 @@ def test_settings_from_environment_and_slurm():
 ])
 def test_bad_settings_are_one_line(kwargs, match):
   with pytest.raises(errors.UserError, match=match):
-    train.distributed_settings(environ={}, **kwargs)
+    loop.distributed_settings(environ={}, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,37 +126,48 @@ def _restore_numpy(workdir, step):
   return ocp.StandardCheckpointer().restore(path, target)
 
 
-def test_two_processes_equal_one_process_with_two_devices(tmp_path):
-  """Losses, validation, the kept checkpoints and their arrays: bitwise equal."""
-  one = tmp_path / 'one'
-  ref = subprocess.Popen(_cmd(one), cwd=ROOT, env=_env(devices=2), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-  two = tmp_path / 'two'
-  procs = _launch(two)
-  for p in [ref] + procs:
+STEPS = ['--config.train.num_steps=12']
+
+
+@pytest.fixture(scope='module')
+def two_process_run(tmp_path_factory):
+  """One uninterrupted two-process run of 12 steps: the reference of both tests below (one
+  launch instead of two: each launch is two compiles)."""
+  full = tmp_path_factory.mktemp('two')
+  for p in _launch(full, extra=STEPS):
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
-  strip = lambda rows: [{k: v for k, v in r.items() if 'per_s' not in k} for r in rows]
-  assert strip(_rows(two)) == strip(_rows(one))
+  return full
+
+
+def _strip(rows):
+  return [{k: v for k, v in r.items() if 'per_s' not in k} for r in rows]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, two_process_run):
+  """Losses, validation, the kept checkpoints and their arrays: bitwise equal."""
+  one = tmp_path / 'one'
+  ref = subprocess.run(_cmd(one, *STEPS), cwd=ROOT, env=_env(devices=2), capture_output=True,
+                       text=True, timeout=900)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  two = two_process_run
+  assert _strip(_rows(two)) == _strip(_rows(one))
   assert sorted(os.listdir(two / 'checkpoints')) == sorted(os.listdir(one / 'checkpoints'))
   import jax  # pylint: disable=g-import-not-at-top
-  jax.tree.map(np.testing.assert_array_equal, _restore_numpy(str(two), 4),
-               _restore_numpy(str(one), 4))
+  jax.tree.map(np.testing.assert_array_equal, _restore_numpy(str(two), 12),
+               _restore_numpy(str(one), 12))
   assert not os.path.exists(two / 'metrics.jsonl.1')  # one writer: process 0
 
 
-def test_killed_process_then_relaunch_resumes_and_finishes(tmp_path):
+def test_killed_process_then_relaunch_resumes_and_finishes(tmp_path, two_process_run):
   """Process 1 killed after the first checkpoint; the other stops (or is stopped, as a
   scheduler would); both relaunched: the run resumes and finishes, one row per step, and
   equals an uninterrupted two-process run."""
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  full = tmp_path / 'full'
-  for p in _launch(full, extra=['--config.train.num_steps=12']):
-    _, err = p.communicate(timeout=900)
-    assert p.returncode == 0, err[-3000:]
+  full = two_process_run
   w = tmp_path / 'w'
-  procs = _launch(w, extra=['--config.train.num_steps=12'])
+  procs = _launch(w, extra=STEPS)
   killed, deadline = False, time.time() + 900
   while time.time() < deadline and procs[1].poll() is None:
     try:
@@ -175,12 +186,11 @@ def test_killed_process_then_relaunch_resumes_and_finishes(tmp_path):
   for p in procs:
     p.communicate()
   assert killed
-  for p in _launch(w, extra=['--config.train.num_steps=12']):
+  for p in _launch(w, extra=STEPS):
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
-  strip = lambda rows: [{k: v for k, v in r.items() if 'per_s' not in k} for r in rows]
   assert [r['step'] for r in _rows(w) if 'train_loss' in r] == list(range(1, 13))
-  assert strip(_rows(w)) == strip(_rows(full))
+  assert _strip(_rows(w)) == _strip(_rows(full))
   import jax  # pylint: disable=g-import-not-at-top
   jax.tree.map(np.testing.assert_array_equal, _restore_numpy(str(w), 12),
                _restore_numpy(str(full), 12))

@@ -6,16 +6,16 @@ import pathlib
 import subprocess
 import sys
 
-from rcnn_jax import errors
-from rcnn_jax import realdata
-from rcnn_jax import utils
+from rcnn_jax.core import errors
+from rcnn_jax.core import utils
+from rcnn_jax.inputs import realdata
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _command(body):
   """A command run through utils.run whose main does ``body``."""
-  code = ('from rcnn_jax import errors, utils\n'
+  code = ('from rcnn_jax.core import errors, utils\n'
           'def main(argv):\n'
           f'  {body}\n'
           'utils.run(main)\n')

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import exported
-from rcnn_jax import plausibility
-from rcnn_jax import predict
-from rcnn_jax import realdata
-from rcnn_jax import train
+from rcnn_jax.inputs import plausibility
+from rcnn_jax.inputs import realdata
+from rcnn_jax.serving import exported
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,13 +30,13 @@ def workdir(tmp_path_factory):
   config = hits.get_config('smoke')  # max_steps 6, n_w 3, max seeing 2.0"
   config.train.num_steps = 1
   wd = str(tmp_path_factory.mktemp('export') / 'wd')
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   return wd
 
 
 @pytest.fixture(scope='module')
 def classifier(workdir):
-  return predict.Classifier.from_workdir(workdir)
+  return Classifier.from_workdir(workdir)
 
 
 @pytest.fixture(scope='module')
@@ -143,7 +143,7 @@ def test_loader_needs_no_model_code(artifact):
   code = f"""
 import sys
 import numpy as np
-from rcnn_jax import exported
+from rcnn_jax.serving import exported
 clf = exported.load({artifact!r})
 state = clf.new_state(3)
 rng = np.random.default_rng(0)
@@ -223,7 +223,7 @@ def test_mismatched_manifest_is_refused(artifact, tmp_path, capsys):
 
 
 def test_estimated_sky_matches_realdata():
-  from rcnn_jax import export  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.serving import export  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   stamps = rng.normal(120.0, 6.0, (4, 21, 21)).astype(np.float32)
   stamps[1, 0, :5] += 900.0  # a bright neighbour in the ring: clipped away
@@ -236,7 +236,7 @@ def test_estimated_sky_matches_realdata():
 def test_cpu_layers_artifact_pads_to_its_batch_multiple(classifier, tmp_path):
   """conv_impl 'auto' exports the Classifier's own layers (on a CPU: chunks of 16 stamps,
   Winograd): the batch is a multiple of 16 slots and the loader pads to it."""
-  from rcnn_jax import export  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.serving import export  # pylint: disable=g-import-not-at-top
   m = export.export_classifier(classifier, str(tmp_path), 2.0, ('cpu',), 'auto')
   assert m['batch_multiple'] == 16 and m['inputs']['active'] == [['16*k'], 'bool']
   clf = exported.load(str(tmp_path))
@@ -340,7 +340,7 @@ def test_update_refuses_what_classifier_update_refuses(classifier, loaded):
   """A NaN pixel, an MJD before the slot's previous image, the same image twice, an infinite
   sky: refused in one line naming the slot (a ValueError), the state untouched, exactly where
   Classifier.update refuses; not in an inactive slot or an image the seeing cut drops."""
-  from rcnn_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.core.errors import UserError  # pylint: disable=g-import-not-at-top
   n = 5
   stamps, mjd, zp, sky = _stream(n, 3, 4)
   state, ref = loaded.new_state(n), classifier.new_state(n)

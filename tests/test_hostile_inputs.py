@@ -20,11 +20,15 @@ import numpy as np
 import pytest
 
 from rcnn_jax import evaluate
-from rcnn_jax import finetune
-from rcnn_jax import outputs
-from rcnn_jax import predict
-from rcnn_jax import realdata
-from rcnn_jax.errors import UserError
+from rcnn_jax import finetune as finetune_cmd
+from rcnn_jax.core import outputs
+from rcnn_jax.core.errors import UserError
+from rcnn_jax.evaluation import finetune
+from rcnn_jax.evaluation import real as real_eval
+from rcnn_jax.inputs import realdata
+from rcnn_jax.serving import files as files_lib
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.training import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / 'pretrained' / 'hits2015_rcnn'
@@ -67,12 +71,12 @@ def shipped(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def classifier(shipped):
-  return predict.Classifier.from_workdir(shipped)
+  return Classifier.from_workdir(shipped)
 
 
 def _predict(classifier, inputs, out):
   err = io.StringIO()
-  code = predict.predict_files(None, [str(i) for i in inputs], str(out), classifier=classifier,
+  code = files_lib.predict_files(None, [str(i) for i in inputs], str(out), classifier=classifier,
                                stderr=err)
   return code, [l for l in err.getvalue().splitlines() if l.startswith('error:')], err.getvalue()
 
@@ -122,12 +126,12 @@ def test_1_evaluate_real_and_finetune_keep_the_good_files(shipped, tmp_path):
   np.savez(d / 'nan_seeing.npz', **{**a, 'seeing_arcsec': np.full_like(a['seeing_arcsec'],
                                                                         np.nan)})
   errors = []
-  m = evaluate.evaluate_real(shipped, [str(d)], errors=errors)
+  m = real_eval.evaluate_real(shipped, [str(d)], errors=errors)
   assert m['num_sequences'] == 2 and m['count_per_class'] == {'NonVariable': 2}
   assert len(errors) == 1 and str(d / 'nan_seeing.npz') in errors[0]
   assert m['refused'] == errors
   # finetune selects its files among the usable ones (one bad file shifts nothing).
-  config = finetune.finetune_config(evaluate.checkpoints.load_config(shipped))
+  config = finetune.finetune_config(checkpoints.load_config(shipped))
   errors = []
   seqs, labels = finetune._usable_labelled([str(d)], config, errors)  # pylint: disable=protected-access
   assert [s.name for s in seqs] == [f.stem for f in files[:2]] and len(errors) == 1
@@ -145,9 +149,9 @@ def test_2_output_locations_are_checked_before_any_work(tmp_path):
            (f'{READ_ONLY}/p.csv', 'not writable')]
   for out, why in cases:
     with pytest.raises(UserError, match=re.escape(why)):
-      predict.predict_files(missing, [str(tmp_path)], out)
+      files_lib.predict_files(missing, [str(tmp_path)], out)
   with pytest.raises(UserError, match='--plot .*a_file is a file'):
-    predict.predict_files(missing, [str(tmp_path)], str(tmp_path / 'p.csv'),
+    files_lib.predict_files(missing, [str(tmp_path)], str(tmp_path / 'p.csv'),
                           plot_dir=str(tmp_path / 'a_file' / 'figs'))
   for out in (READ_ONLY, str(tmp_path / 'a_file')):
     with pytest.raises(UserError, match='--out'):
@@ -172,9 +176,9 @@ def test_3_no_command_writes_into_a_model_folder(shipped, tmp_path):
     with pytest.raises(UserError, match=why):
       finetune.finetune(shipped, [str(tmp_path)], str(out))
   with pytest.raises(UserError, match='shipped model folder.*--out'):
-    evaluate.default_out(shipped)
+    real_eval.default_out(shipped)
   with pytest.raises(UserError, match='inside a shipped model folder'):
-    predict.predict_files(None, [str(tmp_path)], os.path.join(shipped, 'p.csv'))
+    files_lib.predict_files(None, [str(tmp_path)], os.path.join(shipped, 'p.csv'))
   with pytest.raises(UserError, match='inside a shipped model folder'):
     outputs.check_dir(os.path.join(str(link), 'eval'), allow_eval_of=str(link))
   # A training workdir: its own eval/ is evaluate's default; nothing else inside it.
@@ -235,9 +239,9 @@ def test_4_unlabelled_file_is_one_line_in_evaluate(shipped, tmp_path):
     (tmp_path / sub).mkdir()
   shutil.copy(good[0], tmp_path / 'NonVariable' / 'a.npz')
   shutil.copy(good[1], tmp_path / 'not_a_Supernova' / 'b.npz')
-  config = evaluate.checkpoints.load_config(shipped)
+  config = checkpoints.load_config(shipped)
   errors = []
-  seqs, labels = evaluate.load_labelled([str(tmp_path)], config, errors)
+  seqs, labels = real_eval.load_labelled([str(tmp_path)], config, errors)
   assert [s.name for s in seqs] == ['a'] and list(labels) == [NAMES.index('NonVariable')]
   assert len(errors) == 1 and 'b.npz' in errors[0] and 'DIR=Class' in errors[0]
 
@@ -372,6 +376,6 @@ def test_8_real_takes_several_folders_as_its_usage_line_shows(shipped, tmp_path)
   m = json.loads((out / "metrics_real.json").read_text())
   assert m['num_sequences'] == 2
   # finetune's usage line takes the same form: both folders are accepted (it stops at --out).
-  assert _usage(finetune, '--real')
+  assert _usage(finetune_cmd, '--real')
   r = _run('rcnn_jax.finetune', ['--workdir', shipped, '--real'] + dirs + ['--out', READ_ONLY])
   assert r.returncode == 2 and 'unexpected' not in r.stderr and '--out' in r.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import lightcurves as lc
+from rcnn_jax.sim import lightcurves as lc
 
 
 @pytest.fixture(scope='module')

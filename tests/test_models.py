@@ -8,9 +8,9 @@ import pytest
 
 from configs import hits
 from rcnn_jax import models
-from rcnn_jax import common
-from rcnn_jax.kernels import conv as kconv
-from rcnn_jax.kernels import fused as kfused
+from rcnn_jax.models.kernels import conv as kconv
+from rcnn_jax.models.kernels import fused as kfused
+from rcnn_jax.training import steps as steps_lib
 
 B, T, N_W, C = 3, 5, 3, 7
 
@@ -272,14 +272,14 @@ def test_sequence_loss_by_hand():
         z = logits[i, t].astype(np.float64)
         log_softmax = z - np.log(np.exp(z - z.max()).sum()) - z.max()
         per_seq[i] += -log_softmax[labels[i]]
-  got = float(common.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)))
+  got = float(steps_lib.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)))
   np.testing.assert_allclose(got, per_seq.mean(), rtol=1e-5)
   w = np.array([1.0, 0.0, 3.0], np.float32)
-  got_w = float(common.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
+  got_w = float(steps_lib.sequence_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask),
                                     jnp.asarray(w)))
   np.testing.assert_allclose(got_w, (per_seq[0] + 3 * per_seq[2]) / 4.0, rtol=1e-5)
   # Uniform logits: log(7) per valid step, summed over steps (not averaged).
-  got_u = float(common.sequence_loss(jnp.zeros((3, 4, 7)), jnp.asarray(labels),
+  got_u = float(steps_lib.sequence_loss(jnp.zeros((3, 4, 7)), jnp.asarray(labels),
                                     jnp.asarray(mask)))
   np.testing.assert_allclose(got_u, np.log(7.0) * mask.sum() / 3, rtol=1e-6)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import photometry
-from rcnn_jax import render
-from rcnn_jax import simulator as sim_lib
-from rcnn_jax import sequences
+from rcnn_jax.sim import photometry
+from rcnn_jax.sim import render
+from rcnn_jax.sim import sequences
+from rcnn_jax.sim import simulator as sim_lib
 
 SIZE, SKY, GAIN, READ_NOISE = 21, 120.0, 4.0, 6.0
 N = 4000  # noisy realisations per case

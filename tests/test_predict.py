@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import predict
-from rcnn_jax import realdata
-from rcnn_jax import checkpoints
-from rcnn_jax import common
-from rcnn_jax import train
+from rcnn_jax.inputs import realdata
+from rcnn_jax.serving import files as files_lib
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.training import checkpoints
+from rcnn_jax.training import loop
+from rcnn_jax.training import steps as steps_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,13 +29,13 @@ def workdir(tmp_path_factory):
   config.train.num_steps = 1
   config.eval.batch_size = 7 * 3  # the 28 test objects in 2 batches: the second padded by 14
   wd = str(tmp_path_factory.mktemp('predict') / 'wd')
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   return wd
 
 
 @pytest.fixture(scope='module')
 def classifier(workdir):
-  return predict.Classifier.from_workdir(workdir)
+  return Classifier.from_workdir(workdir)
 
 
 def _arrays(t, seed, size=25, zero_point=True, sky=True):
@@ -125,7 +126,7 @@ def test_incremental_equals_whole_sequence(classifier, tmp_path):
 
 def test_bfloat16_mode_is_close_and_keeps_fp32_state(classifier, tmp_path):
   seqs = [_sequence(tmp_path, 'a', 8, 0), _sequence(tmp_path, 'b', 4, 1)]
-  bf = predict.Classifier(classifier.config, classifier.params, classifier.batch_stats,
+  bf = Classifier(classifier.config, classifier.params, classifier.batch_stats,
                           dtype='bfloat16')
   assert bf.dtype == 'bfloat16'
   full, half = classifier.classify(seqs), bf.classify(seqs)
@@ -151,7 +152,7 @@ def test_csv_rows_columns_and_figures(classifier, tmp_path):
     _save(data / f'{name}.npz', **a)
   out, figs = tmp_path / 'p.csv', tmp_path / 'figs'
   err = io.StringIO()
-  assert predict.predict_files(None, [str(data)], str(out), plot_dir=str(figs),
+  assert files_lib.predict_files(None, [str(data)], str(out), plot_dir=str(figs),
                                classifier=classifier, stderr=err) == 0
   # Files without seeing keep all epochs, said once (not once per file).
   assert err.getvalue().count('warning:') == 1 and 'no seeing' in err.getvalue()
@@ -183,14 +184,14 @@ def test_bad_files_fail_fast_and_no_good_file(classifier, tmp_path):
   _save(data / 'a_nan.npz', **nan)  # sorted first
   out = tmp_path / 'p.csv'
   err = io.StringIO()
-  assert predict.predict_files(None, [str(data)], str(out), fail_fast=True,
+  assert files_lib.predict_files(None, [str(data)], str(out), fail_fast=True,
                                classifier=classifier, stderr=err) == 2
   assert 'a_nan.npz' in err.getvalue() and not out.exists()
 
   out.write_text('keep me\n')
   err = io.StringIO()
   short = _arrays(2, 2)  # fewer than n_w epochs
-  assert predict.predict_files(None, [_save(tmp_path / 'short.npz', **short),
+  assert files_lib.predict_files(None, [_save(tmp_path / 'short.npz', **short),
                                       str(data / 'a_nan.npz')], str(out),
                                classifier=classifier, stderr=err) == 2
   lines = err.getvalue().splitlines()
@@ -253,11 +254,11 @@ def test_real_dev_files_classify(classifier, hits_data):
 def test_evaluate_workdir_counts_each_test_object_once(workdir, tmp_path):
   """Sec. 4 on the simulated test set, from the workdir alone: every object counted once, in
   batches of 21 (the second padded by 14)."""
-  from rcnn_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import plots  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.core import plots  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.evaluation import simulated as sim_eval  # pylint: disable=g-import-not-at-top
   config = checkpoints.load_config(workdir)
   assert config.eval.batch_size == 21
-  m = evaluate.evaluate_workdir(workdir, progress=False)
+  m = sim_eval.evaluate_workdir(workdir, progress=False)
   n = config.eval.test_size
   assert m['num_examples'] == n
   assert np.asarray(m['confusion_counts']).sum(1).tolist() == [n // 7] * 7  # each class once
@@ -265,8 +266,8 @@ def test_evaluate_workdir_counts_each_test_object_once(workdir, tmp_path):
   assert len(m['accuracy_by_step']) == config.sim.max_steps
   # The test set is not the validation set (the simulator draws objects from the key).
   import jax  # pylint: disable=g-import-not-at-top
-  assert not np.array_equal(jax.random.key_data(common.test_key(config)),
-                            jax.random.key_data(common.validation_key(config)))
+  assert not np.array_equal(jax.random.key_data(steps_lib.test_key(config)),
+                            jax.random.key_data(steps_lib.validation_key(config)))
   paths = plots.plot_evaluation([m, m], str(tmp_path))
   assert all(os.path.getsize(p) > 10_000 for p in paths)
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import preprocess
-from rcnn_jax import realdata
-from rcnn_jax import render
-from rcnn_jax import simulator
+from rcnn_jax.inputs import preprocess
+from rcnn_jax.inputs import realdata
+from rcnn_jax.sim import render
+from rcnn_jax.sim import simulator
 
 
 def _rules(**changes):

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import checkpoints
-from rcnn_jax import common
-from rcnn_jax import evaluate
-from rcnn_jax import finetune
-from rcnn_jax import predict
-from rcnn_jax import realdata
-from rcnn_jax import train
+from rcnn_jax.evaluation import finetune
+from rcnn_jax.evaluation import metrics as metrics_lib
+from rcnn_jax.evaluation import real as real_eval
+from rcnn_jax.inputs import realdata
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.training import checkpoints
+from rcnn_jax.training import loop
+from rcnn_jax.training import steps as steps_lib
 
 NAMES = list(hits.CLASS_NAMES)
 
@@ -30,7 +31,7 @@ def test_real_metrics_on_fixed_predictions():
                    [sn, ceph, ceph]])  # one step only: its step-2 answer is its step-1 one
   mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]], bool)
   labels = np.array([sn, sn, sn, rrl, rrl])
-  m = evaluate.real_metrics(pred, labels, mask, NAMES, step=2)
+  m = metrics_lib.real_metrics(pred, labels, mask, NAMES, step=2)
   assert m['classes_present'] == ['Supernova', 'RRLyrae']
   assert m['count_per_class'] == {'Supernova': 3, 'RRLyrae': 2}
   assert m['recall_by_step']['Supernova'] == pytest.approx([2 / 3, 2 / 3, 1.0])
@@ -59,13 +60,13 @@ def test_labels_from_key_folder_or_argument(tmp_path):
     np.savez(tmp_path / 'root' / folder / 'a.npz', **arrays, **extra)
   config = hits.get_config('smoke')
   with pytest.raises(realdata.BadInput, match='no .label. key'):
-    evaluate.load_labelled([str(tmp_path / 'root')], config)
-  seqs, labels = evaluate.load_labelled(
+    real_eval.load_labelled([str(tmp_path / 'root')], config)
+  seqs, labels = real_eval.load_labelled(
       [str(tmp_path / 'root' / 'Supernova'), str(tmp_path / 'root' / 'misc'),
        f'{tmp_path / "root" / "stars"}=Galaxy'], config)
   assert [NAMES[l] for l in labels] == ['Supernova', 'RRLyrae', 'Galaxy']
   with pytest.raises(realdata.BadInput, match='unknown class'):
-    evaluate.load_labelled([f'{tmp_path / "root" / "stars"}=Star'], config)
+    real_eval.load_labelled([f'{tmp_path / "root" / "stars"}=Star'], config)
 
 
 def test_stratified_folds():
@@ -81,7 +82,7 @@ def workdir(tmp_path_factory):
   config = hits.get_config('smoke')
   config.train.num_steps = 1
   wd = str(tmp_path_factory.mktemp('real') / 'wd')
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   return wd
 
 
@@ -97,7 +98,7 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   predictions and writes a workdir that evaluate and predict read."""
   dirs = _dev_dirs(hits_data)
   out = tmp_path / 'eval'
-  evaluate.main_real(workdir, dirs, None, str(out))
+  real_eval.main_real(workdir, dirs, None, str(out))
   m = json.loads((out / 'metrics_real.json').read_text())
   assert m['num_sequences'] == 70
   assert m['count_per_class'] == {'Supernova': 10, 'RRLyrae': 10, 'EclipsingBinary': 10,
@@ -112,15 +113,15 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   # The rule before PSF-matched differences, on request: hosts whose photometry changes with
   # the seeing start most supernovae earlier (7 of 10 in the cpu config; detection_start).
   assert m['detection_method'] == 'difference'
-  old = evaluate.evaluate_real(workdir, dirs, detection_method='photometry')
+  old = real_eval.evaluate_real(workdir, dirs, detection_method='photometry')
   assert old['detection_method'] == 'photometry'
   old_sn = [f['start_epoch'] for f in old['files'] if f['label'] == 'Supernova']
   assert sum(a < b for a, b in zip(old_sn, starts['Supernova'])) >= 3
 
   config, sim, model, state, _ = checkpoints.restore_for_eval(workdir)
-  seqs, labels = evaluate.load_labelled(dirs, config)
-  batch = evaluate.real_inputs(seqs, labels, config)
-  before = evaluate.real_logits(config, sim, model, state, batch)
+  seqs, labels = real_eval.load_labelled(dirs, config)
+  batch = real_eval.real_inputs(seqs, labels, config)
+  before = real_eval.real_logits(config, sim, model, state, batch)
 
   w2 = str(tmp_path / 'ft')
   finetune.finetune(workdir, [dirs[0]], w2, progress=False,
@@ -136,9 +137,9 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
     assert names == sorted(os.listdir(os.path.join(dirs[0], c)))[:4]
   _, _, _, state2, step2 = checkpoints.restore_for_eval(w2)
   assert step2 == 1 + 3
-  after = evaluate.real_logits(config, sim, model, state2, batch)
+  after = real_eval.real_logits(config, sim, model, state2, batch)
   assert np.abs(after - before).max() > 1e-3
-  clf = predict.Classifier.from_workdir(w2)
+  clf = Classifier.from_workdir(w2)
   assert len(clf.classify(seqs[:2])[0]) <= clf.max_steps
   # The streaming mode drops a bad-seeing image as training's survey does.
   st = clf.new_state(2)
@@ -156,14 +157,14 @@ def test_light_curve_classifier_on_real_files(hits_data):
   noise) feeds the light-curve classifier; files without seeing are refused in one line."""
   dirs = _dev_dirs(hits_data)
   config = hits.get_config('smoke,lc')
-  sim, model, tx = common.build(config)
-  state = common.init_state(config, sim, model, tx, common.make_mesh())
-  seqs, labels = evaluate.load_labelled([dirs[0]], config)
+  sim, model, tx = steps_lib.build(config)
+  state = steps_lib.init_state(config, sim, model, tx, steps_lib.make_mesh())
+  seqs, labels = real_eval.load_labelled([dirs[0]], config)
   seqs, labels = seqs[::10], labels[::10]
-  batch = evaluate.real_inputs(seqs, labels, config)
-  logits = evaluate.real_logits(config, sim, model, state, batch, seqs)
+  batch = real_eval.real_inputs(seqs, labels, config)
+  logits = real_eval.real_logits(config, sim, model, state, batch, seqs)
   assert logits.shape == (3, config.sim.max_steps, 7) and np.isfinite(logits).all()
   seqs[0].seeing_arcsec = None
-  batch = evaluate.real_inputs(seqs, labels, config)
+  batch = real_eval.real_inputs(seqs, labels, config)
   with pytest.raises(Exception, match='no seeing'):
-    evaluate.real_logits(config, sim, model, state, batch, seqs)
+    real_eval.real_logits(config, sim, model, state, batch, seqs)

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from rcnn_jax import realdata
+from rcnn_jax.inputs import realdata
 
 DEV = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'hits2015' / \
     'real_nonvariable_dev'
@@ -344,7 +344,7 @@ def test_padding_truncation_and_mask():
 
 
 def test_matches_simulator_conventions():
-  from rcnn_jax import sequences
+  from rcnn_jax.sim import sequences
   d = _good(t=7, size=21, seed=5)
   d['zero_point'] = 25.0 + np.linspace(-0.4, 0.3, 7)
   seq = _seq(d['stamps'], d['mjd'], d['sky_adu'] + np.arange(7.0), d['zero_point'])

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rcnn_jax import photometry
-from rcnn_jax import psf_calibration
-from rcnn_jax import realism
-from rcnn_jax import render
-from rcnn_jax import stars
+from rcnn_jax.realism import psf_calibration
+from rcnn_jax.realism import report
+from rcnn_jax.realism import stars
+from rcnn_jax.realism import twins
+from rcnn_jax.sim import photometry
+from rcnn_jax.sim import render
 
 
 def _gaussian_star(fwhm_px, flux, dx=0.0, dy=0.0, size=21):
@@ -79,7 +80,7 @@ def test_render_star_matches_conditions():
   fwhm = jnp.linspace(4.0, 7.0, e)
   zero = jnp.zeros(e)
   sky = jnp.full(e, 120.0)
-  raw, clean = realism.render_star(jax.random.key(0), jnp.float32(18.0), zp, t, fwhm, zero, zero,
+  raw, clean = twins.render_star(jax.random.key(0), jnp.float32(18.0), zp, t, fwhm, zero, zero,
                                    sky, jnp.float32(4.0), jnp.float32(6.0),
                                    jnp.float32(45000.0), size=21)
   assert raw.shape == clean.shape == (e, 21, 21)
@@ -110,7 +111,7 @@ def test_moffat_fit_recovers_beta_and_fwhm(fwhm_px, beta):
   e = 16
   noise_var = float(stars.expected_noise(120.0, 4.0, 6.0))**2
   dx = jnp.linspace(-0.45, 0.45, e)
-  raw, clean = realism.render_star(
+  raw, clean = twins.render_star(
       jax.random.key(int(fwhm_px * 10)), jnp.float32(17.5), jnp.full(e, 25.0),
       jnp.full(e, 86.0), jnp.full(e, fwhm_px), dx, -0.5 * dx, jnp.full(e, 120.0),
       jnp.float32(4.0), jnp.float32(6.0), jnp.float32(45000.0), size=21, beta=beta)
@@ -172,10 +173,10 @@ def test_realism_on_real_files(hits_data, tmp_path):
   if not files:
     pytest.skip('no real sequences in the shared data')
   config = hits.get_config('smoke')
-  summary, records = realism.run([str(f) for f in files], str(tmp_path), config,
+  summary, records = report.run([str(f) for f in files], str(tmp_path), config,
                                  camera_path=str(hits_data / 'camera.csv'), progress=False)
   data = json.loads((tmp_path / 'realism.json').read_text())
-  assert set(realism.SUMMARY_KEYS) <= set(data)
+  assert set(twins.SUMMARY_KEYS) <= set(data)
   assert (tmp_path / 'realism.png').stat().st_size > 10_000
   assert data['num_objects'] == 2 == len(records)
   assert data['num_epochs'] == sum(r['sky'].size for r in records)
@@ -185,7 +186,7 @@ def test_realism_on_real_files(hits_data, tmp_path):
     assert np.isfinite(data['fwhm'][k]) and data['fwhm'][k] > 0
   assert 14.0 < data['magnitude']['median'] < 24.0
   assert 'median of' in data['settings']['camera_source']
-  assert 'FWHM' in realism.format_table(summary)
+  assert 'FWHM' in twins.format_table(summary)
   # The comparison renders the config's PSF: its seeing relation is recorded.
   assert data['settings']['seeing_scale'] == config.sim.psf.seeing_scale
   assert data['settings']['moffat_beta'] == config.sim.psf.moffat_beta
@@ -199,7 +200,7 @@ def test_realism_on_real_files(hits_data, tmp_path):
 
 
 def test_curve_stats_amplitude_skewness_and_faint_fraction():
-  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.realism import lcstats  # pylint: disable=g-import-not-at-top
   err = np.full(400, 0.01)
   assert lcstats.curve_stats(np.full(400, 18.0), err)[::2] == (0.0, 0.0)
   phase = np.linspace(0, 1, 400, endpoint=False)
@@ -214,7 +215,7 @@ def test_curve_stats_amplitude_skewness_and_faint_fraction():
 
 
 def test_calibrate_jitter_recovers_quadrature_and_per_epoch_jitter():
-  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.realism import lcstats  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   rows = []
   for _ in range(40):
@@ -234,7 +235,7 @@ def test_realism_variables_pass_the_simulators_selection():
   """lcstats compares real variables with simulated ones that training would keep: a constant
   curve fails the selection, a 0.5 mag one passes; unknown-seeing epochs are not used."""
   from configs import hits  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import lcstats  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.realism import lcstats  # pylint: disable=g-import-not-at-top
   config = hits.get_config('smoke')
   e = 12
   rec = {'seeing': np.full(e, 1.2), 'seeing_known': np.ones(e, bool), 'sigma': np.full(e, 5.5),

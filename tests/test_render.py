@@ -7,8 +7,8 @@ import pytest
 from scipy import special
 
 from configs import hits
-from rcnn_jax import render
-from rcnn_jax import simulator as sim_lib
+from rcnn_jax.sim import render
+from rcnn_jax.sim import simulator as sim_lib
 
 
 def _coords(size):

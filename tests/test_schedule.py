@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import config_check
-from rcnn_jax import checkpoints
-from rcnn_jax import common
-from rcnn_jax import utils
+from rcnn_jax.core import utils
+from rcnn_jax.training import checkpoints
+from rcnn_jax.training import config_check
+from rcnn_jax.training import steps as steps_lib
 
 
 def test_constant_schedule_is_the_paper_rate():
   c = hits.get_config('paper')
   assert c.train.schedule == 'constant'
-  assert common.learning_rate_schedule(c.train) == c.train.learning_rate == 1e-3
+  assert steps_lib.learning_rate_schedule(c.train) == c.train.learning_rate == 1e-3
 
 
 def test_warmup_cosine_shape():
   t = hits.get_config('long').train
-  f = common.learning_rate_schedule(t)
+  f = steps_lib.learning_rate_schedule(t)
   lr, n, w = t.learning_rate, t.num_steps, t.warmup_steps
   assert float(f(0)) == 0.0
   np.testing.assert_allclose(float(f(w // 2)), lr / 2, rtol=1e-5)  # linear warm-up

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcnn_jax import sequences
+from rcnn_jax.sim import sequences
 
 
 def test_first_detection_on_hand_made_curve():

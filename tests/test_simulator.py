@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from configs import hits
-from rcnn_jax import lightcurves
-from rcnn_jax import simulator as sim_lib
+from rcnn_jax.sim import lightcurves
+from rcnn_jax.sim import simulator as sim_lib
 
 B = 70
 
@@ -286,7 +286,7 @@ def test_variable_classes_vary_detectably_in_their_window(sim_and_batch):
 def _selected_amplitudes(sim, name, num=800):
   """5-95 % amplitudes of the noise-free magnitudes, at their window's epochs, of the attempts
   of class ``name`` that the simulator keeps (valid window and the variability selection)."""
-  from rcnn_jax import sequences  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.sim import sequences  # pylint: disable=g-import-not-at-top
   c = sim.class_names.index(name)
   surv = sim.survey
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import survey
+from rcnn_jax.sim import survey
 
 HEADER = ('field,epoch,filter,mjd,exp_time_s,seeing_arcsec,airmass,sky_adu,zero_point,limmag5,'
           'limmag3')

@@ -16,18 +16,19 @@ import pytest
 from configs import hits
 from configs import lsst
 from configs import ztf
-from rcnn_jax import bands
-from rcnn_jax import evaluate
-from rcnn_jax import finetune
-from rcnn_jax import lightcurves
-from rcnn_jax import predict
-from rcnn_jax import preprocess
-from rcnn_jax import psf_calibration
-from rcnn_jax import realdata
-from rcnn_jax import realism
-from rcnn_jax import simulate
-from rcnn_jax import survey as survey_lib
-from rcnn_jax.errors import UserError
+from rcnn_jax.core.errors import UserError
+from rcnn_jax.evaluation import finetune
+from rcnn_jax.evaluation import real as real_eval
+from rcnn_jax.inputs import preprocess
+from rcnn_jax.inputs import realdata
+from rcnn_jax.realism import psf_calibration
+from rcnn_jax.realism import report
+from rcnn_jax.serving import files as files_lib
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.sim import bands
+from rcnn_jax.sim import batches
+from rcnn_jax.sim import lightcurves
+from rcnn_jax.sim import survey as survey_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,14 +45,14 @@ def test_lsst_file_objects_pass_the_real_data_checks(tmp_path):
   code of predict and evaluate --real) gives the simulator's images and time gaps; the band
   one-hots after the gaps are those of the file's ``band``."""
   config = lsst.get_config('smoke')
-  data = simulate.simulate_to_host(config, 7, chunk=7, progress=False)
+  data = batches.simulate_to_host(config, 7, chunk=7, progress=False)
   path = tmp_path / 'lsst.npz'
-  np.savez(path, **simulate.file_arrays(data))
+  np.savez(path, **batches.file_arrays(data))
   with np.load(path, allow_pickle=False) as z:  # no object arrays
     d = {k: z[k] for k in z.files}
   names = tuple(str(b) for b in d['band_names'])
   assert names == lsst.LSST_BANDS and d['band'].dtype.kind == 'i'
-  assert set(simulate.FIELDS) | {'class_names', 'band', 'band_names'} == set(d)
+  assert set(batches.FIELDS) | {'class_names', 'band', 'band_names'} == set(d)
   n_w, nb = int(config.sim.n_w), len(names)
   assert d['time_gaps'].shape[-1] == n_w * (1 + nb)
   np.testing.assert_array_equal(d['label'], np.arange(7))
@@ -102,18 +103,18 @@ def test_real_data_commands_refuse_several_bands(mod, tmp_path):
   match = 'needs a single-band config: survey .* has the bands'
   missing = str(tmp_path / 'no_such_folder')  # refused before the data are even looked at
   with pytest.raises(UserError, match='realism check needs a single-band' + '.*' + 'g, r'):
-    realism.run(missing, str(tmp_path / 'out'), config)
+    report.run(missing, str(tmp_path / 'out'), config)
   with pytest.raises(UserError, match=match):
     psf_calibration.calibrate_psf(missing, config)
   wd = _workdir(tmp_path, config)
   with pytest.raises(UserError, match='evaluate --real ' + match):
-    evaluate.evaluate_real(wd, [missing])
+    real_eval.evaluate_real(wd, [missing])
   for fn in (finetune.finetune, finetune.kfold):
     with pytest.raises(UserError, match='finetune .real labelled sequences. ' + match):
       fn(wd, [missing], str(tmp_path / 'ft'))
   with pytest.raises(UserError, match=match):
-    predict.predict_files(wd, [missing], str(tmp_path / 'p.csv'))
-  clf = predict.Classifier(config, None, None)  # whole real sequences: no band per image
+    files_lib.predict_files(wd, [missing], str(tmp_path / 'p.csv'))
+  clf = Classifier(config, None, None)  # whole real sequences: no band per image
   with pytest.raises(UserError, match=match):
     clf.classify([object()])
   bands.require_one_band(hits.get_config('smoke'), 'x')  # HiTS: one band, accepted

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import hits
-from rcnn_jax import checkpoints
-from rcnn_jax import common
-from rcnn_jax import train
+from rcnn_jax.training import checkpoints
+from rcnn_jax.training import loop
+from rcnn_jax.training import steps as steps_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,9 @@ def _losses(workdir):
 
 def _params(workdir, step):
   config = checkpoints.load_config(workdir)
-  mesh = common.make_mesh()
-  sim, model, tx = common.build(config)
-  target = common.init_state(config, sim, model, tx, mesh)
+  mesh = steps_lib.make_mesh()
+  sim, model, tx = steps_lib.build(config)
+  target = steps_lib.init_state(config, sim, model, tx, mesh)
   latest = checkpoints.manager(workdir, config)
   return checkpoints.restore_state(latest, step, target)
 
@@ -36,7 +36,7 @@ def _params(workdir, step):
 def test_two_step_run_writes_and_restores_checkpoint(tmp_path):
   config = hits.get_config('smoke')
   wd = str(tmp_path / 'run')
-  final = train.train_and_evaluate(config, wd, progress=False)
+  final = loop.train_and_evaluate(config, wd, progress=False)
   assert final['step'] == 2 and np.isfinite(final['train_loss'])
   assert np.isfinite(final['val_loss']) and 0 <= final['val_accuracy'] <= 1
   assert os.path.exists(os.path.join(wd, 'config.json'))
@@ -49,7 +49,7 @@ def test_two_step_run_writes_and_restores_checkpoint(tmp_path):
   state = _params(wd, 2)
   assert int(state.step) == 2
   # The restored parameters are the trained ones, not a fresh init.
-  fresh = common.init_state(config, *common.build(config), common.make_mesh())
+  fresh = steps_lib.init_state(config, *steps_lib.build(config), steps_lib.make_mesh())
   diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                       state.params, fresh.params)
   assert max(jax.tree.leaves(diff)) > 0
@@ -60,12 +60,12 @@ def test_resume_equals_uninterrupted(tmp_path):
   config.train.num_steps = 4
   config.train.eval_every = 2
   a = str(tmp_path / 'a')
-  train.train_and_evaluate(config, a, progress=False)
+  loop.train_and_evaluate(config, a, progress=False)
   b = str(tmp_path / 'b')
   config.train.num_steps = 2
-  train.train_and_evaluate(config, b, progress=False)
+  loop.train_and_evaluate(config, b, progress=False)
   config.train.num_steps = 4
-  train.train_and_evaluate(config, b, progress=False)  # resumes at step 2
+  loop.train_and_evaluate(config, b, progress=False)  # resumes at step 2
   la, lb = _losses(a), _losses(b)
   assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
   for s in la:
@@ -75,7 +75,7 @@ def test_resume_equals_uninterrupted(tmp_path):
   # Logged every 2 steps, the training metrics are the means over the 2 steps, not the last.
   c = str(tmp_path / 'c')
   config.train.log_every = 2
-  train.train_and_evaluate(config, c, progress=False)
+  loop.train_and_evaluate(config, c, progress=False)
   lc = _losses(c)
   assert sorted(lc) == [2, 4]
   np.testing.assert_allclose(lc[2], (la[1] + la[2]) / 2, rtol=1e-12)
@@ -83,7 +83,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_metric_window_means_and_last_param_norm():
-  w = train.MetricWindow()
+  w = loop.MetricWindow()
   w.add({'loss': 1.0, 'accuracy': 0.5, 'param_norm': 3.0})
   w.add({'loss': 2.0, 'accuracy': 0.0, 'param_norm': 4.0})
   assert w.result() == {'loss': 1.5, 'accuracy': 0.25, 'param_norm': 4.0}
@@ -95,17 +95,17 @@ def test_different_config_in_existing_workdir_is_refused(tmp_path):
   config = hits.get_config('smoke')
   config.train.num_steps = 1
   wd = str(tmp_path / 'w')
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   config.train.learning_rate = 0.5
   with pytest.raises(Exception, match='different config'):
-    train.train_and_evaluate(config, wd, progress=False)
+    loop.train_and_evaluate(config, wd, progress=False)
   assert checkpoints.load_config(wd).train.learning_rate != 0.5
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = hits.get_config('smoke')
   config.train.num_steps = 3
-  real = common.make_train_step
+  real = steps_lib.make_train_step
 
   def poisoned(*args, **kwargs):
     step = real(*args, **kwargs)
@@ -119,10 +119,10 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     return wrapped
 
-  monkeypatch.setattr(common, 'make_train_step', poisoned)
+  monkeypatch.setattr(steps_lib, 'make_train_step', poisoned)
   wd = str(tmp_path / 'nan')
   with pytest.raises(FloatingPointError, match='non-finite training loss or update at step 2'):
-    train.train_and_evaluate(config, wd, progress=False)
+    loop.train_and_evaluate(config, wd, progress=False)
   latest = checkpoints.manager(wd, config)
   assert latest.all_steps() == [1]  # the NaN state was never saved
   state = _params(wd, 1)
@@ -132,10 +132,10 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_train_step_traces_once():
   config = hits.get_config('smoke')
-  mesh = common.make_mesh()
-  sim, model, tx = common.build(config)
-  state = common.init_state(config, sim, model, tx, mesh)
-  step = common.make_train_step(config, sim, model, tx, mesh)
+  mesh = steps_lib.make_mesh()
+  sim, model, tx = steps_lib.build(config)
+  state = steps_lib.init_state(config, sim, model, tx, mesh)
+  step = steps_lib.make_train_step(config, sim, model, tx, mesh)
   key = jax.random.key(0)
   for _ in range(3):
     state, m = step(state, key)
@@ -152,10 +152,10 @@ def _run(args, env_extra=None, timeout=600):
 # Two steps of the smoke run from key 0 -> `losses`: run here, and as the body of _MULTI.
 _SMOKE_LOSSES = '''
 config = hits.get_config('smoke')
-mesh = common.make_mesh()
-sim, model, tx = common.build(config)
-state = common.init_state(config, sim, model, tx, mesh)
-step = common.make_train_step(config, sim, model, tx, mesh)
+mesh = steps_lib.make_mesh()
+sim, model, tx = steps_lib.build(config)
+state = steps_lib.init_state(config, sim, model, tx, mesh)
+step = steps_lib.make_train_step(config, sim, model, tx, mesh)
 losses = []
 for _ in range(2):
   state, m = step(state, jax.random.key(0))
@@ -165,7 +165,7 @@ _MULTI = '''
 import json, sys, jax
 sys.path.insert(0, '.')
 from configs import hits
-from rcnn_jax import common
+from rcnn_jax.training import steps as steps_lib
 ''' + _SMOKE_LOSSES + '''
 print(json.dumps({'devices': jax.device_count(), 'losses': losses}))
 '''
@@ -186,7 +186,7 @@ def test_two_devices_match_one_device():
     return out['losses']
 
   if jax.default_backend() == 'cpu' and jax.device_count() == 1:
-    here = {'hits': hits, 'common': common, 'jax': jax}
+    here = {'hits': hits, 'steps_lib': steps_lib, 'jax': jax}
     exec(_SMOKE_LOSSES, here)  # pylint: disable=exec-used
     one = here['losses']
   else:
@@ -203,10 +203,11 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
   """SIGKILL between checkpoints, then a rerun: the same final parameters bit for bit as an
   uninterrupted run, one metrics row per step, and the killed run held the workdir's lock.
   The command line's overrides (--config.model.lstm_size among them) reach the model."""
-  from rcnn_jax import utils  # pylint: disable=g-import-not-at-top
-  from rcnn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
+
+  from rcnn_jax.core import utils  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   overrides = {'train.num_steps': 30, 'ckpt.every': 7, 'train.eval_every': 5,
                'model.lstm_size': 12}
   config = hits.get_config('smoke')
@@ -214,7 +215,7 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
     section, name = k.split('.')
     config[section][name] = v
   a = str(tmp_path / 'a')
-  train.train_and_evaluate(config, a, progress=False)
+  loop.train_and_evaluate(config, a, progress=False)
 
   b = tmp_path / 'b'
   env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -244,7 +245,7 @@ def test_kill9_mid_run_resumes_bitwise_with_one_log_row_per_step(tmp_path):
   assert killed_at < 30
   latest = checkpoints.manager(str(b), config, read_only=True)
   assert latest.latest_step() is not None and latest.latest_step() < 30
-  train.train_and_evaluate(config, str(b), progress=False)  # resumes after the kill
+  loop.train_and_evaluate(config, str(b), progress=False)  # resumes after the kill
   rows = _raw_rows(str(b))
   train_steps = [r['step'] for r in rows if 'train_loss' in r]
   assert train_steps == list(range(1, 31))  # each step once, in order
@@ -261,10 +262,10 @@ def test_train_step_has_no_host_round_trips():
   """The step (simulation included) runs under transfer_guard('disallow'): no host-to-device
   or device-to-host transfer inside it, as a GPU run needs; its state is donated."""
   config = hits.get_config('smoke')
-  mesh = common.make_mesh()
-  sim, model, tx = common.build(config)
-  state = common.init_state(config, sim, model, tx, mesh)
-  step = common.make_train_step(config, sim, model, tx, mesh)
+  mesh = steps_lib.make_mesh()
+  sim, model, tx = steps_lib.build(config)
+  state = steps_lib.init_state(config, sim, model, tx, mesh)
+  step = steps_lib.make_train_step(config, sim, model, tx, mesh)
   key = jax.random.key(0)
   state, m = step(state, key)  # compiled outside the guard
   old = state

@@ -5,7 +5,7 @@ import platform
 import subprocess
 import sys
 
-from rcnn_jax import utils
+from rcnn_jax.core import utils
 
 THP = 'always [madvise] never\n'
 
@@ -29,7 +29,7 @@ def test_hugepage_env_keeps_other_tunables_and_user_choices():
 
 def test_cli_reruns_with_the_tunable_and_its_arguments():
   """A command run through utils.run sees the tunable and the same arguments after the re-run."""
-  code = ('import os, sys\nfrom rcnn_jax import utils\n'
+  code = ('import os, sys\nfrom rcnn_jax.core import utils\n'
           'def main(argv):\n'
           '  print(os.environ.get("GLIBC_TUNABLES"), argv[1:])\n'
           'utils.run(main)\n')

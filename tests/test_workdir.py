@@ -15,12 +15,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import hits
-from rcnn_jax import evaluate
-from rcnn_jax import checkpoints
-from rcnn_jax import common
-from rcnn_jax import train
-from rcnn_jax import utils
-from rcnn_jax import workdir as workdir_lib
+from rcnn_jax.core import utils
+from rcnn_jax.evaluation import simulated as sim_eval
+from rcnn_jax.training import checkpoints
+from rcnn_jax.training import loop
+from rcnn_jax.training import steps as steps_lib
+from rcnn_jax.training import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _env():
 
 _HOLD = '''
 import sys, time
-from rcnn_jax import workdir
+from rcnn_jax.training import workdir
 lock = workdir.lock(sys.argv[1])
 print('locked', flush=True)
 time.sleep(300)
@@ -93,9 +93,9 @@ def trained(tmp_path_factory):
   config = hits.get_config('smoke')
   config.train.num_steps = 3
   wd = str(tmp_path_factory.mktemp('trained') / 'w')
-  train.train_and_evaluate(config, wd, progress=False)
-  mesh = common.make_mesh()
-  target = common.init_state(config, *common.build(config), mesh)
+  loop.train_and_evaluate(config, wd, progress=False)
+  mesh = steps_lib.make_mesh()
+  target = steps_lib.init_state(config, *steps_lib.build(config), mesh)
   return config, wd, target
 
 
@@ -130,7 +130,7 @@ def test_truncated_array_file_falls_back_to_the_previous_checkpoint(trained, tmp
   assert len(err) == 1 and 'checkpoints/3 is damaged' in err[0] and 'trying step 2' in err[0]
   # Training resumes from step 2, names and moves the damaged step 3 aside (nothing deleted),
   # and redoes step 3 bitwise.
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   err = capfd.readouterr().err
   moved = os.path.join(wd, 'damaged', 'checkpoints_3')
   assert os.path.isdir(moved) and moved in err
@@ -168,7 +168,7 @@ def test_one_manager_keeps_the_latest_and_the_best(tmp_path):
   config = hits.get_config('smoke')
   config.train.num_steps, config.ckpt.max_to_keep = 6, 2
   wd = str(tmp_path / 'w')
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
   val = {r['step']: r['val_loss'] for r in rows if 'val_loss' in r}
   best = min(val, key=val.get)
@@ -197,7 +197,7 @@ def test_damaged_best_falls_back_to_the_next_best(trained, tmp_path, capfd):
   assert f'checkpoints/{best_step} is damaged' in err[0] and 'next best' in err[0], err
   # Training on: the damaged best is named and moved aside; the best is among the intact ones.
   config.train.num_steps = 4
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   err = capfd.readouterr().err
   assert os.path.isdir(os.path.join(wd, 'damaged', f'checkpoints_{best_step}'))
   assert f'checkpoints/{best_step}' in err
@@ -252,7 +252,7 @@ def test_workdir_of_the_older_layout_restores_its_best(trained, tmp_path, capfd)
   assert len(err) == 2 and 'best/2 is damaged' in err[0], err
   # Training resumes from checkpoints/ and keeps its bests in the one manager from now on.
   config.train.num_steps = 4
-  train.train_and_evaluate(config, wd, progress=False)
+  loop.train_and_evaluate(config, wd, progress=False)
   assert os.path.isdir(os.path.join(wd, 'damaged', 'best_2'))
   latest = checkpoints.manager(wd, config, read_only=True)
   assert 4 in latest.all_steps() and checkpoints.validated(latest)[0][1] == 4
@@ -273,7 +273,7 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
     wd = str(disk / 'w')
     config = hits.get_config('smoke')
     config.train.num_steps = 5
-    real = common.make_train_step
+    real = steps_lib.make_train_step
 
     def filling(*args, **kwargs):
       step = real(*args, **kwargs)
@@ -288,19 +288,19 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, monkeypatch)
 
       return wrapped
 
-    monkeypatch.setattr(common, 'make_train_step', filling)
+    monkeypatch.setattr(steps_lib, 'make_train_step', filling)
     with pytest.raises(utils.UserError) as e:
-      train.train_and_evaluate(config, wd, progress=False)
+      loop.train_and_evaluate(config, wd, progress=False)
     msg = str(e.value)
     assert '\n' not in msg and 'No space left on device' in msg and 'at step 2' in msg, msg
     assert 'last good checkpoint (step 1) is intact' in msg
     os.remove(disk / 'filler')
     rows = workdir_lib.read_jsonl(os.path.join(wd, 'metrics.jsonl'))
     assert max(r['step'] for r in rows) <= 2  # it stopped at once
-    monkeypatch.setattr(common, 'make_train_step', real)
+    monkeypatch.setattr(steps_lib, 'make_train_step', real)
     latest = checkpoints.manager(wd, config, read_only=True)
     assert latest.all_steps() == [1]
-    target = common.init_state(config, *common.build(config), common.make_mesh())
+    target = steps_lib.init_state(config, *steps_lib.build(config), steps_lib.make_mesh())
     state, step, damaged = checkpoints.restore_newest_intact(latest, target)
     assert step == 1 and not damaged
   finally:
@@ -315,7 +315,7 @@ def test_partial_last_line_is_skipped_with_a_warning(tmp_path, capfd):
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 0, "hparams/num_params": 5.0}\n{"step": 1, "train_loss": 2.0}\n'
                   '{"step": 1, "val_loss": 1.5}\n{"step": 2, "train_lo')
-  rows = evaluate._read_jsonl(str(path))  # pylint: disable=protected-access
+  rows = sim_eval._read_jsonl(str(path))  # pylint: disable=protected-access
   assert [r['step'] for r in rows] == [0, 1, 1]
   err = capfd.readouterr().err
   assert 'skipped 1 unreadable line(s) (line 4' in err

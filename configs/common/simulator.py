@@ -234,7 +234,7 @@ def sim_block():
   # more than k_sigma sigma, sigma = sqrt((F_lim5 / 5 F)^2 + floor^2) relative to the median
   # flux F (F_lim5: the epoch's 5-sigma limiting flux; floor: epoch-to-epoch calibration, the
   # 1.2 % flux scatter of the real constant dev stars, issue 12). An empty tuple turns it off.
-  # Fractions kept: python -m rcnn_jax.sim.lightcurves --config configs/hits.py:cpu.
+  # Fractions kept: python -m rcnn_jax.simulate --config configs/hits.py:cpu --kept_fraction.
   # Threshold: 3 epochs beyond 3 sigma of the constant stars' whole calibration scatter
   # (floor 3.3 % = the per-epoch 0.93 % and the night-to-night 3.2 % of sim.calibration in
   # quadrature), so for a bright star at least 3 epochs off by 10 %: beyond what the real

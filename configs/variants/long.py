@@ -2,7 +2,7 @@
 
     python -m rcnn_jax.train --config configs/hits.py:long --workdir workdirs/long_rcnn
     python -m rcnn_jax.train --config configs/hits_lc.py:long --workdir workdirs/long_lc
-    bash experiments/long/ship.sh workdirs/long_rcnn   # evaluate, package, fine-tune, package
+    bash scripts/release.sh workdirs/long_rcnn   # evaluate, package, fine-tune, package
 
 6,000 steps of 32 (6x ``cpu``), Adam 1e-3 with a 200-step warm-up and a cosine decay to 2 %,
 the paper's batch-norm momentum 0.99; validation on 1,400 sequences and a checkpoint every 250

@@ -26,4 +26,4 @@ wd=${BENCH_WORKDIR:-workdirs/cpu_rcnn}
 extra=()
 if [ -d "$wd/checkpoints" ]; then extra=(--workdir "$wd"); fi
 .venv/bin/python -m rcnn_jax.bench simulate train inference --batch 32 --steps 20 \
-  "${extra[@]}" --out "$out/latest.jsonl" 2>&1 | grep '^{'
+  "${extra[@]}" --out "$out/$(date +%Y-%m-%d).jsonl" 2>&1 | grep '^{'

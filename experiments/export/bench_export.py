@@ -22,10 +22,10 @@ import numpy as np
 
 from configs import hits  # pylint: disable=wrong-import-position
 from rcnn_jax import bench  # pylint: disable=wrong-import-position
-from rcnn_jax import export  # pylint: disable=wrong-import-position
-from rcnn_jax import exported  # pylint: disable=wrong-import-position
+from rcnn_jax.serving import export  # pylint: disable=wrong-import-position
+from rcnn_jax.serving import exported  # pylint: disable=wrong-import-position
 from rcnn_jax import models  # pylint: disable=wrong-import-position
-from rcnn_jax import predict  # pylint: disable=wrong-import-position
+from rcnn_jax.serving.classifier import Classifier  # pylint: disable=wrong-import-position
 
 
 def main():
@@ -37,13 +37,13 @@ def main():
   args = ap.parse_args()
   n = args.objects
   if args.workdir:
-    clf = predict.Classifier.from_workdir(args.workdir)
+    clf = Classifier.from_workdir(args.workdir)
   else:
     config = hits.get_config()
     model = models.build_model(config.model, 7)
     v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, 21, 21, 3)), jnp.zeros((1, 1, 3)),
                                      jnp.ones((1, 1), bool)))(jax.random.key(0))
-    clf = predict.Classifier(config, v['params'], v['batch_stats'])
+    clf = Classifier(config, v['params'], v['batch_stats'])
   s = clf.stamp_size
   pool, images, jitter, zp, sky = bench.alert_stream(n, s)  # the same stream as bench inference
   seeing = np.full((n,), 1.3)

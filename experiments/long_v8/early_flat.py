@@ -19,7 +19,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import hits  # noqa: E402
-from rcnn_jax import lightcurves, sequences, simulator  # noqa: E402
+from rcnn_jax.sim import lightcurves  # noqa: E402
+from rcnn_jax.sim import sequences
+from rcnn_jax.sim import simulator
 
 
 def main():

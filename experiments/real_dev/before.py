@@ -2,19 +2,20 @@
 
     PYTHONPATH=<checkout of c48b2c5> python experiments/real_dev/before.py WORKDIR OUT.json
 
-Runs the original commit's predict.Classifier (all epochs, bad seeing included, zp_ref = the
+Runs the original commit's Classifier (all epochs, bad seeing included, zp_ref = the
 file's first image, start at the first epoch), taking the step-20 prediction (the last one for
 shorter sequences): the "before" column of experiments/real_dev/README.md.
 """
 import glob, json, os, sys
 import numpy as np
-from rcnn_jax import predict, realdata
+from rcnn_jax.serving.classifier import Classifier
+from rcnn_jax.inputs import realdata
 
 wd, out = sys.argv[1], sys.argv[2]
 root = os.environ.get('HITS', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared', 'data', 'hits2015'))
 files = sorted(glob.glob(f'{root}/real_labelled_dev/*/*.npz')) + sorted(
     glob.glob(f'{root}/real_nonvariable_dev/*.npz'))
-clf = predict.Classifier.from_workdir(wd)
+clf = Classifier.from_workdir(wd)
 seqs = [realdata.load_sequence(f, clf.stamp_size, clf.n_w) for f in files]
 labels = [os.path.basename(os.path.dirname(f)) if 'labelled' in f else 'NonVariable'
           for f in files]

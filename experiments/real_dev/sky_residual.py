@@ -15,7 +15,7 @@ simulator's sky error comes from experiments/realism/sky_error.py instead.
 """
 import glob, json, sys
 import numpy as np
-from rcnn_jax import realdata
+from rcnn_jax.inputs import realdata
 
 root = sys.argv[1] if len(sys.argv) > 1 else '../shared/data/hits2015'
 files = sorted(glob.glob(f'{root}/real_labelled_dev/*/*.npz') +

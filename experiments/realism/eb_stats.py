@@ -28,7 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402,F401
 
-from rcnn_jax import lightcurves, photometry, sequences, simulator  # noqa: E402
+from rcnn_jax.sim import lightcurves  # noqa: E402
+from rcnn_jax.sim import photometry
+from rcnn_jax.sim import sequences
+from rcnn_jax.sim import simulator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL = os.path.join(HERE, '..', '..', '..', 'shared', 'data', 'hits2015', 'real_labelled_dev')

@@ -14,7 +14,7 @@ and neighbours, which do not shift a whole aperture (it would put s at 2.8 ADU, 
 """
 import glob, json, sys
 import numpy as np
-from rcnn_jax import photometry
+from rcnn_jax.sim import photometry
 
 root = sys.argv[1] if len(sys.argv) > 1 else '../shared/data/hits2015'
 d = json.load(open('experiments/realism/realism.json'))

@@ -23,7 +23,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from rcnn_jax import preprocess, realdata, simulator  # noqa: E402
+from rcnn_jax.inputs import preprocess  # noqa: E402
+from rcnn_jax.inputs import realdata
+from rcnn_jax.sim import simulator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REAL = os.path.join(HERE, '..', '..', '..', 'shared', 'data', 'hits2015', 'real_labelled_dev',

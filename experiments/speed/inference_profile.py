@@ -17,7 +17,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import hits  # pylint: disable=g-import-not-at-top
 from rcnn_jax import models  # pylint: disable=g-import-not-at-top
-from rcnn_jax import predict  # pylint: disable=g-import-not-at-top
+from rcnn_jax.serving.classifier import Classifier  # pylint: disable=g-import-not-at-top
 import profiling  # pylint: disable=g-import-not-at-top
 
 
@@ -34,7 +34,7 @@ def main():
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 1, s, s, n_w)),
                                            jnp.zeros((1, 1, n_w)), jnp.ones((1, 1), bool)))(
                                                jax.random.key(0))
-  clf = predict.Classifier(config, variables['params'], variables['batch_stats'],
+  clf = Classifier(config, variables['params'], variables['batch_stats'],
                            dtype=args.dtype)
   rng = np.random.default_rng(0)
   images = (120.0 + rng.normal(0.0, 10.0, (4, n, s, s))).astype(np.float32)

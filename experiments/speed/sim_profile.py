@@ -15,7 +15,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import hits  # pylint: disable=g-import-not-at-top
-from rcnn_jax import simulator as sim_lib  # pylint: disable=g-import-not-at-top
+from rcnn_jax.sim import simulator as sim_lib  # pylint: disable=g-import-not-at-top
 import profiling  # pylint: disable=g-import-not-at-top
 
 

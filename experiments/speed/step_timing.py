@@ -19,7 +19,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import hits  # pylint: disable=g-import-not-at-top
-from rcnn_jax import common  # pylint: disable=g-import-not-at-top
+from rcnn_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
 import profiling  # pylint: disable=g-import-not-at-top
 
 
@@ -38,10 +38,10 @@ def main():
   config = hits.get_config('paper')
   config.train.batch_size, config.sim.max_steps = 32, 20
   config.model.encoder_chunk = args.chunk
-  mesh = common.make_mesh()
-  sim, model, tx = common.build(config)
-  state = common.init_state(config, sim, model, tx, mesh)
-  step = common.make_train_step(config, sim, model, tx, mesh)
+  mesh = steps_lib.make_mesh()
+  sim, model, tx = steps_lib.build(config)
+  state = steps_lib.init_state(config, sim, model, tx, mesh)
+  step = steps_lib.make_train_step(config, sim, model, tx, mesh)
   root = jax.random.key(0)
   state, m = step(state, root)
   jax.block_until_ready(m)

@@ -16,7 +16,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from rcnn_jax.kernels import conv as kconv  # pylint: disable=g-import-not-at-top
+from rcnn_jax.models.kernels import conv as kconv  # pylint: disable=g-import-not-at-top
 
 
 def toom_cook(m, points, r=3):

@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rcnn_jax import utils
+from rcnn_jax.core import utils
 
 NAMES = ('hits_sim', 'hits_real')
 
@@ -69,7 +69,7 @@ def _quiet(make):
 
 
 def build_sim(config, data_dir) -> str:
-  from rcnn_jax.datasets import hits_sim  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.datasets import hits_sim  # lazy: tensorflow-datasets
   return prepare(_quiet(lambda: hits_sim.HitsSim(config=config, data_dir=data_dir,
                                                  file_format='array_record')))
 
@@ -79,7 +79,7 @@ def build_real(folders, data_dir, config=None, split='dev', refused=None) -> str
   ``DIR`` or ``DIR=Class`` each. ``refused``: a list that receives one line per file left out
   (also kept in the prepared folder's ``refused.json``, so a rebuild that finds the dataset
   prepared reports them again)."""
-  from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.datasets import hits_real  # lazy: tensorflow-datasets
   if config is None:
     from configs import hits  # pylint: disable=g-import-not-at-top
     config = hits.get_config()
@@ -118,7 +118,7 @@ def main(argv):
     path = build_real(_DATA.value, _DATA_DIR.value, _CONFIG.value, _SPLIT.value, refused)
     for line in refused:
       print(f'error: {line}', file=sys.stderr)
-  from rcnn_jax.datasets import reading  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.datasets import reading  # lazy: tensorflow-datasets, only for the builder asked for
   info = reading.open_dataset(path).info
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in info.splits.items())
   size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))

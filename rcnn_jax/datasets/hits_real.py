@@ -23,8 +23,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rcnn_jax import realdata
-from rcnn_jax import utils
+from rcnn_jax.core import utils
+from rcnn_jax.inputs import realdata
 
 ARRAYS = ('mjd', 'zero_point', 'sky_adu', 'seeing_arcsec', 'exp_time_s')
 

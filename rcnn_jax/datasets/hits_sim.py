@@ -27,14 +27,14 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rcnn_jax import simulate
-from rcnn_jax import simulator as sim_lib
-from rcnn_jax import utils
+from rcnn_jax.core import utils
+from rcnn_jax.sim import batches
+from rcnn_jax.sim import simulator as sim_lib
 
 SPLITS = ('train', 'validation', 'test')
 # simulate's arrays, plus eq. 4's reference zero point (the light-curve classifier's input
 # needs it).
-FIELDS = simulate.FIELDS + ('zero_point_ref',)
+FIELDS = batches.FIELDS + ('zero_point_ref',)
 
 
 def split_sizes(config) -> dict:

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rcnn_jax import utils
+from rcnn_jax.core import utils
 
 
 def open_dataset(path):
@@ -67,7 +67,7 @@ def load_sim_split(path, split='test') -> dict:
 
 def load_real_split(path, split='dev'):
   """(sequences, labels [N], class_names) of a hits_real split, in path order."""
-  from rcnn_jax.datasets import hits_real  # pylint: disable=g-import-not-at-top
+  from rcnn_jax.datasets import hits_real  # lazy: tensorflow-datasets
   builder, ds = data_source(path, split)
   if builder.info.metadata.get('producer') != 'rcnn_jax.datasets.hits_real':
     raise utils.UserError(f'{path}: not a hits_real dataset')
