@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -139,6 +140,10 @@ def test_evaluate_real_and_finetune_change_predictions(workdir, hits_data, tmp_p
   assert step2 == 1 + 3
   after = real_eval.real_logits(config, sim, model, state2, batch)
   assert np.abs(after - before).max() > 1e-3
+  # finetune.frozen_batch_norm (the default): the base's batch-norm statistics, unchanged.
+  assert rec['finetune']['frozen_batch_norm'] is True
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state2.batch_stats),
+               jax.device_get(state.batch_stats))
   clf = Classifier.from_workdir(w2)
   assert len(clf.classify(seqs[:2])[0]) <= clf.max_steps
   # The streaming mode drops a bad-seeing image as training's survey does.

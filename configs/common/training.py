@@ -65,6 +65,9 @@ def finetune_block():
   f.augment = True  # a random symmetry of the square per real sequence
   f.folds = 5  # k-fold evaluation on the labelled development files
   f.per_class = 10  # real examples per class (the published protocol)
+  # The model in inference mode while fine-tuned: the base's batch-norm statistics, no dropout
+  # (rcnn_jax/evaluation/finetune.py says why; False: batch statistics, as before 2026-12-05).
+  f.frozen_batch_norm = True
   return f
 
 
