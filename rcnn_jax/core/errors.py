@@ -21,6 +21,15 @@ class Diverged(UserError, FloatingPointError):
   """Training produced a non-finite loss or update (a learning rate too high for the run)."""
 
 
+class PeerLost(UserError):
+  """Another process of a several-process run stopped (killed, crashed, its host lost) while
+  this one trained: one line, then the process ends at once (``exit_at_once``), since JAX's
+  exit would wait ``shutdown_timeout`` for the lost peer at its shutdown barrier and then abort
+  with a C++ stack trace."""
+
+  exit_at_once = True
+
+
 class BadInput(UserError):
   """An input (a file, a packet, an epoch) that cannot be used; the message is one line:
   '{path}: {problem}'. Commands that take many inputs report it and go on with the others."""

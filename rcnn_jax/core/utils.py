@@ -137,6 +137,9 @@ def run(main):
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       _quiet_exit()
+      if getattr(e, 'exit_at_once', False):  # errors.PeerLost: no exit handlers
+        sys.stdout.flush()
+        os._exit(2)  # pylint: disable=protected-access
       sys.exit(2)
 
   app.run(wrapped, flags_parser=_parse_flags)

@@ -298,6 +298,22 @@ _IO_MESSAGES = ('No space left', 'RESOURCE_EXHAUSTED', 'Disk quota', 'Read-only 
                 'Input/output error', 'Permission denied', 'File too large')
 
 
+# What a collective or the coordination service says when a peer process is gone.
+_PEER_MESSAGES = ('Gloo', 'Connection reset by peer', 'Connection closed', 'Socket closed',
+                  'coordination service', 'UNAVAILABLE')
+
+
+def _peer_lost(e: BaseException) -> str | None:
+  """The first line of a JAX runtime error saying that another process is gone (a failed
+  collective: Gloo on the CPU; the coordination service), or None for other errors."""
+  if not isinstance(e, jax.errors.JaxRuntimeError):
+    return None
+  text = str(e)
+  if not any(m in text for m in _PEER_MESSAGES):
+    return None
+  return ' '.join(text.splitlines()[0].split())[:300]
+
+
 def _io_error(e: BaseException) -> str | None:
   """The file-system reason behind ``e`` (its cause chain searched), or None for other errors."""
   seen = set()
@@ -463,6 +479,12 @@ def _train_locked(config, workdir, mesh, progress):
     finished = True
   except Exception as e:  # pylint: disable=broad-except
     why = _io_error(e)
+    lost = _peer_lost(e) if multi and why is None else None
+    if lost is not None:
+      raise errors.PeerLost(
+          f'another training process stopped during step {done + 1} ({lost}); this one stops '
+          f'too. The last checkpoint (step {latest.latest_step()}) in {workdir} is intact: '
+          'relaunch every process with the same command to resume') from e
     if why is None:
       raise
     raise utils.UserError(
