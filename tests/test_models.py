@@ -427,3 +427,24 @@ def test_eval_encoder_with_winograd_layers_equals_whole_batch():
   a, b = ev(chunked), ev(whole)
   assert np.abs(b[mask]).max() > 0.1 and np.abs(b[0] - b[1]).max() > 0.01  # not a dead net
   np.testing.assert_allclose(a[mask], b[mask], rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+@pytest.mark.parametrize('survey,kind', [('hits', 'rcnn'), ('hits', 'lc'), ('ztf', 'rcnn'),
+                                         ('lsst', 'rcnn'), ('lsst', 'lc')])
+def test_example_input_shapes_equal_a_simulated_batch(survey, kind):
+  """Models are initialised from shapes computed without the simulator: they must be those of a
+  traced simulated batch (images or photometry, band one-hots, mask) for every survey."""
+  import importlib
+  from rcnn_jax.sim import simulator as sim_lib
+  config = importlib.import_module(f'configs.{survey}').get_config(
+      'smoke' + (',lc' if kind == 'lc' else ''))
+  assert config.model.kind == kind
+  sim = sim_lib.build_simulator(config)
+
+  def traced(key):
+    batch = sim_lib.simulate_batch(key, sim, 3)
+    return (steps_lib.model_inputs(batch, sim, kind), batch['time_gaps'], batch['mask'])
+
+  want = jax.eval_shape(traced, jax.random.key(0))
+  got = steps_lib.example_input_shapes(sim, kind, batch=3)
+  assert [(a.shape, a.dtype) for a in got] == [(a.shape, a.dtype) for a in want]

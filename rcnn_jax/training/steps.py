@@ -23,6 +23,7 @@ import optax
 
 from rcnn_jax import models
 from rcnn_jax.core.errors import UserError
+from rcnn_jax.sim import bands as bands_lib
 from rcnn_jax.sim import simulator as sim_lib
 
 
@@ -104,10 +105,10 @@ def learning_rate_schedule(train_config):
 
 def init_state(config, sim, model, tx, mesh) -> TrainState:
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  # Only the shapes of a batch are needed: nothing is simulated (op by op that takes a minute).
-  shapes = jax.eval_shape(lambda k: _example_inputs(k, sim, config.model.kind),
-                          jax.random.key(0))
-  x, gaps, mask = (jnp.zeros(a.shape, a.dtype) for a in shapes)
+  # Only the shapes of a batch are needed: nothing is simulated, nothing traced (tracing the
+  # simulator for them took 12 s of every command that loads a model).
+  x, gaps, mask = (jnp.zeros(a.shape, a.dtype)
+                   for a in example_input_shapes(sim, config.model.kind))
 
   @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
   def init(key):
@@ -119,9 +120,18 @@ def init_state(config, sim, model, tx, mesh) -> TrainState:
   return init(key)
 
 
-def _example_inputs(key, sim, kind):
-  batch = sim_lib.simulate_batch(key, sim, 2)
-  return model_inputs(batch, sim, kind), batch['time_gaps'], batch['mask']
+def example_input_shapes(sim, kind, batch=2):
+  """The (inputs, side input, mask) shapes ``model_inputs`` and the simulator give a batch,
+  from the simulator's sizes alone: images [B, T, S, S, n_w] (RCNN) or photometry features
+  [B, T, 2 n_w] (light curves), time gaps with the band one-hots [B, T, side_width], mask
+  [B, T]. ``tests/test_models.py`` checks them against a traced batch of every survey."""
+  t, n_w = sim.max_steps, sim.n_w
+  x = ((batch, t, sim.stamp_size, sim.stamp_size, n_w) if kind != 'lc' else
+       (batch, t, 2 * n_w))
+  return (jax.ShapeDtypeStruct(x, jnp.float32),
+          jax.ShapeDtypeStruct((batch, t, bands_lib.side_width(n_w, sim.num_bands)),
+                               jnp.float32),
+          jax.ShapeDtypeStruct((batch, t), jnp.bool_))
 
 
 def make_train_step(config, sim, model, tx, mesh, all_steps_valid=False):
