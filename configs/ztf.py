@@ -7,10 +7,12 @@ The ``cpu`` variant cut to 300 steps at a constant rate (the overrides of
 experiments/surveys/README.md and ``configs/variants/cpu.py``): ~12 min on the 2-core AMD EPYC
 (shared), simulated test accuracy at step 20 0.51 against chance 0.14.
 
-Variants as in ``configs/hits.py`` (``configs/variants/``): ``paper``, ``cpu``, ``smoke`` (and
-``long``, not run on ZTF); append ``,lc`` for the light-curve classifier. Architecture, training
-and class models are HiTS's (``configs/common/``); survey, PSF, colours (the ugrizy tables of
-``configs.common.surveys.colours``, g and r) and magnitude ranges are ZTF's.
+Variants as in ``configs/hits.py`` (``configs/variants/``): ``paper``, ``cpu``, ``smoke``,
+``long`` (run for 5,000 steps: the shipped ``pretrained/ztf_rcnn``, 0.850 on its 7,000 simulated
+test objects; experiments/alerts/README.md); append ``,lc`` for the light-curve classifier.
+Architecture, training and class models are HiTS's (``configs/common/``); survey, PSF, colours
+(the ugrizy tables of ``configs.common.surveys.colours``, g and r) and magnitude ranges are
+ZTF's.
 
 Sources (``~`` marks approximations):
 * Camera: Dekany et al. (2020, PASP 132, 038001): 16 CCDs of 4 read-out quadrants (64

@@ -104,7 +104,8 @@ def main(argv):
   paths = plots.plot_evaluation(results, out)
   runs = [(m['model'], _read_jsonl(os.path.join(w, 'metrics.jsonl')))
           for m, w in zip(results, workdirs)]
-  paths.append(plots.plot_learning_curves(runs, os.path.join(out, 'learning_curves.png')))
+  curves = plots.plot_learning_curves(runs, os.path.join(out, 'learning_curves.png'))
+  paths += [curves] if curves else []
   print('wrote ' + ', '.join([os.path.join(out, name(m)) for m in results] + paths))
 
 

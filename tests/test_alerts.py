@@ -2,7 +2,8 @@
 (round trip, idempotence, kill -9 resume, late alerts, interleaving), bad packets, the command.
 
 Models: random initial parameters of the ZTF / LSST smoke configs, saved as float32 pretrained
-folders (the command restores them; in-process tests build the same classifier directly). The
+folders (the command restores them; in-process tests build the same classifier directly); the
+last tests run the shipped stream models (pretrained/ztf_rcnn, lsst_rcnn) on the samples. The
 alert files are the shared samples (``../shared/data/alerts``) and streams made from their
 real packets (ids, times, bands and FWHM rewritten; real cutouts).
 """
@@ -551,3 +552,46 @@ def test_ztf_cutout_cut_at_a_ccd_edge(templates, width, xpos, col):
   rec['candidate']['xpos'], rec['candidate']['ypos'] = xpos, 1500.0
   e = reader.decode(rec, templates[0], 'x', reader.StampSpec.from_config(ztf.get_config('smoke')))
   assert e.stamp[10, 10] == 5000.0 and e.stamp.sum() == 5000.0 + 100.0 * (21 * 21 - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped stream models on the shared samples (the README's alert command)
+
+
+@pytest.mark.parametrize('name,survey,rows,refused', [
+    ('ztf_rcnn', 'ztf', 15, 1),   # 16 packets, one with NaN pixels in its stamp
+    ('lsst_rcnn', 'rubin', 7, 0)])
+def test_shipped_stream_models_classify_every_sample(name, survey, rows, refused, tmp_path):
+  folder = ROOT / 'pretrained' / name
+  assert (folder / 'MODEL_CARD.md').exists(), f'{folder} is missing its card'
+  m = shipped.read_manifest(str(folder))
+  assert m['model_kind'] == 'rcnn' and len(m['class_names']) == 7
+  csvs = []
+  for run in range(2):  # the same files again: nothing changes
+    err = io.StringIO()
+    csvs.append(tmp_path / f'{run}.csv')
+    code = pipeline.run_command(str(folder), [str(ALERTS / survey)], str(tmp_path / 's.db'),
+                                str(csvs[-1]), slots=16, progress=False, stderr=err)
+    lines = [l for l in err.getvalue().splitlines() if l.startswith('error:')]
+    assert code == (2 if refused else 0) and len(lines) == refused, err.getvalue()
+  out = _rows(csvs[0])
+  assert len(out) == rows and len({r['alert_id'] for r in out}) == rows  # one row per alert
+  # One alert per sample object: fewer than n_w = 3 images, so no probabilities yet.
+  assert {r['status'] for r in out} <= {'warmup', 'dropped'}
+  assert all(r[c] == '' for r in out for c in m['class_names'])
+  assert csvs[0].read_bytes() == csvs[1].read_bytes()
+
+
+def test_shipped_ztf_model_gives_probabilities_on_a_stream(templates, tmp_path):
+  """Objects with 5 alerts each (real cutouts): from the n_w-th image on, the shipped model's
+  probabilities, finite and summing to one."""
+  clf = Classifier.from_workdir(str(ROOT / 'pretrained' / 'ztf_rcnn'))
+  path, _ = _stream(templates, tmp_path / 's.avro', num_objects=4, num_epochs=5, seed=5)
+  _run(clf, tmp_path / 's.db', [path], tmp_path / 's.csv', slots=16)
+  out = _rows(tmp_path / 's.csv')
+  assert len(out) == 20
+  done = [r for r in out if r['status'] == 'classified']
+  assert len(done) == 4 * (5 - clf.n_w + 1)
+  p = np.array([[float(r[c]) for c in clf.class_names] for r in done])
+  assert np.isfinite(p).all()
+  np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)

@@ -57,3 +57,13 @@ def test_the_check_sees_an_overlap():
   stamps = [b for k, _, b in boxes if k == 'stamp']
   assert any(c.overlaps(s) for c in curves for s in stamps)
   plt.close(fig)
+
+
+def test_learning_curves_only_from_a_history(tmp_path):
+  # A packaged model (pretrained/) has no metrics.jsonl: no empty figure, no legend warning.
+  path = tmp_path / 'curves.png'
+  assert plots.plot_learning_curves([('rcnn', [])], str(path)) is None and not path.exists()
+  rows = [{'step': s, 'train_loss': 20.0 - s, 'val_loss': 21.0 - s, 'val_accuracy': 0.1 * s}
+          for s in (1, 2, 3)]
+  assert plots.plot_learning_curves([('rcnn', rows)], str(path)) == str(path)
+  assert path.stat().st_size > 10_000

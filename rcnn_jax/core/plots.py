@@ -167,8 +167,11 @@ def plot_sequence_prediction(path, name, mjd, flux, step_mjd, probs, class_names
 def plot_learning_curves(runs, path):
   """Training loss and validation loss/accuracy against step, one line per (label, rows) run.
 
-  ``rows`` are the dicts of a workdir's metrics.jsonl.
+  ``rows`` are the dicts of a workdir's metrics.jsonl. None, and no file, when no run has a
+  row (a packaged model, pretrained/, keeps no training history).
   """
+  if not any(rows for _, rows in runs):
+    return None
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
   for label, rows in runs:
     tr = [(r['step'], r['train_loss']) for r in rows if 'train_loss' in r]
