@@ -348,7 +348,9 @@ def bench_alerts(_):
     clf = Classifier(config, v['params'], v['batch_stats'])
   slots, n_obj, n_ep = _ALERT_SLOTS.value, _ALERT_OBJECTS.value, _ALERT_EPOCHS.value
   with tempfile.TemporaryDirectory(prefix='bench_alerts_') as tmp:
-    warm = alert_files(os.path.join(tmp), min(n_obj, slots), 2)
+    # Warm-up: n_w alerts per object, so that both jitted calls compile (the window shift of
+    # the warm-up alerts, the model's update of the n_w-th).
+    warm = alert_files(os.path.join(tmp), min(n_obj, slots), clf.n_w)
     t0 = time.perf_counter()
     store = state_lib.Store(os.path.join(tmp, 'warm.db'))
     pipeline.classify_files(clf, store, warm, os.path.join(tmp, 'warm.csv'), slots=slots,

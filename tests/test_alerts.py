@@ -595,3 +595,25 @@ def test_shipped_ztf_model_gives_probabilities_on_a_stream(templates, tmp_path):
   p = np.array([[float(r[c]) for c in clf.class_names] for r in done])
   assert np.isfinite(p).all()
   np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+def test_summary_rate_leaves_out_the_update_compile(ztf_model, templates, tmp_path):
+  """The first update call of a classifier compiles it: timed as ``compile`` and left out of
+  the summary's alerts/s; a second run of the same classifier compiles nothing. Alerts that
+  complete no step (warm-up) never call the model."""
+  fresh = Classifier.from_workdir(ztf_model[0])
+  warm, _ = _stream(templates, tmp_path / 'w.avro', num_objects=3, num_epochs=fresh.n_w - 1)
+  s0 = _run(fresh, tmp_path / '0.db', [warm], tmp_path / '0.csv')
+  assert s0['counts']['warmup'] == 3 * (fresh.n_w - 1)
+  assert fresh._update._cache_size() == 0 and fresh._shift._cache_size() == 1
+  path, _ = _stream(templates, tmp_path / 's.avro', num_objects=3, num_epochs=4)
+  s1 = _run(fresh, tmp_path / '1.db', [path], tmp_path / '1.csv')
+  s2 = _run(fresh, tmp_path / '2.db', [path], tmp_path / '2.csv')
+  assert s1['timers']['compile'] > 0 and 'compile' not in s2['timers']
+  assert fresh._update._cache_size() == 1
+  assert s2['timers']['model'] > 0
+  assert _rows(tmp_path / '1.csv') == _rows(tmp_path / '2.csv')
+  line = pipeline.summary_line('1.csv', s1)
+  rate = s1['rows'] / (s1['seconds'] - s1['timers']['compile'])
+  assert f'{rate:.0f} alerts/s (' in line and 'compiling the update' in line
+  assert 'compiling' not in pipeline.summary_line('2.csv', s2)

@@ -54,6 +54,7 @@ class Classifier(stream.Streaming):
     self.checkpoint_step = None  # set by from_workdir
     self._chunk = jax.jit(self._chunk_fn)
     self._update = jax.jit(self._update_fn)
+    self._shift = jax.jit(self._shift_fn)
 
   @classmethod
   def from_workdir(cls, workdir, step=None, dtype=None) -> 'Classifier':

@@ -58,7 +58,8 @@ class StreamState:
 class Streaming:
   """The incremental mode of a classifier (a mixin of ``classifier.Classifier``), which gives
   ``model``, ``n_w``, ``stamp_size``, ``num_classes``, ``rules``, ``bands``, ``_variables()``,
-  ``_initial_carry(n)`` and ``_update`` (``jax.jit(self._update_fn)``)."""
+  ``_initial_carry(n)``, ``_update`` (``jax.jit(self._update_fn)``) and ``_shift``
+  (``jax.jit(self._shift_fn)``)."""
 
   def new_state(self, num_objects) -> StreamState:
     """Empty slots for ``num_objects`` objects; each starts at its first ``update``."""
@@ -100,6 +101,11 @@ class Streaming:
     logits, carry = self.model.apply(variables, x, gaps, ready[:, None], carry, method='step')
     p = jax.nn.softmax(logits[:, 0].astype(jnp.float32), axis=-1)
     probs = jnp.where(ready[:, None], p, probs)
+    return (carry,) + self._shift_fn(window, window_t, image, t, active, window_band, band) + (
+        probs,)
+
+  def _shift_fn(self, window, window_t, image, t, active, window_band=None, band=None):
+    """The active objects' windows with the new image, time and band appended (oldest out)."""
     if self.n_w > 1:
       window = jnp.where(active[:, None, None, None],
                          jnp.concatenate([window[:, 1:], image[:, None]], axis=1), window)
@@ -108,7 +114,7 @@ class Streaming:
       if window_band is not None:
         window_band = jnp.where(active[:, None], jnp.concatenate(
             [window_band[:, 1:], band[:, None]], axis=1), window_band)
-    return carry, window, window_t, probs, window_band
+    return window, window_t, window_band
 
   def update(self, state: StreamState, images, mjd, zero_point=None, sky_adu=None,
              objects=None, seeing_arcsec=None, band=None):
@@ -201,9 +207,14 @@ class Streaming:
     if state.window_band is not None:
       band_all = np.zeros(n, np.int32)
       band_all[idx] = bands_lib.band_indices(band, self.bands, k)
-    carry, window, window_t, probs, window_band = self._update(
-        self._variables(), state.carry, state.window, state.window_t, state.probs, image, t,
-        active, ready, state.window_band, band_all)
+    if ready.any():
+      carry, window, window_t, window_band, probs = self._update(
+          self._variables(), state.carry, state.window, state.window_t, state.probs, image, t,
+          active, ready, state.window_band, band_all)
+    else:  # no object completes a step: no model call (the LSTM keeps a masked step's state)
+      carry, probs = state.carry, state.probs
+      window, window_t, window_band = self._shift(state.window, state.window_t, image, t,
+                                                  active, state.window_band, band_all)
     new = StreamState(carry=carry, window=window, window_t=window_t, probs=probs,
                       num_images=num_images, mjd0=mjd0, zp0=zp0, last_mjd=last_mjd, n_w=self.n_w,
                       window_band=window_band)

@@ -166,7 +166,10 @@ def to_parquet(csv_path, out, class_names):
 def summary_line(out, s) -> str:
   c = s['counts']
   new = sum(c.values())
-  rate = s['rows'] / s['seconds'] if s['seconds'] > 0 else float('nan')
+  t = dict(s['timers'])
+  compile_s = t.pop('compile', 0.0)
+  steady = s['seconds'] - compile_s
+  rate = s['rows'] / steady if steady > 0 else float('nan')
   parts = [f'wrote {out}: {s["rows"]} alerts of {s["objects"]} objects',
            f'{new} new ({", ".join(f"{k} {v}" for k, v in c.items())})',
            f'{s["already"]} already in the state']
@@ -174,8 +177,8 @@ def summary_line(out, s) -> str:
     parts.append(f'{s["other_partition"]} owned by other partitions')
   if s['bad']:
     parts.append(f'{s["bad"]} refused')
-  t = s['timers']
   parts.append(f'{rate:.0f} alerts/s (' + ', '.join(f'{k} {v:.2f} s' for k, v in t.items())
+               + (f'; compiling the update {compile_s:.1f} s not counted' if compile_s else '')
                + ')')
   return '; '.join(parts)
 
