@@ -617,3 +617,21 @@ def test_summary_rate_leaves_out_the_update_compile(ztf_model, templates, tmp_pa
   rate = s1['rows'] / (s1['seconds'] - s1['timers']['compile'])
   assert f'{rate:.0f} alerts/s (' in line and 'compiling the update' in line
   assert 'compiling' not in pipeline.summary_line('2.csv', s2)
+
+
+def test_bench_alerts_times_a_warm_stream(tmp_path):
+  """``bench alerts``: every alert of the stream gets a row (n_w - 1 warm-ups per object, the
+  rest classified), and no compile falls in the timed run (the warm-up compiled both jitted calls)."""
+  out = tmp_path / 'bench.jsonl'
+  subprocess.run([sys.executable, '-m', 'rcnn_jax.bench', 'alerts', '--config_arg', 'smoke',
+                  '--alert_objects', '8', '--alert_epochs', '4', '--alert_slots', '4',
+                  '--out', str(out)], check=True, capture_output=True, cwd=ROOT)
+  import json  # pylint: disable=g-import-not-at-top
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  e2e = next(l for l in lines if l['name'] == 'alerts')
+  n_w = e2e['config']['n_w']
+  assert e2e['rows'] == 32 and e2e['config']['statuses'] == {
+      'classified': 8 * (4 - n_w + 1), 'warmup': 8 * (n_w - 1), 'dropped': 0, 'late': 0}
+  assert 'compile' not in e2e['breakdown_s'] and e2e['breakdown_s']['model'] > 0
+  assert math.isclose(e2e['value'], 32 / e2e['seconds'], rel_tol=0.01)
+  assert [l['config']['slots'] for l in lines if l['name'] == 'alerts_latency'] == [4, 1]
