@@ -167,6 +167,9 @@ def test_psf_calibration_on_real_files(hits_data):
   assert set(cal['recommended']) == {'moffat_beta', 'seeing_scale', 'seeing_offset_arcsec'}
   assert 'beta' in psf_calibration.format_calibration(cal)
 
+
+# The report's figure without variable files: empty panels, no legend warning.
+@pytest.mark.filterwarnings('error::UserWarning')
 def test_realism_on_real_files(hits_data, tmp_path):
   from configs import hits  # pylint: disable=g-import-not-at-top
   files = sorted((hits_data / 'real_nonvariable_dev').glob('*.npz'))[:2]

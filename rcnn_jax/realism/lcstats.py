@@ -394,7 +394,8 @@ def plot_scatter_and_variables(rows, cal, var_stats, path):
               label=f'{cls} real ({real.size})')
     ax.set(xlabel=stat_names[j], ylabel='density (sim); ticks: real',
            title=f'({"def"[j]}) {stat_names[j].split(" [")[0]}')
-    ax.legend(fontsize=7)
+    if var_stats:  # no variable files given: an empty panel, no legend
+      ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
