@@ -261,7 +261,10 @@ def curve_stats(mag, err):
     return float('nan'), float('nan'), float('nan')
   lo, hi = np.percentile(mag, [5, 95])
   faint = mag - np.median(mag) > np.maximum(FAINT_MIN_MAG, 3.0 * err)
-  return float(hi - lo), float(sstats.skew(mag)), float(faint.mean())
+  # A constant curve: skewness 0 (a symmetric, degenerate distribution; scipy says NaN).
+  flat = np.ptp(mag) <= 1e-9 * max(1.0, abs(float(np.median(mag))))
+  skew = 0.0 if flat else float(sstats.skew(mag))
+  return float(hi - lo), skew, float(faint.mean())
 
 
 def sample_class_curves(key, class_name, t_days, config, model=None, num=10):
