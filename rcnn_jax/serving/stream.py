@@ -116,6 +116,12 @@ class Streaming:
             [window_band[:, 1:], band[:, None]], axis=1), window_band)
     return window, window_t, window_band
 
+  def compiled_count(self) -> int:
+    """How many shapes ``_update`` and ``_shift`` have compiled so far (0 where jax does not
+    say): a call that raised it paid a compile."""
+    sizes = [getattr(f, '_cache_size', None) for f in (self._update, self._shift)]
+    return sum(size() for size in sizes if callable(size))
+
   def update(self, state: StreamState, images, mjd, zero_point=None, sky_adu=None,
              objects=None, seeing_arcsec=None, band=None):
     """One new image for each of some objects -> (probs [N, C], new state).

@@ -133,7 +133,7 @@ class Engine:
           before = state.num_images[idx].copy()
           self._scratch_mjd += 1.0
           said = io.StringIO()  # the stream's drop warnings name slots: said with alert ids
-          compiled = _compiled_count(clf)
+          compiled = clf.compiled_count()
           with contextlib.redirect_stderr(said):
             probs, state = clf.update(
                 state, np.stack([epochs[i].stamp for i in fed] + [self._scratch_stamp]),
@@ -150,7 +150,7 @@ class Engine:
           grew = {}
         # The call that compiled the update (the first of a process, per row count) is timed
         # apart: the summary's alerts/s is the steady rate, as the bench's.
-        t.add('compile' if fed and _compiled_count(clf) > compiled else 'model',
+        t.add('compile' if fed and clf.compiled_count() > compiled else 'model',
               time.perf_counter() - t0)
         steps = state.num_steps
         for i in rnd:
@@ -209,14 +209,6 @@ class Engine:
     for o, j in where.items():
       out[o] = _slot_from_host(host, state, j)
     return out
-
-
-def _compiled_count(classifier) -> int:
-  """How many shapes the classifier's jitted update and window shift have compiled (0 where
-  jax does not say)."""
-  sizes = [getattr(getattr(classifier, f, None), '_cache_size', None) for f in ('_update',
-                                                                              '_shift')]
-  return sum(size() for size in sizes if callable(size))
 
 
 def _slot_arrays(state, j) -> dict:
