@@ -79,6 +79,7 @@ def test_hits_outputs_unchanged_by_the_band_code():
   config.sim.clip_early_start = False
   config.sim.detection = 'flux'
   del config.sim.lightcurves['contact_amp_flat_to']  # issue 31's W UMa amplitudes: absent = old
+  config.sim.supernova_min_detections = 1  # issue 42's repeated detection: 1 = the paper's
   data = batches.simulate_to_host(config, 28, chunk=14, progress=False)
   assert 'band' not in data and data['time_gaps'].shape[-1] == 3
   got = {k: hashlib.sha256(np.asarray(data[k]).tobytes()).hexdigest()[:16]

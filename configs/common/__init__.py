@@ -42,7 +42,7 @@ __all__ = ['CLASS_NAMES', 'UGRIZY', 'VARIANTS', 'adapt_sim', 'band_conditions', 
 def build(arg, survey):
   """The config for ``arg`` ('paper' by default, 'cpu', 'long', 'smoke', plus ',lc'; see
   ``configs/variants/``) with ``survey`` as ``config.survey``."""
-  variant, kind = variants.parse(arg)
+  variant, kind, modifiers = variants.parse(arg)
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
@@ -55,4 +55,4 @@ def build(arg, survey):
   config.finetune = finetune_block()
   config.dataset = dataset_block()
   config.ckpt = ckpt_block()
-  return variants.apply(config, variant)
+  return variants.apply(config, variant, modifiers)

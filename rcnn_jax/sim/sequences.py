@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def first_detection(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_bands=1):
-  """Index of the first real epoch where the transient is detected, or len(mag) if none.
+def detected_epochs(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_bands=1):
+  """[E] bool: the real epochs where the transient is detected (``first_detection``'s rule).
 
   ``baseline_epochs`` 0: its flux is above its 5-sigma limiting flux (``mag < limmag``).
   ``baseline_epochs`` n > 0: what a difference-imaging survey detects (HiTS: new sources on
@@ -50,7 +50,23 @@ def first_detection(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_b
     detected = (flux - ref > 5.0 * sigma) & real
   else:
     detected = (mag < limmag) & real
-  return jnp.where(detected.any(), jnp.argmax(detected), e).astype(jnp.int32)
+  return detected
+
+
+def first_detection(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_bands=1):
+  """Index of the first real epoch where the transient is detected (``detected_epochs``), or
+  len(mag) if none."""
+  detected = detected_epochs(mag, limmag, num_epochs, baseline_epochs, band, num_bands)
+  return jnp.where(detected.any(), jnp.argmax(detected), mag.shape[-1]).astype(jnp.int32)
+
+
+def detections_in_window(detected, start, max_steps, n_w):
+  """How many of ``detected`` [E_field] fall inside the sequence window that starts at
+  ``start`` (its T + n_w - 1 epochs, ``window``)."""
+  e = max_steps + n_w - 1
+  idx = jnp.arange(detected.shape[-1])
+  inside = (idx >= start) & (idx < start + e)
+  return jnp.sum(detected & inside, axis=-1).astype(jnp.int32)
 
 
 def sequence_start(detection, num_epochs, pre_detection, n_w, clip_early=False):

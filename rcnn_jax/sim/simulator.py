@@ -46,6 +46,10 @@ class Simulator:
   # > 0: transients are detected on the difference against the field's first epochs
   # (sequences.first_detection); 0: on their own flux (before 2026-12-03).
   detection_baseline: int = flax.struct.field(pytree_node=False, default=0)
+  # A simulated supernova (or the supernova a ghost window is drawn from) is kept only when at
+  # least this many epochs of its sequence window are detected (sequences.detected_epochs); 1:
+  # the first detection alone, the paper's Sec. 3.1 rule (configs saved before 2026-12-07).
+  supernova_min_detections: int = flax.struct.field(pytree_node=False, default=1)
   transient_ids: tuple = flax.struct.field(pytree_node=False, default=(0, 6))
   galaxy_id: int = flax.struct.field(pytree_node=False, default=5)
   psf_kind: str = flax.struct.field(pytree_node=False, default='moffat')
@@ -76,6 +80,23 @@ class Simulator:
   # (sky_rms_fraction * sky)^2), in the image but not in the sky that preprocessing subtracts.
   sky_rms_adu: float = flax.struct.field(pytree_node=False, default=0.0)
   sky_rms_fraction: float = flax.struct.field(pytree_node=False, default=0.0)
+  # Observing conditions drawn wider than the survey's table (``randomise_conditions``), all
+  # known to the observer: per-epoch log-normal factors on the seeing and the sky, a per-epoch
+  # and a per-object zero-point offset (mag), and a per-object factor, uniform in
+  # [1, calibration_max_factor], on the unknown calibration errors (zero_point_rms, night_rms,
+  # fwhm_scatter). All 0 (1 for the factor): the table as it is.
+  cond_seeing_log_sigma: float = flax.struct.field(pytree_node=False, default=0.0)
+  cond_sky_log_sigma: float = flax.struct.field(pytree_node=False, default=0.0)
+  cond_zero_point_sigma_mag: float = flax.struct.field(pytree_node=False, default=0.0)
+  cond_zero_point_object_sigma_mag: float = flax.struct.field(pytree_node=False, default=0.0)
+  cond_calibration_max_factor: float = flax.struct.field(pytree_node=False, default=1.0)
+  max_seeing_arcsec: float = flax.struct.field(pytree_node=False, default=float('inf'))
+
+  @property
+  def randomised(self) -> bool:
+    return (self.cond_seeing_log_sigma > 0 or self.cond_sky_log_sigma > 0 or
+            self.cond_zero_point_sigma_mag > 0 or self.cond_zero_point_object_sigma_mag > 0 or
+            self.cond_calibration_max_factor > 1.0)
 
   @property
   def num_classes(self) -> int:
@@ -148,6 +169,7 @@ def build_simulator(config) -> Simulator:
       pre_detection=int(sc.pre_detection),
       clip_early_start=bool(sc.get('clip_early_start', False)),
       detection_baseline=baseline,
+      supernova_min_detections=int(sc.get('supernova_min_detections', 1)),
       transient_ids=tuple(names.index(c) for c in sc.transient_classes),
       galaxy_id=names.index('Galaxy'), psf_kind=str(sc.psf.kind),
       moffat_beta=float(sc.psf.moffat_beta),
@@ -169,7 +191,62 @@ def build_simulator(config) -> Simulator:
       sky_rms_fraction=float(sc.calibration.get('sky_rms_fraction', 0.0))
       if 'calibration' in sc else 0.0,
       subpixel_per_epoch=bool(sc.astrometry.get('subpixel_per_epoch', False))
-      if 'astrometry' in sc else False)
+      if 'astrometry' in sc else False,
+      **_conditions_fields(sc, config.survey))
+
+
+def _conditions_fields(sc, survey_config) -> dict:
+  """``Simulator`` fields of ``config.sim.randomise_conditions`` (absent: the table as is)."""
+  rc = sc.get('randomise_conditions', None)
+  if rc is None:
+    return {}
+  out = dict(cond_seeing_log_sigma=float(rc.seeing_log_sigma),
+             cond_sky_log_sigma=float(rc.sky_log_sigma),
+             cond_zero_point_sigma_mag=float(rc.zero_point_sigma_mag),
+             cond_zero_point_object_sigma_mag=float(rc.zero_point_object_sigma_mag),
+             cond_calibration_max_factor=float(rc.calibration_max_factor))
+  if min(out.values()) < 0 or out['cond_calibration_max_factor'] < 1.0:
+    raise UserError('config.sim.randomise_conditions: the sigmas must be >= 0 and '
+                    'calibration_max_factor >= 1')
+  out['max_seeing_arcsec'] = float(survey_config.get('max_seeing_arcsec', float('inf')))
+  return out
+
+
+def without_randomised_conditions(sim: Simulator) -> Simulator:
+  """``sim`` with the survey's own observing conditions (validation and test sets)."""
+  return sim.replace(cond_seeing_log_sigma=0.0, cond_sky_log_sigma=0.0,
+                     cond_zero_point_sigma_mag=0.0, cond_zero_point_object_sigma_mag=0.0,
+                     cond_calibration_max_factor=1.0)
+
+
+def randomise_conditions(key, seeing, sky, zp, sim: Simulator):
+  """One object's observing conditions drawn wider than the survey's table (the paper's Sec. 6
+  future work: train on conditions the survey's own table does not hold, so that no feature of
+  the table's few fields and nights becomes a class cue).
+
+  Per epoch: seeing x exp(N(0, s_seeing^2)), clipped to [0.5 x the table's, the survey's seeing
+  cut] (the real path drops epochs above the cut, so training never needs them); sky x
+  exp(N(0, s_sky^2)); zero point + N(0, s_zp^2) + one N(0, s_obj^2) offset for the object (a
+  deeper or shallower field). All of them are known to the observer, as the table is: the
+  stamp is rendered and eq. 4 applied with the same values. Returns (seeing, sky, zp, shift,
+  factor): ``shift`` is the object's zero-point offset, which eq. 4's zp_ref takes too (a real
+  field's first epoch would have it); ``factor``, uniform in [1, calibration_max_factor],
+  multiplies the unknown per-epoch, night and PSF-width errors of this object.
+  """
+  k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+  e = seeing.shape[0]
+  if sim.cond_seeing_log_sigma > 0:
+    s = seeing * jnp.exp(sim.cond_seeing_log_sigma * jax.random.normal(k1, (e,)))
+    seeing = jnp.clip(s, 0.5 * seeing, jnp.maximum(seeing, sim.max_seeing_arcsec))
+  if sim.cond_sky_log_sigma > 0:
+    sky = sky * jnp.exp(sim.cond_sky_log_sigma * jax.random.normal(k2, (e,)))
+  if sim.cond_zero_point_sigma_mag > 0:
+    zp = zp + sim.cond_zero_point_sigma_mag * jax.random.normal(k3, (e,))
+  shift = (sim.cond_zero_point_object_sigma_mag * jax.random.normal(k4, ())
+           if sim.cond_zero_point_object_sigma_mag > 0 else jnp.float32(0.0))
+  factor = (jax.random.uniform(k5, (), minval=1.0, maxval=sim.cond_calibration_max_factor)
+            if sim.cond_calibration_max_factor > 1.0 else jnp.float32(1.0))
+  return seeing, sky, zp + shift, shift, factor
 
 
 def psf_fwhm_px(seeing_arcsec, sim: Simulator):
@@ -217,10 +294,15 @@ def _attempt_parts(key, label, sim: Simulator):
     det_class, det_classes = jnp.where(is_transient, label, ghost_class), sim.transient_ids
   det_mag, _, _ = lightcurves.sample_magnitudes(det_key, det_class, t, n, lcm, det_classes,
                                                 band=band)
-  det = sequences.first_detection(det_mag, surv.limmag5[field], n, sim.detection_baseline,
-                                  band=band, num_bands=surv.num_bands)
+  detected = sequences.detected_epochs(det_mag, surv.limmag5[field], n, sim.detection_baseline,
+                                      band=band, num_bands=surv.num_bands)
+  det = jnp.where(detected.any(), jnp.argmax(detected), detected.shape[-1]).astype(jnp.int32)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w,
                                      clip_early=sim.clip_early_start)
+  if sim.supernova_min_detections > 1 and 'Supernova' in sim.class_names:
+    sn = sim.class_names.index('Supernova')
+    need = jnp.where(det_class == sn, sim.supernova_min_detections, 1)
+    ok = ok & (sequences.detections_in_window(detected, start, sim.max_steps, sim.n_w) >= need)
   var_ok = jnp.bool_(True)
   own_classes = ((label,) if label in sim.variable_ids else ()) if static else sim.variable_ids
   if own_classes:
@@ -394,9 +476,14 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   zp_ref = sequences.reference_zero_point(surv.zero_point[field])
   gain, read_noise = surv.gain[ccd], surv.read_noise_e[ccd]
   saturation = surv.saturation_adu[ccd]
+  cal = 1.0
+  if sim.randomised:
+    seeing, sky, zp, shift, cal = randomise_conditions(jax.random.fold_in(k_ctr, 7), seeing,
+                                                       sky, zp, sim)
+    zp_ref = zp_ref + shift
   fwhm_px = psf_fwhm_px(seeing, sim)
   if sim.fwhm_scatter > 0:  # the star's PSF width about the seeing relation, unknown to eq. 4
-    fwhm_px = fwhm_px * jnp.exp(sim.fwhm_scatter * jax.random.normal(
+    fwhm_px = fwhm_px * jnp.exp(cal * sim.fwhm_scatter * jax.random.normal(
         jax.random.fold_in(k_ctr, 4), fwhm_px.shape))
   dx, dy = jax.random.uniform(k_ctr, (2,), minval=-0.5, maxval=0.5)
   e = idx.shape[0]
@@ -407,13 +494,13 @@ def simulate_object(keys, label, has_host, schedule, sim: Simulator):
   else:
     base = jnp.broadcast_to(jnp.stack([dx, dy]), (e, 2))
   cx, cy = base[:, 0] + jitter[:, 0], base[:, 1] + jitter[:, 1]
-  factor = (jnp.exp(sim.zero_point_rms * jax.random.normal(jax.random.fold_in(k_ctr, 2), (e,)))
-            if sim.zero_point_rms > 0 else jnp.ones((e,)))
+  factor = (jnp.exp(cal * sim.zero_point_rms * jax.random.normal(
+      jax.random.fold_in(k_ctr, 2), (e,))) if sim.zero_point_rms > 0 else jnp.ones((e,)))
   if sim.night_rms > 0:  # one calibration offset per night, shared by the night's epochs
     frac, mjd0 = sim.night_boundary_mjd_frac, surv.mjd0
     night = jnp.floor(t + (mjd0 - frac)) - np.floor(mjd0 - frac)
     offsets = jax.random.normal(jax.random.fold_in(k_ctr, 5), (_MAX_NIGHTS,))
-    factor = factor * jnp.exp(sim.night_rms * offsets[
+    factor = factor * jnp.exp(cal * sim.night_rms * offsets[
         jnp.clip(night, 0, _MAX_NIGHTS - 1).astype(jnp.int32)])
 
   source_adu = jnp.where(epoch_valid, factor * render.mag_to_adu(mag[idx], zp, exp_time), 0.0)

@@ -222,6 +222,11 @@ def validate(config, num_devices: int | None = None, strict: bool = True):
   c.int('sim.max_steps', 1)
   c.int('sim.pre_detection', 0)
   c.bool('sim.clip_early_start')
+  c.int('sim.supernova_min_detections', 1)  # absent (saved before 2026-12-07): 1
+  for name in ('seeing_log_sigma', 'sky_log_sigma', 'zero_point_sigma_mag',
+               'zero_point_object_sigma_mag'):
+    c.float(f'sim.randomise_conditions.{name}', 0.0)
+  c.float('sim.randomise_conditions.calibration_max_factor', 1.0)
   c.choice('sim.detection', simulator.SIM_DETECTIONS)
   c.float('sim.host_fraction_supernova', 0.0, 1.0)
   c.float('sim.host_fraction_other', 0.0, 1.0)

@@ -183,8 +183,14 @@ def make_train_step(config, sim, model, tx, mesh, all_steps_valid=False):
 
 
 def make_eval_step(config, sim, model, mesh, with_logits=False):
-  """(state, key, offset) -> sums over eval.batch_size objects with global index < num."""
+  """(state, key, offset) -> sums over eval.batch_size objects with global index < num.
+
+  Validation and test sets are simulated with the survey's own conditions: randomised
+  conditions (``config.sim.randomise_conditions``) are a training augmentation only, so that
+  runs with and without it are measured on the same objects.
+  """
   eb = config.eval.batch_size
+  sim = sim_lib.without_randomised_conditions(sim)
   simulate = make_simulate_fn(sim, mesh)
   data = NamedSharding(mesh, P('data'))
 
