@@ -6,8 +6,7 @@ RCNN, is the default); ``wide`` anywhere trains on observing conditions drawn wi
 survey's table (``wide.py``); any other part is refused. ``configs/hits_lc.py`` is
 ``configs/hits.py`` with ``lc`` always on. One file per variant: its docstring gives the
 commands and what they gave on this project's machines, its ``apply(config)`` the changes to
-the ``paper`` values of
-``configs/common/``.
+the ``paper`` values of ``configs/common/``.
 
 These files are not configs themselves: select a variant with the argument above.
 """
