@@ -66,6 +66,12 @@ def main(argv):
     print(f'k-fold ({r["folds"]} folds, step {r["step"]}): before {fmt(r["before"])} '
           f'(mean {r["before"]["mean_recall"]:.3f}); after {fmt(r["after"])} '
           f'(mean {r["after"]["mean_recall"]:.3f})')
+    sp = r['spread']
+    if sp:
+      one = lambda k: (f'{sp[k]["mean"]:.3f} +- {sp[k]["std"]:.3f} '
+                       f'[{sp[k]["min"]:.2f}, {sp[k]["max"]:.2f}]')
+      print(f'per fold (mean recall of its held-out files; mean +- sd [min, max]): before '
+            f'{one("before")}, after {one("after")}, gain {one("gain")}')
     print(f'wrote {os.path.join(_OUT.value, "kfold.json")}')
     return 2 if errors else 0
   finetune(_WORKDIR.value, real, _OUT.value, _SET.value, errors=errors)

@@ -173,3 +173,28 @@ def test_light_curve_classifier_on_real_files(hits_data):
   batch = real_eval.real_inputs(seqs, labels, config)
   with pytest.raises(Exception, match='no seeing'):
     real_eval.real_logits(config, sim, model, state, batch, seqs)
+
+
+def test_kfold_spread_is_per_fold_and_paired():
+  """The k-fold report gives each fold's held-out recall (mean over its classes) before and
+  after, their paired gain, and the spread over folds, not only the pooled recall."""
+  names = ['A', 'B', 'C']
+  labels = np.array([0, 0, 1, 1, 0, 0, 1, 1, 2])
+  fold = np.array([0, 1, 0, 1, 0, 1, 0, 1, -1])  # the last file in no fold
+  before = np.array([0, 1, 1, 1, 0, 0, 1, 0, 2])
+  after = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0])
+  r = finetune.fold_spread(labels, fold, before, after, names)
+  f0, f1 = r['per_fold']
+  assert (f0['fold'], f0['files'], f1['files']) == (0, 4, 4)
+  # fold 0 (files 0, 2, 4, 6): A 2/2 and B 2/2 right before and after
+  assert (f0['before'], f0['after']) == (1.0, 1.0)
+  # fold 1 (files 1, 3, 5, 7): before A 1/2, B 1/2; after A 2/2, B 2/2
+  assert (f1['before'], f1['after']) == (0.5, 1.0)
+  np.testing.assert_allclose([f0['gain'], f1['gain']], [0.0, 0.5])
+  s = r['spread']
+  np.testing.assert_allclose(s['before']['mean'], 0.75)
+  np.testing.assert_allclose(s['before']['std'], np.std([1.0, 0.5], ddof=1))
+  assert (s['after']['min'], s['after']['max']) == (1.0, 1.0)
+  np.testing.assert_allclose(s['gain']['std'], np.std([0.0, 0.5], ddof=1))
+  # the file in no fold (label C) counts in no fold
+  assert sum(p['files'] for p in r['per_fold']) == 8

@@ -291,12 +291,16 @@ def kfold(workdir, real_dirs, out, overrides=(), progress=True, errors=None):
     return {'recall_at_step': rec, 'mean_recall': float(np.mean(list(rec.values())))}
 
   unused = np.flatnonzero(fold < 0)
+  spread = fold_spread(labels, fold, before, after, names)
   res = {
       'workdir': os.path.abspath(workdir), 'base_step': base_step, 'folds': k,
       'per_class': per_class, 'step': steps,
       'finetune': {kk: config.finetune[kk] for kk in DEFAULTS},
       'seconds': time.perf_counter() - t0,
       'before': recall(before, test), 'after': recall(after, test),
+      # Each fold's held-out files alone (2 a class with 10 a class and 5 folds): the spread
+      # that the pooled recall above hides, and the paired gain per fold.
+      'per_fold': spread['per_fold'], 'spread': spread['spread'],
       # Files beyond per_class (e.g. the other 30 non-variables): tested by every fold's model.
       'unused_files': len(unused),
       'unused_before': recall(before, fold < 0) if len(unused) else None,
@@ -309,6 +313,33 @@ def kfold(workdir, real_dirs, out, overrides=(), progress=True, errors=None):
   os.makedirs(out, exist_ok=True)
   utils.write_json(os.path.join(out, 'kfold.json'), res)
   return res
+
+
+def fold_spread(labels, fold, before, after, names) -> dict:
+  """Per fold f (its held-out files, ``fold == f``): the mean over the classes present of the
+  recall before and after fine-tuning, and their paired difference; then the mean, standard
+  deviation (ddof 1), min and max of each over the folds."""
+  labels, fold = np.asarray(labels), np.asarray(fold)
+  before, after = np.asarray(before), np.asarray(after)
+
+  def mean_recall(pred, sel):
+    present = [c for c in range(len(names)) if (labels[sel] == c).any()]
+    return float(np.mean([np.mean(pred[sel & (labels == c)] == c) for c in present]))
+
+  per_fold = []
+  for f in sorted(int(x) for x in np.unique(fold[fold >= 0])):
+    sel = fold == f
+    b, a = mean_recall(before, sel), mean_recall(after, sel)
+    per_fold.append({'fold': f, 'files': int(sel.sum()), 'before': b, 'after': a,
+                     'gain': a - b})
+
+  def stats(key):
+    v = np.array([p[key] for p in per_fold])
+    return {'mean': float(v.mean()), 'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            'min': float(v.min()), 'max': float(v.max())}
+
+  return {'per_fold': per_fold,
+          'spread': {k: stats(k) for k in ('before', 'after', 'gain')} if per_fold else {}}
 
 
 def _scatter(values, idx, n):
