@@ -1,6 +1,6 @@
 """Writes a shipped model's MODEL_CARD.md from the measured files (no number typed by hand).
 
-    python scripts/model_card.py pretrained/hits2015_rcnn experiments/long_v8/rcnn \
+    python scripts/model_card.py pretrained/hits2015_rcnn experiments/hits2015_rcnn/rcnn \
         [--finetuned EXP/rcnn_ft/finetune.json --kfold EXP/kfold/kfold.json]
         [--previous experiments/long/rcnn] [--weaknesses EXP/weaknesses.md] [--compute "..."]
         [--dev_choices "..."]

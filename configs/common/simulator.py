@@ -241,7 +241,7 @@ def sim_block():
   # before it) uniform on contact_amp, median 0.45: the simulated binaries that pass the
   # variability selection then have a median 5-95 % amplitude of 0.47 mag (0.36 in the real
   # HiTS held-out sample) and reach into the RR Lyrae amplitudes
-  # (experiments/realism/eb_stats.py, experiments/long_v8/README.md).
+  # (experiments/realism/eb_stats.py, experiments/hits2015_rcnn/README.md).
   s.lightcurves.contact_amp_flat_to = 0.25
   s.lightcurves.contact_a1_over_a2 = (0.0, 0.15)  # primary deeper or equal
   s.lightcurves.contact_oconnell = (-0.03, 0.03)  # b1 / |a2|: maxima within ~0.02 mag

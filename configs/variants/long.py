@@ -16,7 +16,7 @@ accuracy at step 20 0.895 (recall Supernova 0.94, RRLyrae 0.73, Cepheid 0.84, Ec
 0.89, NonVariable 0.94, Galaxy 0.95, Asteroid 0.98); on the 70 real development files recall
 Supernova 0.60, RRLyrae 0.70, EclipsingBinary 0.90, NonVariable 0.85 (mean 0.76; the paper's
 Fig. 8: 0.74). The light-curve classifier: 23 min, test accuracy 0.863 (best step 5,750), real
-mean recall 0.78. The retraining on today's simulator: ``experiments/long_v8/README.md``.
+mean recall 0.78. The retraining on today's simulator: ``experiments/hits2015_rcnn/README.md``.
 """
 
 

@@ -15,7 +15,7 @@ so the classes with no real example are not forgotten. With ``finetune.frozen_ba
 base's batch-norm statistics, unchanged, and no dropout; the common practice for fine-tuning on
 a few examples (e.g. Keras's transfer-learning guide: batch statistics of small, shifted batches
 move the running averages the model is evaluated with). Measured on the long_v8 base: with batch
-statistics, 27 of the 40 development non-variables became Cepheids (experiments/long_v8/).
+statistics, 27 of the 40 development non-variables became Cepheids (experiments/hits2015_rcnn/).
 The real sequences are prepared as
 ``evaluate --real`` prepares them (``preprocess.prepare``; transients from their detection).
 ``--set finetune.num_steps=40`` (repeatable) changes the ``finetune`` section.

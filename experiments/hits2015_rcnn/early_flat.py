@@ -1,6 +1,6 @@
 """Issue 31 early answers: how many simulated variables look constant in their first steps.
 
-    python experiments/long_v8/early_flat.py [--num 600]
+    python experiments/hits2015_rcnn/early_flat.py [--num 600]
 
 For each variable class, the attempts the simulator keeps (``simulator._attempt_parts``), and
 for step s (images 1..s + n_w - 1 of the window) whether any epoch so far deviates from the

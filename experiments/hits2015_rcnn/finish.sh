@@ -10,4 +10,4 @@ for f in hits2015_rcnn hits2015_rcnn_finetuned; do
     mv "pretrained/$f" "/work/runs/old_pretrained/$f"
   fi
 done
-bash scripts/release.sh "$WD" experiments/long_v8  # NO_KFOLD=1 skips the k-fold
+bash scripts/release.sh "$WD" experiments/hits2015_rcnn  # NO_KFOLD=1 skips the k-fold
