@@ -32,7 +32,7 @@ train_eval() {  # name config seed
     cp "$wd/metrics.jsonl" "$out/$name/learning_curve.jsonl"
     cp "$wd/config.json" "$out/$name/config.json"
     $py -m rcnn_jax.evaluate --workdir "$wd" --real "$dev/real_labelled_dev" \
-      "$dev/real_nonvariable_dev=NonVariable" --out "$out/$name"
+      --real "$dev/real_nonvariable_dev=NonVariable" --out "$out/$name"
   fi
 }
 
