@@ -415,10 +415,10 @@ def test_bad_packets_one_line_each_the_rest_classified(clf, templates, tmp_path)
   corrupt['cutoutScience'] = dict(corrupt['cutoutScience'], stampData=b'\x1f\x8bnot gzip')
   nan = copy.deepcopy(templates[1][NAN_PACKET])
   band = _packet(templates, 3, 0, fid=3, candid=13)  # i: not a band of the ZTF model
-  schema = _packet(templates, 4, 0, candid=14)
-  schema['schemavsn'] = '9.9'
+  malformed = _packet(templates, 4, 0, candid=14)  # a needed field malformed (issue 41)
+  malformed['candidate']['jd'] = float('nan')
   path = _write(tmp_path / 'mixed.avro', templates[0],
-                good[:1] + [missing, corrupt, nan] + good[1:2] + [band, schema] + good[2:])
+                good[:1] + [missing, corrupt, nan] + good[1:2] + [band, malformed] + good[2:])
   full = _write(tmp_path / 'full.avro', templates[0], [_packet(templates, 5, e)
                                                        for e in range(6)])
   data = pathlib.Path(full).read_bytes()
@@ -433,7 +433,7 @@ def test_bad_packets_one_line_each_the_rest_classified(clf, templates, tmp_path)
   assert all(l.startswith('error: ') for l in lines)
   for needle in ('candid 11: no science cutout', 'candid 12: corrupt science cutout',
                  'candid 1034529784115010007: NaN', "candid 13: band 'i'",
-                 "candid 14: unknown ZTF schema version '9.9'", 'trunc.avro: truncated',
+                 "candid 14: candidate.jd malformed", 'trunc.avro: truncated',
                  'not.avro: not an Avro'):
     assert sum(needle in l for l in lines) == 1, needle
   rows = _rows(tmp_path / 'b.csv')

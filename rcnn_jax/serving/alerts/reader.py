@@ -40,16 +40,32 @@ Units (``config.survey``: counts in ADU with the sky, zero points for 1 ADU/s, e
   ``midpointMjdTai``. Object: ``diaObjectId``; 0 or null means the source has no DIAObject
   (a solar-system source: ``ssObjectId``, object ``ss<id>``; else the source alone,
   ``src<diaSourceId>``), never one object for all of them.
+
+Schemas by content (issue 41). No list of schema versions: a packet is read through the fields
+above, found by name in its writer schema (or by an earlier name, as an Avro alias: Rubin's
+``midPointTai`` and ``filterName`` before schema 5.0), and refused only when one of them is
+missing, null or malformed, in one line naming the field and the alert. Read: every ZTF 3.x and
+4.x (4.x reorders the unions, ``["null", T]``, and adds the forced photometry ``fp_hists``,
+which is skipped; 3.0 has no ``exptime``: its exposures are the config's, ZTF's 30 s) and every
+Rubin schema with a science cutout (``lsst.v6_1`` to ``lsst.v11_1`` of ``lsst-alert-packet``;
+3.0 to 6.0 carry only difference and template cutouts, and are refused naming
+``cutoutScience``). ``decode_message`` reads one Kafka message: an Avro container (ZTF's
+stream) or the Confluent wire format (Rubin's: byte 0, the 4-byte big-endian schema id, a
+schemaless body), with Rubin's pinned writer schemas by id (``rubin_schema``). The per-version
+changes of these fields: docs/alerts.md, "Schema versions".
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import gzip
+import importlib.util
 import io
 import math
 import os
+import struct
 import warnings
 import zlib
 
@@ -63,9 +79,7 @@ from rcnn_jax.core.errors import UserError
 ZTF_PIXEL_SCALE = 1.01  # arcsec/px (Dekany et al. 2020, PASP 132, 038001)
 RUBIN_PIXEL_SCALE = 0.2  # arcsec/px (Ivezic et al. 2019, ApJ 873, 111)
 PIXEL_SCALE_TOLERANCE = 0.02  # relative
-ZTF_BANDS = {1: 'g', 2: 'r', 3: 'i'}  # candidate.fid (schema 3.3)
-ZTF_SCHEMAS = ('3.',)  # schemavsn prefixes read (3.x: the fields used here are unchanged)
-RUBIN_SCHEMAS = ('lsst.v10_',)  # lsst_schema_version / writer-schema namespace prefixes
+ZTF_BANDS = {1: 'g', 2: 'r', 3: 'i'}  # candidate.fid (schemas 3.0 to 4.02)
 AB_NJY_ZERO_POINT = 31.4  # m_AB of 1 nJy: 2.5 log10(3631e9) = 31.40
 MJD_OFFSET = 2400000.5
 
@@ -133,36 +147,75 @@ def list_inputs(inputs) -> list[str]:
   return out
 
 
-# The fields the reader uses: fastavro skips the others when reading with a projection of
-# the writer's schema (prv_candidates, the template and difference cutouts, Fink's and Rubin's
-# extra blocks): Avro decoding takes about half the time.
-_FIELDS = {'schemavsn', 'objectId', 'candid', 'candidate', 'cutoutScience', 'diaSourceId',
-           'diaSource', 'lsst_schema_version'}
+# The fields the reader uses, with the earlier names they had (Avro aliases: a reader schema's
+# field takes the writer's field of an alias's name). fastavro skips the others when reading
+# with this projection of the writer's schema (prv_candidates, fp_hists, the template and
+# difference cutouts, Fink's and Rubin's extra blocks): Avro decoding takes about half the time.
+_FIELDS = {'objectId': (), 'candid': (), 'candidate': (), 'cutoutScience': (),
+           'diaSourceId': (), 'diaSource': ()}
 _SUBFIELDS = {
-    'candidate': {'jd', 'fid', 'magzpsci', 'fwhm', 'exptime', 'xpos', 'ypos', 'candid'},
-    'diaSource': {'diaSourceId', 'diaObjectId', 'ssObjectId', 'midpointMjdTai', 'band',
-                  'ixxPSF', 'iyyPSF'},
+    'candidate': {'jd': (), 'fid': (), 'magzpsci': (), 'fwhm': (), 'exptime': (), 'xpos': (),
+                  'ypos': (), 'candid': ()},
+    'diaSource': {'diaSourceId': (), 'diaObjectId': (), 'ssObjectId': (),
+                  'midpointMjdTai': ('midPointTai',),  # lsst.v3_0, v4_0
+                  'band': ('filterName',),  # lsst.v3_0, v4_0
+                  'ixxPSF': (), 'iyyPSF': ()},
 }
 
 
+def _plain(schema):
+  """A copy of a schema without fastavro's private keys (``__fastavro_parsed``, ...)."""
+  if isinstance(schema, dict):
+    return {k: _plain(v) for k, v in schema.items() if not str(k).startswith('__')}
+  if isinstance(schema, list):
+    return [_plain(v) for v in schema]
+  return schema
+
+
+def _keep(fields, wanted):
+  """The writer's fields that the reader uses, renamed to the reader's names (with the
+  writer's name as an alias)."""
+  out = []
+  for f in fields:
+    for name, old in wanted.items():
+      if f['name'] == name or f['name'] in old:
+        if f['name'] != name:
+          f = dict(f, name=name, aliases=[f['name']])
+        out.append(f)
+        break
+  return out
+
+
 def projection(schema):
-  """The writer schema with only the fields the reader uses (None: not a record schema, or
-  one whose kept fields refer to a type defined in a dropped one: read it whole)."""
+  """The reader schema of a writer schema: only the fields the reader uses, under their current
+  names (None: not a record schema, or one whose kept fields refer to a type defined in a
+  dropped one: read it whole)."""
   if not isinstance(schema, dict) or schema.get('type') != 'record':
     return None
-  s = copy.deepcopy(schema)
-  s['fields'] = [f for f in s['fields'] if f['name'] in _FIELDS]
+  s = _plain(copy.deepcopy(schema))
+  s['fields'] = _keep(s['fields'], _FIELDS)
   for f in s['fields']:
     keep = _SUBFIELDS.get(f['name'])
     types = f['type'] if isinstance(f['type'], list) else [f['type']]
     for t in types:
       if keep and isinstance(t, dict) and t.get('type') == 'record':
-        t['fields'] = [g for g in t['fields'] if g['name'] in keep]
+        t['fields'] = _keep(t['fields'], keep)
   try:
     return fastavro.parse_schema(s)
   except (fastavro.schema.UnknownType, fastavro.schema.SchemaParseException, KeyError,
           ValueError, TypeError):
     return None
+
+
+def _field(rec, name, wanted=_FIELDS):
+  """``rec[name]`` under its current or an earlier name (a record read without the projection);
+  ``KeyError`` if the record has neither."""
+  if name in rec:
+    return rec[name]
+  for old in wanted.get(name, ()):
+    if old in rec:
+      return rec[old]
+  raise KeyError(name)
 
 
 def read_records(path):
@@ -200,16 +253,196 @@ def read_epochs(path, spec: StampSpec):
       yield e
 
 
+# ----------------------------------------------------------------------------------------------
+# One Kafka message
+
+AVRO_MAGIC = b'Obj\x01'  # an Avro object container file (Avro 1.11 spec, "Object Container Files")
+CONFLUENT_MAGIC = 0  # Confluent wire format: byte 0, 4-byte big-endian schema id, Avro body
+
+
+@functools.cache
+def _rubin_schema_root():
+  # The .avsc files of lsst-alert-packet (pinned in pyproject.toml), found without importing the
+  # package (its import pulls lsst.resources and lsst.utils; only its schema files are used).
+  spec = importlib.util.find_spec('lsst.alert.packet')
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return os.path.join(list(spec.submodule_search_locations)[0], 'schema')
+
+
+def rubin_schema_ids() -> list[int]:
+  """The schema ids of every Rubin alert schema that lsst-alert-packet holds (100 major +
+  minor: 1101 = ``lsst.v11_1.alert``, as Rubin's schema registry numbers them)."""
+  root = _rubin_schema_root()
+  out = []
+  for major in sorted(os.listdir(root)) if root and os.path.isdir(root) else ():
+    if major.isdigit() and os.path.isdir(os.path.join(root, major)):
+      out += [100 * int(major) + int(m) for m in os.listdir(os.path.join(root, major))
+              if m.isdigit()]
+  return sorted(out)
+
+
+@functools.cache
+def _rubin_schema(schema_id: int):
+  major, minor = divmod(int(schema_id), 100)
+  root = _rubin_schema_root()
+  path = os.path.join(root or '', str(major), str(minor), f'lsst.v{major}_{minor}.alert.avsc')
+  if root is None or not os.path.isfile(path):
+    raise KeyError(schema_id)
+  return _plain(fastavro.schema.load_schema(path))
+
+
+def rubin_schema(schema_id: int):
+  """Rubin's writer schema of a schema id (``rubin_schema_ids``), from lsst-alert-packet's files,
+  nested types expanded (a copy); ``KeyError`` for an id it does not hold."""
+  return copy.deepcopy(_rubin_schema(schema_id))
+
+
+_PARSED = {}  # id(writer schema) -> (the schema, kept alive; parsed; its projection)
+
+
+def _parsed(writer):
+  """(parsed writer schema, reader schema) of a schema, cached by identity: a consumer passes
+  the same schema object message after message (a few thousand a second)."""
+  hit = _PARSED.get(id(writer))
+  if hit is not None and hit[0] is writer:
+    return hit[1], hit[2]
+  parsed = fastavro.parse_schema(_plain(copy.deepcopy(writer)))
+  proj = projection(writer)
+  if len(_PARSED) >= 64:
+    _PARSED.clear()
+  _PARSED[id(writer)] = (writer, parsed, proj if proj is not None else parsed)
+  return _PARSED[id(writer)][1:]
+
+
+def decode_message(data: bytes, schema=None, schemas=None, source: str = 'message'):
+  """One Kafka message value -> (records, writer schema), the records holding the fields the
+  reader uses (``projection``), each for ``decode``. The value is an Avro container file (ZTF's
+  stream: one file per message, its schema inside) or the Confluent wire format (Rubin's: byte
+  0, the 4-byte big-endian schema id, one schemaless Avro record) whose writer schema is
+  ``schema`` if given, else ``schemas[id]`` (a mapping id -> schema) if it has the id, else
+  Rubin's schema of that id (``rubin_schema``; the one returned is shared: do not modify it).
+  ``BadPacket`` naming ``source`` otherwise."""
+  data = bytes(data)
+  try:
+    if data[:4] == AVRO_MAGIC:
+      reader = fastavro.reader(io.BytesIO(data))
+      writer = reader.writer_schema
+      proj = projection(writer)
+      if proj is not None:
+        reader = fastavro.reader(io.BytesIO(data), reader_schema=proj)
+      return list(reader), writer
+  except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
+          fastavro.read.SchemaResolutionError) as e:
+    raise BadPacket(f'{source}: corrupt Avro container ({type(e).__name__}: {str(e)[:120]})') \
+        from None
+  if len(data) < 6 or data[0] != CONFLUENT_MAGIC:
+    raise BadPacket(f'{source}: neither an Avro container nor the Confluent wire format (magic '
+                    'byte 0, schema id, Avro body)')
+  (schema_id,) = struct.unpack('>I', data[1:5])
+  writer = schema
+  if writer is None and schemas is not None and schema_id in schemas:
+    writer = schemas[schema_id]
+  if writer is None:
+    try:
+      writer = _rubin_schema(schema_id)
+    except KeyError:
+      if _rubin_schema_root() is None:
+        raise BadPacket(f'{source}: schema id {schema_id}: Rubin\'s schemas by id need the '
+                        "lsst-alert-packet package (pip install 'rcnn_jax[rubin]'), or give "
+                        'the writer schema') from None
+      raise BadPacket(f'{source}: unknown schema id {schema_id} (Rubin\'s in lsst-alert-packet: '
+                      f'{", ".join(map(str, rubin_schema_ids()))}; give the writer schema)') \
+          from None
+  buf = io.BytesIO(data[5:])
+  try:
+    parsed, proj = _parsed(writer)
+    rec = fastavro.schemaless_reader(buf, parsed, proj)
+  except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
+          fastavro.read.SchemaResolutionError, fastavro.schema.SchemaParseException) as e:
+    raise BadPacket(f'{source}: the body does not decode with schema id {schema_id} '
+                    f'({type(e).__name__}: {str(e)[:120]})') from None
+  left = len(data) - 5 - buf.tell()
+  if left:
+    raise BadPacket(f'{source}: the body does not decode with schema id {schema_id} ({left} '
+                    'bytes left over)')
+  return [rec], writer
+
+
+# ----------------------------------------------------------------------------------------------
+# Packets
+
+
+def _schema_name(schema):
+  s = schema if isinstance(schema, dict) else {}
+  name = str(s.get('name') or '?')
+  return f'{s["namespace"]}.{name}' if s.get('namespace') and '.' not in name else name
+
+
 def decode(rec, schema, source, spec: StampSpec) -> Epoch:
-  """One packet -> ``Epoch``; ``BadPacket`` naming ``source`` and the alert id otherwise."""
+  """One packet -> ``Epoch``; ``BadPacket`` naming ``source``, the alert id and, for a field
+  that is missing, null or malformed, that field."""
   if not isinstance(rec, dict):
     raise BadPacket(f'{source}: not an alert record')
-  if 'candidate' in rec and 'candid' in rec:
-    return _ztf(rec, source, spec)
+  if 'candidate' in rec or 'candid' in rec:
+    return _ztf(rec, schema, source, spec)
   if 'diaSource' in rec:
     return _rubin(rec, schema, source, spec)
-  raise BadPacket(f'{source}: unknown alert schema (neither ZTF candidate/candid nor Rubin '
-                  'diaSource)')
+  raise BadPacket(f'{source}: unknown alert schema {_schema_name(schema)} (neither ZTF '
+                  'candidate/candid nor Rubin diaSource)')
+
+
+class _Fields:
+  """The fields of one packet, each found or a ``BadPacket`` naming it."""
+
+  def __init__(self, rec, alert, schema):
+    self.rec, self.alert, self.schema = rec, alert, schema
+
+  def lookup(self, path):
+    """(found, value) at ``path`` ('candidate.jd'): found False when the packet has no such
+    field (its schema has none); a null on the way gives (True, None)."""
+    v, wanted = self.rec, _FIELDS
+    for part in path.split('.'):
+      if v is None:
+        return True, None
+      if not isinstance(v, dict):
+        self.bad(path.split('.')[0], v)
+      try:
+        v = _field(v, part, wanted)
+      except KeyError:
+        return False, None
+      wanted = _SUBFIELDS.get(part, {})
+    return True, v
+
+  def has(self, path):
+    return self.lookup(path)[0]
+
+  def get(self, path, need=True):
+    """The value at ``path``; absent or null: ``BadPacket`` naming it if needed, else None."""
+    found, v = self.lookup(path)
+    if need and not found:
+      raise BadPacket(f'{self.alert}: no field {path} in the packet\'s schema '
+                      f'{_schema_name(self.schema)}')
+    if need and v is None:
+      raise BadPacket(f'{self.alert}: {path} is null')
+    return v
+
+  def bad(self, path, v):
+    raise BadPacket(f'{self.alert}: {path} malformed ({str(v)[:40]!r})')
+
+  def number(self, path, kind=float):
+    """A finite number (``kind`` int: an integer) at ``path``."""
+    v = self.get(path)
+    ok = (int,) if kind is int else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok) or not math.isfinite(v):
+      self.bad(path, v)
+    return kind(v)
+
+  def text(self, path):
+    v = self.get(path)
+    if not isinstance(v, str) or not v:
+      self.bad(path, v)
+    return v
 
 
 def _check_scale(native, survey, alert, spec):
@@ -218,34 +451,49 @@ def _check_scale(native, survey, alert, spec):
                     f'{spec.pixel_scale}"/px: classify it with a {survey} model')
 
 
-def _ztf(rec, source, spec) -> Epoch:
+def _ztf(rec, schema, source, spec) -> Epoch:
   alert = f'{source} candid {rec.get("candid")}'
-  vsn = str(rec.get('schemavsn') or '')
-  if not vsn.startswith(ZTF_SCHEMAS):
-    raise BadPacket(f'{alert}: unknown ZTF schema version {vsn!r} (reads 3.x)')
   _check_scale(ZTF_PIXEL_SCALE, 'ZTF', alert, spec)
-  c = rec['candidate'] or {}
-  band = ZTF_BANDS.get(c.get('fid'))
-  if band is None or band not in spec.bands:
-    raise BadPacket(f'{alert}: band {band or c.get("fid")!r} is not one of the model\'s bands '
+  f = _Fields(rec, alert, schema)
+  candid = f.number('candid', int)
+  object_id = f.text('objectId')
+  jd = f.number('candidate.jd')
+  fid = f.number('candidate.fid', int)
+  band = ZTF_BANDS.get(fid)
+  if band is None:
+    raise BadPacket(f'{alert}: candidate.fid malformed ({fid}: 1, 2, 3 = g, r, i)')
+  if band not in spec.bands:
+    raise BadPacket(f'{alert}: band {band!r} is not one of the model\'s bands '
                     f'{", ".join(spec.bands)}')
-  if rec.get('objectId') is None or c.get('jd') is None:
-    raise BadPacket(f'{alert}: no objectId or jd')
-  image = _cutout(rec.get('cutoutScience'), alert)
+  c = f.get('candidate')
+  image = _cutout(_science(f), alert)
   h, w = image.shape
   # The candidate's pixel: the cutout's centre, or, where ZTF cut it short at a CCD edge, the
   # side it was cut on (x/ypos are 1-based CCD-quadrant pixels; 63 = the full cutout).
   cx = _edge_centre(w, c.get('xpos'))
   cy = _edge_centre(h, c.get('ypos'))
   stamp = _cut(image, cx, cy, spec.stamp_size, alert)
-  exptime = _num(c.get('exptime'))
+  # exptime: in the candidate since schema 3.1 (null: unknown); 3.0's exposures were all 30 s.
+  exptime = _num(c.get('exptime')) if f.has('candidate.exptime') else spec.exp_time_s
   zp = _num(c.get('magzpsci'))
   zp = zp - 2.5 * math.log10(exptime) if math.isfinite(exptime) and exptime > 0 else math.nan
   fwhm = _num(c.get('fwhm'))
   seeing = fwhm * ZTF_PIXEL_SCALE if fwhm > 0 else math.nan
-  return Epoch(survey='ztf', object_id=str(rec['objectId']), alert_id=str(rec['candid']),
-               mjd=float(c['jd']) - MJD_OFFSET, band=band, stamp=stamp, zero_point=zp,
+  return Epoch(survey='ztf', object_id=object_id, alert_id=str(candid),
+               mjd=jd - MJD_OFFSET, band=band, stamp=stamp, zero_point=zp,
                seeing_arcsec=seeing, exp_time_s=exptime, source=source)
+
+
+def _science(f):
+  """The packet's science cutout (ZTF's record or Rubin's bytes); ``BadPacket`` naming
+  ``cutoutScience`` when the schema has none (Rubin before lsst.v6_1) or it is null."""
+  if not f.has('cutoutScience'):
+    raise BadPacket(f'{f.alert}: no science cutout (no field cutoutScience in the packet\'s '
+                    f'schema {_schema_name(f.schema)})')
+  cut = f.rec['cutoutScience']
+  if cut is None:
+    raise BadPacket(f'{f.alert}: no science cutout (cutoutScience is null)')
+  return cut
 
 
 def _edge_centre(n, pos, full=63):
@@ -256,23 +504,22 @@ def _edge_centre(n, pos, full=63):
 
 
 def _rubin(rec, schema, source, spec) -> Epoch:
-  s = rec['diaSource'] or {}
+  s = rec['diaSource'] if isinstance(rec.get('diaSource'), dict) else {}
   alert_id = rec.get('diaSourceId', s.get('diaSourceId'))
   alert = f'{source} diaSourceId {alert_id}'
-  vsn = str(rec.get('lsst_schema_version') or (schema or {}).get('namespace') or
-            (schema or {}).get('name') or '')
-  if not vsn.startswith(RUBIN_SCHEMAS):
-    raise BadPacket(f'{alert}: unknown Rubin schema {vsn!r} (reads lsst.v10_x)')
   _check_scale(RUBIN_PIXEL_SCALE, 'Rubin', alert, spec)
-  band = s.get('band')
+  f = _Fields(rec, alert, schema)
+  source_id = f.number('diaSource.diaSourceId', int)
+  if alert_id is None:
+    alert_id = source_id
+  band = f.text('diaSource.band')
   if band not in spec.bands:
     raise BadPacket(f'{alert}: band {band!r} is not one of the model\'s bands '
                     f'{", ".join(spec.bands)}')
   if band not in spec.zero_points:
     raise BadPacket(f'{alert}: the model\'s config has no zero point for band {band!r}')
-  if alert_id is None or s.get('midpointMjdTai') is None:
-    raise BadPacket(f'{alert}: no diaSourceId or midpointMjdTai')
-  hdus = _fits(rec.get('cutoutScience'), alert)
+  mjd = f.number('diaSource.midpointMjdTai')
+  hdus = _fits(_science(f), alert)
   image = _image(hdus, alert)
   hdr = hdus[0].header
   if 'CRPIX1' in hdr and 'CRPIX2' in hdr:
@@ -283,15 +530,16 @@ def _rubin(rec, schema, source, spec) -> Epoch:
   zp, t = spec.zero_points[band], spec.exp_time_s
   stamp = (stamp_njy * (t * 10.0**((zp - AB_NJY_ZERO_POINT) / 2.5))).astype(np.float32)
   seeing = _rubin_seeing(hdus, s)
-  obj = s.get('diaObjectId') or 0
+  obj = f.get('diaSource.diaObjectId', need=False) or 0
+  ss = f.get('diaSource.ssObjectId', need=False)
   if obj:
     object_id = str(obj)
-  elif s.get('ssObjectId'):
-    object_id = f'ss{s["ssObjectId"]}'
+  elif ss:
+    object_id = f'ss{ss}'
   else:
     object_id = f'src{alert_id}'
   return Epoch(survey='rubin', object_id=object_id, alert_id=str(alert_id),
-               mjd=float(s['midpointMjdTai']), band=band, stamp=stamp, zero_point=zp,
+               mjd=mjd, band=band, stamp=stamp, zero_point=zp,
                seeing_arcsec=seeing, exp_time_s=t, source=source)
 
 
