@@ -8,7 +8,8 @@ architecture (Table 3) at --batch sequences of --steps steps, and its compile ti
 same step with every step of every sequence valid (the work of a fixed-length implementation),
 and the simulation's share of the step (the batch simulated alone).
 ``inference``: new images/s of the incremental (alert-broker) mode, batched across objects, and
-its probabilities' largest difference from full precision (--workdir: a trained model's).
+its probabilities' largest difference from full precision (--workdir: a trained model's);
+``--backend onnx`` (or ``jax,onnx``) the same stream through the ONNX export and onnxruntime.
 ``alerts``: real ZTF alert packets end to end (``rcnn_jax.alerts``: Avro decoding, cutouts,
 the SQLite state read and written, the model), alerts/s and where the time goes, and the
 latency of one alert; against Rubin's largest visit (40,000 alerts in ~30 s: 1,333 alerts/s).
@@ -36,7 +37,8 @@ from rcnn_jax.training import config_check
 def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
   global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _MIN_TIME, _CONFIG_ARG, _OUT, _WORKDIR
-  global _ALERT_OBJECTS, _ALERT_EPOCHS, _ALERT_SLOTS
+  global _ALERT_OBJECTS, _ALERT_EPOCHS, _ALERT_SLOTS, _BACKEND
+  global _ALERT_KAFKA, _ALERT_CONSUMERS, _ALERT_POSTGRES
   _BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
   _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
   _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
@@ -55,6 +57,16 @@ def _define_flags():
   _ALERT_OBJECTS = flags.DEFINE_integer('alert_objects', 1024, 'alerts: objects in the stream.')
   _ALERT_EPOCHS = flags.DEFINE_integer('alert_epochs', 4, 'alerts: alerts per object.')
   _ALERT_SLOTS = flags.DEFINE_integer('alert_slots', 256, 'alerts: objects per model call.')
+  _ALERT_KAFKA = flags.DEFINE_bool('kafka', False, 'alerts: end to end through Kafka (consume, '
+                                   'decode, cutout, state, model, produce) with consumer '
+                                   "processes against librdkafka's mock cluster.")
+  _ALERT_CONSUMERS = flags.DEFINE_list('alert_consumers', ['1', '2'], 'alerts --kafka: '
+                                       'consumer processes in the group, one run each.')
+  _ALERT_POSTGRES = flags.DEFINE_string('alert_postgres', '', 'alerts --kafka: also a run '
+                                        'with the state in this postgresql:// database.')
+  _BACKEND = flags.DEFINE_list(
+      'backend', ['jax'], "inference: 'jax' (Classifier.update, float32 then bfloat16), 'onnx' "
+      '(the ONNX export run by onnxruntime through serving.onnx_stream), or both: jax,onnx.')
 
 _RESULTS = []
 _REFERENCE_CALLS = 8  # updates of every object compared with the full-precision reference
@@ -203,6 +215,13 @@ def bench_inference(config):
   """
   from rcnn_jax import models  # lazy: per benchmark
   from rcnn_jax.serving.classifier import Classifier  # lazy: per benchmark
+  backends = list(dict.fromkeys(_BACKEND.value))
+  unknown = sorted(set(backends) - {'jax', 'onnx'})
+  if unknown or not backends:
+    raise utils.UserError(f'--backend {",".join(unknown)}: choose jax, onnx or jax,onnx')
+  if 'onnx' in backends:
+    from rcnn_jax.serving import export_onnx  # lazy: per benchmark (optional extra [onnx])
+    export_onnx.import_converter()  # installed, before any compile
   n, iters = _OBJECTS.value, _ITERS.value
   if _WORKDIR.value:
     trained = Classifier.from_workdir(_WORKDIR.value)
@@ -247,21 +266,29 @@ def bench_inference(config):
     return np.stack(holder[2]), timing
 
   probs, timings = {}, {}
-  for dtype in ('float32', 'bfloat16'):
+  for dtype in ('float32', 'bfloat16') if 'jax' in backends else ():
     clf = Classifier(config, params, batch_stats, dtype=dtype)
     probs[dtype], timings[dtype] = run(clf, timed=True)
+  if 'onnx' in backends:
+    onnx_clf = _onnx_classifier(Classifier(config, params, batch_stats))
+    probs['onnx'], timings['onnx'] = run(onnx_clf, timed=True)
   # Full precision: the plain float32 layers (XLA's convolution over the whole batch, no
   # Winograd, no chunks), on the stream's first images.
   ref_config = copy.deepcopy(config)
   ref_config.model.conv_impl, ref_config.model.encoder_chunk = 'xla', 0
   ref_clf = Classifier(ref_config, params, batch_stats, dtype='float32')
   reference, _ = run(ref_clf, num_calls=n_w - 1 + _REFERENCE_CALLS)
-  for dtype in ('float32', 'bfloat16'):
+  for dtype in timings:
     best, med, calls, compile_s = timings[dtype]
     cfg = {'objects': n, 'stamp_size': s, 'n_w': n_w, 'dtype': dtype,
            'conv_impl': config.model.conv_impl, 'filters': config.model.filters,
            'lstm_size': config.model.lstm_size,
            'parameters': f'trained ({_WORKDIR.value})' if _WORKDIR.value else 'random'}
+    if dtype == 'onnx':
+      import onnxruntime  # lazy: per benchmark (optional extra [onnx])
+      cfg.update(dtype='float32', backend='onnxruntime ' + onnxruntime.__version__,
+                 conv_impl='onnxruntime', rows_per_call=onnx_clf.batch,
+                 workers=onnx_clf.workers)
     ours = probs[dtype][:len(reference)]
     diff = float(np.abs(ours - reference).max())
     same_top = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
@@ -271,6 +298,17 @@ def bench_inference(config):
          max_abs_prob_diff_vs_full_precision=round(diff, 7),
          top_class_agreement_vs_full_precision=round(same_top, 5),
          compared_updates=len(reference))
+
+
+def _onnx_classifier(clf):
+  """The classifier exported to ONNX (a temporary folder) and loaded by onnx_stream."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from rcnn_jax.serving import export_onnx  # lazy: per benchmark (optional extra [onnx])
+  from rcnn_jax.serving import onnx_stream  # lazy: per benchmark (optional extra [onnx])
+  with tempfile.TemporaryDirectory(prefix='bench_onnx_') as tmp:
+    export_onnx.export_onnx(clf, tmp, float(clf.config.survey.max_seeing_arcsec))
+    return onnx_stream.load(tmp)
 
 
 ALERT_SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
@@ -283,6 +321,18 @@ def alert_files(folder, num_objects, num_epochs, per_file=2048):
   real packets (their cutouts; ids, times, bands rewritten), objects interleaved as a night's
   stream interleaves them; returns the paths."""
   import fastavro  # pylint: disable=g-import-not-at-top
+  schema, recs = alert_records(num_objects, num_epochs)
+  paths = []
+  for i in range(0, len(recs), per_file):
+    paths.append(os.path.join(folder, f'alerts_{i // per_file:04d}.avro'))
+    with open(paths[-1], 'wb') as f:
+      fastavro.writer(f, schema, recs[i:i + per_file])
+  return paths
+
+
+def alert_records(num_objects, num_epochs, prefix='ZTFbench', first=10**15):
+  """(parsed writer schema, records) of ``alert_files``' stream."""
+  import fastavro  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(ALERT_SAMPLES):
     raise utils.UserError(f'bench alerts reads real packets from {ALERT_SAMPLES}: not found')
   with open(ALERT_SAMPLES, 'rb') as f:
@@ -293,17 +343,12 @@ def alert_files(folder, num_objects, num_epochs, per_file=2048):
   for e in range(num_epochs):
     for o in range(num_objects):
       rec = copy.deepcopy(templates[(o + e) % len(templates)])
-      rec['objectId'] = f'ZTFbench{o:07d}'
-      rec['candid'] = rec['candidate']['candid'] = 10**15 + num_epochs * o + e
+      rec['objectId'] = f'{prefix}{o:07d}'
+      rec['candid'] = rec['candidate']['candid'] = first + num_epochs * o + e
       c = rec['candidate']
       c['jd'], c['fid'], c['fwhm'] = 2459000.5 + 0.7 * e + 1e-5 * o, 1 + e % 2, 2.0
       recs.append(rec)
-  paths = []
-  for i in range(0, len(recs), per_file):
-    paths.append(os.path.join(folder, f'alerts_{i // per_file:04d}.avro'))
-    with open(paths[-1], 'wb') as f:
-      fastavro.writer(f, schema, recs[i:i + per_file])
-  return paths
+  return schema, recs
 
 
 def _finite_stamp(rec):
@@ -346,6 +391,8 @@ def bench_alerts(_):
                                      jnp.zeros((1, 1, width)), jnp.ones((1, 1), bool)))(
                                          jax.random.key(0))
     clf = Classifier(config, v['params'], v['batch_stats'])
+  if _ALERT_KAFKA.value:
+    return bench_alerts_kafka(clf, v if not _WORKDIR.value else None)
   slots, n_obj, n_ep = _ALERT_SLOTS.value, _ALERT_OBJECTS.value, _ALERT_EPOCHS.value
   with tempfile.TemporaryDirectory(prefix='bench_alerts_') as tmp:
     # Warm-up: n_w alerts per object, so that both jitted calls compile (the window shift of
@@ -398,6 +445,140 @@ def bench_alerts(_):
       emit('alerts_latency', 1e3 * float(np.median(times[5:])), 'ms',
            config={'slots': k, 'history_alerts': n_ep}, best_ms=round(1e3 * min(times), 2),
            alerts=len(times) - 5)
+
+
+def bench_alerts_kafka(clf, variables):
+  """``bench alerts --kafka``: the --alert_objects x --alert_epochs stream of ``alert_files``
+  as one Avro container per message keyed by object id, produced at once to librdkafka's mock
+  cluster (``serving.alerts.mockkafka``: a process on loopback, not a real broker), consumed by
+  --alert_consumers processes of ``python -m rcnn_jax.alerts --kafka`` in one group (consume,
+  decode, cutout, state, model, produce the classifications), the state in SQLite (one file
+  shared by the group's processes) and, with --alert_postgres, in PostgreSQL. Each run first
+  sends n_w alerts of 64 other objects and waits for their classifications (the processes
+  have then joined the group and compiled), then times from the first produce of the stream to
+  the last chunk written. alerts/s beside Rubin's largest visit; ms per alert per stage (summed
+  over the processes: with two processes on two cores, per-stage times add up to twice the
+  wall time)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import uuid  # pylint: disable=g-import-not-at-top
+
+  import confluent_kafka  # pylint: disable=g-import-not-at-top
+  import fastavro  # pylint: disable=g-import-not-at-top
+
+  from rcnn_jax.serving import shipped  # lazy: per benchmark
+  slots, n_obj, n_ep = _ALERT_SLOTS.value, _ALERT_OBJECTS.value, _ALERT_EPOCHS.value
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, RCNN_JAX_KAFKA_SESSION_TIMEOUT_MS='10000')
+
+  def messages(prefix, num_objects, num_epochs, first):
+    schema, recs = alert_records(num_objects, num_epochs, prefix=prefix, first=first)
+    out = []
+    for r in recs:
+      buf = io.BytesIO()
+      fastavro.writer(buf, schema, [r])
+      out.append((r['objectId'].encode(), buf.getvalue()))
+    return out
+
+  def count(bootstrap, topic, want, timeout):
+    c = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': 'bench-reader'})
+    t0, n = time.time(), 0
+    while time.time() - t0 < timeout:
+      md = c.list_topics(topic, timeout=10).topics.get(topic)
+      if md is not None and md.partitions and md.error is None:
+        c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                  for p in md.partitions])
+        break
+      time.sleep(0.2)
+    while n < want and time.time() - t0 < timeout:
+      n += sum(1 for m in c.consume(500, timeout=0.5) if not m.error())
+    c.close()
+    return n
+
+  with tempfile.TemporaryDirectory(prefix='bench_alerts_kafka_') as tmp:
+    workdir = _WORKDIR.value
+    if not workdir:
+      workdir = os.path.join(tmp, 'model')
+      shipped.save(workdir, clf.config, variables['params'], variables['batch_stats'], step=0,
+                   source='random init (bench alerts --kafka)', dtype='float32')
+    mock = subprocess.Popen([sys.executable, '-m', 'rcnn_jax.serving.alerts.mockkafka'],
+                            cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+      bootstrap = mock.stdout.readline().strip()
+      producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5,
+                                           'queue.buffering.max.kbytes': 2**21})
+      backends = [('sqlite', None)] + ([('postgresql', _ALERT_POSTGRES.value)]
+                                       if _ALERT_POSTGRES.value else [])
+      for run, (backend, n_proc) in enumerate((b, int(n)) for b, _ in backends
+                                              for n in _ALERT_CONSUMERS.value):
+        state = dict(backends)[backend] or os.path.join(tmp, f'state_{run}.db')
+        topic, out_topic = f'alerts-{uuid.uuid4().hex[:8]}', f'out-{uuid.uuid4().hex[:8]}'
+        warm = messages(f'ZTFwarm{run:02d}', 64, clf.n_w, 10**15 + 10**9 * run)
+        main = messages(f'ZTFbench{run:02d}', n_obj, n_ep, 2 * 10**15 + 10**9 * run)
+        for k, v in warm:
+          producer.produce(topic, key=k, value=v)
+        producer.flush(60)
+        stats = [os.path.join(tmp, f'stats_{run}_{i}.json') for i in range(n_proc)]
+        procs = [subprocess.Popen(
+            [sys.executable, '-m', 'rcnn_jax.alerts', '--workdir', workdir, '--state', state,
+             '--kafka', bootstrap, '--topic', topic, '--group', f'bench{run}', '--out_topic',
+             out_topic, '--batch', str(slots), '--idle_exit', '6', '--stats_json', s,
+             '--progress_every', '0'], cwd=root, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True) for s in stats]
+        got = count(bootstrap, out_topic, len(warm), 600)
+        if got < len(warm):
+          raise utils.UserError(f'bench alerts --kafka: {got} of {len(warm)} warm-up '
+                                'classifications: ' + procs[0].stderr.read()[-500:])
+        t0 = time.time()
+        for k, v in main:
+          while True:
+            try:
+              producer.produce(topic, key=k, value=v)
+              break
+            except BufferError:
+              producer.poll(0.05)
+        producer.flush(600)
+        produced_s = time.time() - t0
+        for p in procs:
+          _, err = p.communicate(timeout=3600)
+          if p.returncode != 0:
+            raise utils.UserError(f'bench alerts --kafka: a consumer failed: {err[-500:]}')
+        summ = []
+        for s in stats:
+          with open(s) as f:
+            summ.append(json.load(f))
+        rows = sum(x['rows'] for x in summ)
+        wall = max(x['t_last_rows'] for x in summ) - t0
+        # The stream's alerts handled (the consumers stop after 6 s without a message: short
+        # of len(main) when the broker serves slower than that; librdkafka's mock cluster
+        # serves ~0.7 MB/s of these ~57 kB packets, ~12 alerts/s, measured 2026-12-07).
+        done = rows - len(warm)
+        rate = done / wall
+        timers = {}
+        for x in summ:
+          for k, v in x['timers'].items():
+            timers[k] = timers.get(k, 0.0) + v
+        compile_s = timers.pop('compile', 0.0)
+        timers.pop('wait', None)
+        emit('alerts_kafka', rate, 'alerts_per_s',
+             config={'objects': n_obj, 'alerts_per_object': n_ep, 'slots': slots,
+                     'consumers': n_proc, 'state': backend, 'stamp_size': clf.stamp_size,
+                     'n_w': clf.n_w, 'lstm_size': clf.config.model.lstm_size,
+                     'parameters': f'trained ({_WORKDIR.value})' if _WORKDIR.value
+                     else 'random', 'broker': "librdkafka's mock cluster (loopback)",
+                     'message_bytes_mean': round(sum(len(v) for _, v in main) / len(main))},
+             seconds=round(wall, 2), produce_s=round(produced_s, 2), rows=rows,
+             stream_alerts=len(main), stream_alerts_handled=done,
+             compile_s=round(compile_s, 2),
+             breakdown_ms_per_alert={k: round(1e3 * v / rows, 4) for k, v in timers.items()},
+             vs_rubin_largest_visit=round(rate / RUBIN_VISIT_RATE, 4),
+             load_average=[round(x, 2) for x in os.getloadavg()])
+      del producer  # before the cluster goes: no reconnection messages
+    finally:
+      mock.terminate()
+      mock.wait(timeout=30)
 
 
 BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference,

@@ -62,3 +62,28 @@ def hits_data():
   if not (SHARED_HITS / 'conditions.csv').exists():
     pytest.skip(f'shared HiTS data not found at {SHARED_HITS}')
   return SHARED_HITS
+
+
+# A throwaway PostgreSQL server (rcnn_jax/serving/alerts/pgserver.py: initdb into a new
+# temporary folder, pg_ctl start on 127.0.0.1 and a free port, trust authentication), one per
+# test process (each pytest-xdist worker its own cluster), started on first use and stopped at
+# the end of the session. Skipped without the server binaries (Debian's postgresql package),
+# except under RCNN_JAX_REQUIRE_POSTGRES=1 (.ci/run, which installs the package): a failure.
+@pytest.fixture(scope='session')
+def postgres_server():
+  from rcnn_jax.serving.alerts import pgserver
+  if pgserver.find_bin_dir() is None:
+    msg = 'PostgreSQL server binaries not found (apt-get install postgresql)'
+    if os.environ.get('RCNN_JAX_REQUIRE_POSTGRES') == '1':
+      pytest.fail(msg)
+    pytest.skip(msg)
+  server = pgserver.start(durable=False)
+  atexit.register(server.stop)  # also if the session ends without its teardown
+  yield server
+  server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+  """postgresql://rcnn@127.0.0.1:PORT/rcnn_<hex>: a new, empty database per test."""
+  return postgres_server.create_database()

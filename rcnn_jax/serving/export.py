@@ -130,6 +130,26 @@ def batch_multiple(classifier, conv_impl) -> int:
   return max(chunk, 1)
 
 
+def preprocessing_rules(max_seeing_arcsec) -> dict:
+  """The manifest's ``preprocessing``: the preparation rules in words (also the ONNX
+  artifact's, ``export_onnx.py``)."""
+  return {
+      'eq4': '(image - sky_adu) * 10**((zp_ref - zero_point) / 2.5), zp_ref = the first '
+             "kept image's zero point; no scaling when either is NaN",
+      'sky_when_nan': f'clipped median ({SKY_NSIGMA}-sigma MAD, at most {SKY_MAX_ITER} '
+                      f'rounds) of the stamp\'s outer {realdata.SKY_RING}-pixel ring',
+      'seeing': f'an image with seeing_arcsec > {float(max_seeing_arcsec)} is skipped '
+                '(state unchanged); so is NaN seeing (conditions not measured) when '
+                'drop_unknown_seeing',
+      'crop': 'larger stamps are centre-cropped by the loader: rows (H - S) // 2 ..',
+      'time': "time gaps are days since the object's first kept image; mjd = mjd_hi + mjd_lo",
+      'steps': 'probabilities from the n_w-th kept image on; NaN before',
+      'plausibility': 'an active image whose epoch plausibility.epoch_problems finds '
+                      'implausible with these limits is dropped (state unchanged) with a '
+                      'line on stderr; checked by the loader, not the function',
+  }
+
+
 def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
   m = {
       'format': exported_lib.FORMAT,
@@ -149,21 +169,7 @@ def build_manifest(classifier, max_seeing_arcsec, platforms, conv_impl) -> dict:
       'dtype': classifier.dtype,
       # Applied by the loader on the host before the function (exported.update), as stream.py.
       'plausibility': plausibility.limits_from_config(classifier.config),
-      'preprocessing': {
-          'eq4': '(image - sky_adu) * 10**((zp_ref - zero_point) / 2.5), zp_ref = the first '
-                 "kept image's zero point; no scaling when either is NaN",
-          'sky_when_nan': f'clipped median ({SKY_NSIGMA}-sigma MAD, at most {SKY_MAX_ITER} '
-                          f'rounds) of the stamp\'s outer {realdata.SKY_RING}-pixel ring',
-          'seeing': f'an image with seeing_arcsec > {float(max_seeing_arcsec)} is skipped '
-                    '(state unchanged); so is NaN seeing (conditions not measured) when '
-                    'drop_unknown_seeing',
-          'crop': 'larger stamps are centre-cropped by the loader: rows (H - S) // 2 ..',
-          'time': "time gaps are days since the object's first kept image; mjd = mjd_hi + mjd_lo",
-          'steps': 'probabilities from the n_w-th kept image on; NaN before',
-          'plausibility': 'an active image whose epoch plausibility.epoch_problems finds '
-                          'implausible with these limits is dropped (state unchanged) with a '
-                          'line on stderr; checked by the loader, not the function',
-      },
+      'preprocessing': preprocessing_rules(max_seeing_arcsec),
   }
   shapes = lambda d: {k: exported_lib._as_list(v) for k, v in d.items()}  # pylint: disable=protected-access
   m['state'] = shapes(exported_lib.state_shapes(m))

@@ -97,10 +97,11 @@ class InputError(ValueError):
     super().__init__(' '.join(str(problem).split()))
 
 
-def fields_digest(manifest) -> str:
-  """SHA-256 (hex) of the canonical JSON of the manifest's ``DIGEST_FIELDS`` (a missing one as
-  null): ``json.dumps`` with sort_keys, separators (',', ':') and ASCII, then UTF-8 bytes."""
-  sealed = {k: manifest.get(k) for k in DIGEST_FIELDS}
+def fields_digest(manifest, fields=DIGEST_FIELDS) -> str:
+  """SHA-256 (hex) of the canonical JSON of the manifest's ``fields`` (``DIGEST_FIELDS``; the
+  ONNX artifact's are ``export_onnx.DIGEST_FIELDS``), a missing one as null: ``json.dumps``
+  with sort_keys, separators (',', ':') and ASCII, then UTF-8 bytes."""
+  sealed = {k: manifest.get(k) for k in fields}
   text = json.dumps(sealed, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
   return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
@@ -219,7 +220,62 @@ def read_manifest(path) -> dict:
     raise ManifestError(path, f'cannot read {MANIFEST}: {e}') from None
 
 
-class ExportedClassifier:
+class HostRules:
+  """What a loader does on the host before its function, as ``Classifier.update``: the
+  plausibility rules, the seeing cut and the refusals (``ExportedClassifier`` here, the ONNX
+  loader's ``onnx_stream.OnnxClassifier``). Needs ``plausibility``, ``max_seeing_arcsec``,
+  ``drop_unknown_seeing``; ``SEEING_DTYPE``: the precision of the seeing cut (float32, as the
+  exported function compares; float64 for the ONNX loader, as stream.py)."""
+  SEEING_DTYPE = np.float32
+
+  @staticmethod
+  def _per_slot(x, n, name, dtype=np.float64):
+    """[n] values of ``x`` (None: NaN), or InputError naming ``name``."""
+    a = np.full(n, np.nan) if x is None else np.asarray(x, dtype).reshape(-1)
+    if a.shape != (n,):
+      raise InputError(f'{name} must have one value per slot ({n}), got shape {np.shape(x)}')
+    return a
+
+  def _kept(self, act, images, mjd, zp, sky, seeing) -> np.ndarray:
+    """The slots whose image is kept: active, plausible (else dropped with one line on stderr,
+    as stream.py does) and within the seeing cut (which the compiled function applies too)."""
+    kept = act.copy()
+    idx = np.flatnonzero(act)
+    if idx.size:
+      why = plausibility_lib.epoch_problems(
+          self.plausibility, zero_point=zp[idx], sky_adu=sky[idx], stamps=images[idx],
+          seeing_arcsec=None if seeing is None else seeing[idx])
+      for j, w in enumerate(why):
+        if w:
+          kept[idx[j]] = False
+          print(f'warning: object slot {idx[j]}: epoch MJD {mjd[idx[j]]:.5f} dropped: {w}',
+                file=sys.stderr)
+    if seeing is not None:  # in SEEING_DTYPE, as the model's side compares
+      s32 = seeing.astype(self.SEEING_DTYPE)
+      kept &= ~(s32 > self.SEEING_DTYPE(self.max_seeing_arcsec))
+      if self.drop_unknown_seeing:
+        kept &= np.isfinite(s32)
+    return kept
+
+  @staticmethod
+  def _check_kept(kept, images, mjd, sky, last):
+    """InputError for the first kept slot that Classifier.update would refuse."""
+    checks = (
+        (lambda: ~np.isfinite(images).reshape(len(kept), -1).all(axis=1),
+         lambda i: 'image contains NaN or Inf'),
+        (lambda: ~np.isfinite(mjd), lambda i: f'MJD {mjd[i]} is not finite'),
+        (lambda: np.isinf(sky), lambda i: f'sky_adu {sky[i]} is not finite (NaN: estimated)'),
+        (lambda: mjd <= last,  # NaN last (no image yet): False
+         lambda i: f'MJD {mjd[i]:.5f} is not after its previous image (MJD {last[i]:.5f})'
+         + (': the same image twice' if mjd[i] == last[i] else '')),
+    )
+    for bad, text in checks:
+      b = np.flatnonzero(kept & bad())
+      if b.size:
+        raise InputError(f'object slot {b[0]}: {text(b[0])}')
+
+
+class ExportedClassifier(HostRules):
   """The deserialized streaming update and its manifest."""
 
   def __init__(self, path, manifest, exp):
@@ -298,12 +354,7 @@ class ExportedClassifier:
     r0, c0 = (full.shape[1] - s) // 2, (full.shape[2] - s) // 2
     crop = full[:, r0:r0 + s, c0:c0 + s]
 
-    def per(x, name, dtype=np.float64):
-      a = np.full(n, np.nan) if x is None else np.asarray(x, dtype).reshape(-1)
-      if a.shape != (n,):
-        raise InputError(f'{name} must have one value per slot ({n}), got shape {np.shape(x)}')
-      return a
-
+    per = lambda x, name, dtype=np.float64: self._per_slot(x, n, name, dtype)
     mjd = per(mjd, 'mjd')
     zp, sky = per(zero_point, 'zero_point'), per(sky_adu, 'sky_adu')
     seeing = None if seeing_arcsec is None else per(seeing_arcsec, 'seeing_arcsec')
@@ -323,60 +374,24 @@ class ExportedClassifier:
     new[HOST_STATE][:n][kept] = mjd[kept]
     return np.asarray(probs)[:n], new
 
-  def _kept(self, act, images, mjd, zp, sky, seeing) -> np.ndarray:
-    """The slots whose image is kept: active, plausible (else dropped with one line on stderr,
-    as stream.py does) and within the seeing cut (which the compiled function applies too)."""
-    kept = act.copy()
-    idx = np.flatnonzero(act)
-    if idx.size:
-      why = plausibility_lib.epoch_problems(
-          self.plausibility, zero_point=zp[idx], sky_adu=sky[idx], stamps=images[idx],
-          seeing_arcsec=None if seeing is None else seeing[idx])
-      for j, w in enumerate(why):
-        if w:
-          kept[idx[j]] = False
-          print(f'warning: object slot {idx[j]}: epoch MJD {mjd[idx[j]]:.5f} dropped: {w}',
-                file=sys.stderr)
-    if seeing is not None:  # in float32, as the function compares
-      s32 = seeing.astype(np.float32)
-      kept &= ~(s32 > np.float32(self.max_seeing_arcsec))
-      if self.drop_unknown_seeing:
-        kept &= np.isfinite(s32)
-    return kept
 
-  @staticmethod
-  def _check_kept(kept, images, mjd, sky, last):
-    """InputError for the first kept slot that Classifier.update would refuse."""
-    checks = (
-        (lambda: ~np.isfinite(images).reshape(len(kept), -1).all(axis=1),
-         lambda i: 'image contains NaN or Inf'),
-        (lambda: ~np.isfinite(mjd), lambda i: f'MJD {mjd[i]} is not finite'),
-        (lambda: np.isinf(sky), lambda i: f'sky_adu {sky[i]} is not finite (NaN: estimated)'),
-        (lambda: mjd <= last,  # NaN last (no image yet): False
-         lambda i: f'MJD {mjd[i]:.5f} is not after its previous image (MJD {last[i]:.5f})'
-         + (': the same image twice' if mjd[i] == last[i] else '')),
-    )
-    for bad, text in checks:
-      b = np.flatnonzero(kept & bad())
-      if b.size:
-        raise InputError(f'object slot {b[0]}: {text(b[0])}')
-
-
-def check_digests(path, manifest, blob):
+def check_digests(path, manifest, blob, fields=DIGEST_FIELDS, artifact=ARTIFACT,
+                  digest='update_sha256', command='python -m rcnn_jax.export'):
   """Raises ManifestError unless a version-2 manifest's ``fields_sha256`` matches its sealed
-  fields and its ``update_sha256`` matches ``blob`` (update.jax's bytes)."""
-  if fields_digest(manifest) != manifest['fields_sha256']:
+  ``fields`` and its ``digest`` matches ``blob`` (``artifact``'s bytes: update.jax, or the
+  ONNX artifact's step.onnx with its own fields, digest name and command)."""
+  if fields_digest(manifest, fields) != manifest['fields_sha256']:
     raise ManifestError(path, f'{MANIFEST} fails its integrity check: the SHA-256 of its sealed '
                         'fields (class names, seeing rules, plausibility limits, shapes, ...) '
                         'is not the fields_sha256 written at export, so it was edited or '
-                        'damaged; re-export the model (python -m rcnn_jax.export)')
+                        f'damaged; re-export the model ({command})')
   got = bytes_digest(blob)
-  if got != manifest['update_sha256']:
-    want = str(manifest['update_sha256'])[:16]
-    raise ManifestError(path, f'{ARTIFACT} fails its integrity check: its SHA-256 is '
-                        f"{got[:16]}.., the manifest's update_sha256 is {want}..; the file is "
+  if got != manifest[digest]:
+    want = str(manifest[digest])[:16]
+    raise ManifestError(path, f'{artifact} fails its integrity check: its SHA-256 is '
+                        f"{got[:16]}.., the manifest's {digest} is {want}..; the file is "
                         'damaged or not the one exported with this manifest; re-export the '
-                        'model (python -m rcnn_jax.export)')
+                        f'model ({command})')
 
 
 def load(path) -> ExportedClassifier:

@@ -95,6 +95,9 @@ class Engine:
     rows = [None] * len(epochs)
     with store.transaction():
       t0 = time.perf_counter()
+      # Waits for any other process holding these objects (PostgreSQL; SQLite's transaction
+      # already excludes every other): what it committed is then read below, never redone.
+      store.lock_objects(objects)
       done = store.alert_rows([e.alert_id for e in epochs])
       saved = store.slots(objects, self._fresh)
       t.add('state_read', time.perf_counter() - t0)
