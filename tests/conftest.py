@@ -85,5 +85,8 @@ def postgres_server():
 
 @pytest.fixture
 def postgres_url(postgres_server):
-  """postgresql://rcnn@127.0.0.1:PORT/rcnn_<hex>: a new, empty database per test."""
-  return postgres_server.create_database()
+  """postgresql://rcnn@127.0.0.1:PORT/rcnn_<hex>: a new, empty database per test (dropped
+  after it)."""
+  url = postgres_server.create_database()
+  yield url
+  postgres_server.drop_database(url)

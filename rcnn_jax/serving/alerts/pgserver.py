@@ -11,6 +11,7 @@ port), so parallel test workers never share one.
     server = pgserver.start()            # durable=False: fsync off (tests)
     url = server.create_database()       # postgresql://rcnn@127.0.0.1:PORT/rcnn_<hex>
     ...
+    server.drop_database(url)            # optional: stop removes everything
     server.stop()
 
 As a command (``python -m rcnn_jax.serving.alerts.pgserver [--durable]``): prints the URL of a
@@ -110,6 +111,13 @@ class Server:
     with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as con:
       con.execute(f'CREATE DATABASE "{name}"')
     return self.url(name)
+
+  def drop_database(self, url_or_name):
+    """Drops a database of this server (its connections closed first)."""
+    import psycopg  # lazy: the 'postgres' extra, only where a server is started
+    name = str(url_or_name).rsplit('/', 1)[-1].split('?')[0]
+    with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as con:
+      con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
   def _pg_ctl(self, *args, check=True):
     return _call([os.path.join(self.bin_dir, 'pg_ctl'), '-D', self.data, *args], self.run_as,
