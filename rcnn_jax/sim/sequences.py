@@ -56,8 +56,12 @@ def detected_epochs(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_b
 def first_detection(mag, limmag, num_epochs, baseline_epochs=0, band=None, num_bands=1):
   """Index of the first real epoch where the transient is detected (``detected_epochs``), or
   len(mag) if none."""
-  detected = detected_epochs(mag, limmag, num_epochs, baseline_epochs, band, num_bands)
-  return jnp.where(detected.any(), jnp.argmax(detected), mag.shape[-1]).astype(jnp.int32)
+  return first_index(detected_epochs(mag, limmag, num_epochs, baseline_epochs, band, num_bands))
+
+
+def first_index(detected):
+  """Index of the first True of ``detected`` [E], or E if none."""
+  return jnp.where(detected.any(), jnp.argmax(detected), detected.shape[-1]).astype(jnp.int32)
 
 
 def detections_in_window(detected, start, max_steps, n_w):

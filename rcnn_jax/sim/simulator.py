@@ -296,7 +296,7 @@ def _attempt_parts(key, label, sim: Simulator):
                                                 band=band)
   detected = sequences.detected_epochs(det_mag, surv.limmag5[field], n, sim.detection_baseline,
                                       band=band, num_bands=surv.num_bands)
-  det = jnp.where(detected.any(), jnp.argmax(detected), detected.shape[-1]).astype(jnp.int32)
+  det = sequences.first_index(detected)
   start, ok = sequences.sequence_start(det, n, sim.pre_detection, sim.n_w,
                                      clip_early=sim.clip_early_start)
   if sim.supernova_min_detections > 1 and 'Supernova' in sim.class_names:
