@@ -25,11 +25,10 @@ import fastavro
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-# pylint: disable=wrong-import-position
-from configs import lsst
-from configs import ztf
-from rcnn_jax.serving.alerts import reader
-from rcnn_jax.serving.alerts import sources
+from configs import lsst  # noqa: E402
+from configs import ztf  # noqa: E402
+from rcnn_jax.serving.alerts import reader  # noqa: E402
+from rcnn_jax.serving.alerts import sources  # noqa: E402
 
 ALERTS = pathlib.Path(os.environ.get('RCNN_JAX_ALERTS', ROOT.parent / 'shared' / 'data' / 'alerts'))
 ZTF1 = ALERTS / 'ztf' / 'ZTF19acihgng.avro'
