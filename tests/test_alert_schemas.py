@@ -714,3 +714,33 @@ def test_rubin_history_skipped_by_patterns(monkeypatch):
   # The walker: the template and difference cutouts (bytes longer than a pattern takes) and
   # mpc_orbits (a long JSON string): some 20 values an alert (120 in these 7), of ~40,000.
   assert len(walked) < 100 * len(fink), len(walked)
+
+
+@pytest.mark.parametrize('codec', ['null', 'deflate'])
+def test_truncated_container_yields_the_records_before(codec, tmp_path):
+  """A container cut anywhere: the records fastavro.reader yields before it stops, then one
+  BadPacket for the rest (a cut in the header: 'not an Avro container file')."""
+  writer, recs = _records(ALERTS / 'ztf' / 'avro_multi_alerts.avro')
+  buf = io.BytesIO()
+  fastavro.writer(buf, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))),  # pylint: disable=protected-access
+                  recs, codec=codec, sync_interval=120000)  # blocks of a few records
+  data = buf.getvalue()
+  seen = set()
+  for cut in (3000, len(data) // 3, len(data) // 2, len(data) - 10, len(data) - 17):
+    path = tmp_path / f'cut{cut}.avro'
+    path.write_bytes(data[:cut])
+    want = []
+    try:
+      with open(path, 'rb') as f:
+        for r in fastavro.reader(f):
+          want.append(r)
+    except (EOFError, ValueError):
+      pass
+    got = list(reader.read_records(path))
+    *good, (n, bad, _) = got
+    assert [r['candid'] for _, r, _ in good] == [r['candid'] for r in want]
+    assert isinstance(bad, reader.BadPacket) and n == len(want)
+    assert ('not an Avro container file' if n == 0 else
+            f'truncated or corrupt after {n} records') in str(bad)
+    seen.add(n)
+  assert len(seen) >= 3

@@ -560,8 +560,6 @@ def _blocks(f, codec, codec_name, sync):
       return
     count = _read_long(f, first)
     block = _read_exactly(f, _read_long(f))
-    if _read_exactly(f, 16) != sync:
-      raise ValueError('sync marker mismatch')
     if codec_name == 'deflate':
       block = zlib.decompress(block, -15)
     buf = io.BytesIO(block)
@@ -569,6 +567,8 @@ def _blocks(f, codec, codec_name, sync):
       yield codec.read(buf, block)
     if buf.tell() != len(block):
       raise ValueError(f'{len(block) - buf.tell()} bytes left in a block')
+    if f.read(16) != sync:  # after the block's records, as fastavro.reader checks it
+      raise ValueError('sync marker mismatch or missing after a block')
 
 
 # ----------------------------------------------------------------------------------------------
