@@ -30,8 +30,10 @@ import pytest
 
 from configs import lsst
 from configs import ztf
+from rcnn_jax.serving.alerts import packets
 from rcnn_jax.serving.alerts import pipeline
 from rcnn_jax.serving.alerts import reader
+from rcnn_jax.serving.alerts import sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALERTS = ROOT.parent / 'shared' / 'data' / 'alerts'
@@ -471,3 +473,274 @@ def test_shipped_ztf_model_classifies_ztf4_as_ztf33(tmp_path):
       rows[version] = list(csv.DictReader(f))
   assert rows['3.3'] == rows['4.02'] and len(rows['4.02']) == 12
   assert sum(r['status'] == 'classified' for r in rows['4.02']) == 6
+
+
+# ----------------------------------------------------------------------------------------------
+# One decoder (packets.py) against an independent one: fastavro reading every field, no
+# projection, no plan (issue 41)
+
+
+def _eq(a, b):
+  return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                    and math.isnan(b))
+
+
+def _under(rec, name, wanted):
+  """(found, ``rec[name]`` under its name or an earlier one) of a record read whole."""
+  for n in (name,) + tuple(wanted.get(name, ())):
+    if n in rec:
+      return True, rec[n]
+  return False, None
+
+
+def _check_projected(rec, whole):
+  """A record of the decoder holds exactly the used fields of the record read whole, with
+  the same values (nested records: the subfields used)."""
+  want = [n for n in packets.FIELDS if _under(whole, n, packets.FIELDS)[0]]
+  assert sorted(rec) == sorted(want)
+  for k, v in rec.items():
+    _, w = _under(whole, k, packets.FIELDS)
+    sub = packets.SUBFIELDS.get(k)
+    if sub and isinstance(w, dict):
+      assert isinstance(v, dict), k
+      assert sorted(v) == sorted(n for n in sub if _under(w, n, sub)[0]), k
+      for sk, sv in v.items():
+        assert _eq(sv, _under(w, sk, sub)[1]), f'{k}.{sk}'
+    else:
+      assert _eq(v, w), k
+
+
+def _epoch(rec, schema, source, spec):
+  """``reader.decode``'s Epoch, or its refusal."""
+  try:
+    return reader.decode(rec, schema, source, spec)
+  except reader.BadPacket as e:
+    return e
+
+
+def _wire(writer, rec, schema_id=4242):
+  body = io.BytesIO()
+  fastavro.schemaless_writer(body, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))),  # pylint: disable=protected-access
+                             rec)
+  return struct.pack('>bI', 0, schema_id) + body.getvalue()
+
+
+def _check_file(path, spec):
+  """Every record of ``path``: from the file, as one container message and in the wire format
+  (both decode_message's), the same fields and values and the same Epoch (or refusal) as read
+  whole by fastavro. Returns the Epochs and refusals."""
+  writer, whole = _records(path)
+  got = list(reader.read_records(path))
+  assert len(got) == len(whole) and not any(isinstance(r, reader.BadPacket) for _, r, _ in got)
+  msg_recs, msg_writer = reader.decode_message(pathlib.Path(path).read_bytes())
+  (kafka,) = [sources.decode_message(pathlib.Path(path).read_bytes(), sources.Schemas(), 'm')]
+  out = []
+  for (i, rec, schema), w, m, (k, _) in zip(got, whole, msg_recs, kafka):
+    _check_projected(rec, w)
+    assert rec == m == k
+    want = _epoch(w, writer, 'whole', spec)
+    for r, s in ((rec, schema), (m, msg_writer)):
+      _same(want, _epoch(r, s, f'{path}#{i}', spec))
+    msg = _wire(writer, w)
+    for (wr,), _ in (reader.decode_message(msg, schema=writer),
+                     reader.decode_message(msg, schemas={4242: writer})):
+      _check_projected(wr, w)
+      _same(want, _epoch(wr, writer, 'wire', spec))
+    ((ks, _),) = sources.decode_message(msg, sources.Schemas({4242: writer}), 'k')
+    _check_projected(ks, w)
+    out.append(want)
+  return out
+
+
+def test_every_packet_decodes_as_fastavro_reads_it_whole(zspec, lspec, tmp_path):
+  """Every shared sample (ZTF 3.0 to 3.3, Fink's Rubin 10.0), the ZTF 4.01 / 4.02 and Rubin
+  11.0 / 11.1 packets written above, lsst-alert-packet's own sample of every schema (3.0 to
+  11.1), also with a real science cutout put in: the decoder's records (the fields used, their
+  values) and Epochs (stamp, mjd, zero point, seeing, ids, band, exposure) are those of an
+  independent decode of every field by fastavro (``fastavro.reader``, no projection)."""
+  gri = dataclasses.replace(zspec, bands=('g', 'r', 'i'))
+  ztf_files = reader.list_inputs([ALERTS / 'ztf', ALERTS / 'ztf_versions'])
+  ztf_files += [_ztf4_file(tmp_path / f'z{v}.avro', v) for v in ('4.01', '4.02')]
+  _, fink = _fink_v10()
+  rubin_files = [str(RUBIN)]
+  for sid in (1100, 1101):
+    schema = _rubin(sid)
+    rubin_files.append(_write(tmp_path / f'r{sid}.avro', schema,
+                              [_conform(r, schema) for r in fink]))
+  for sid, f in _package_samples():
+    rubin_files.append(f)
+    writer, (rec,) = _records(f)
+    if any(x['name'] == 'cutoutScience' for x in writer['fields']):
+      rec['cutoutScience'] = fink[0]['cutoutScience']
+      rubin_files.append(_write(tmp_path / f'{sid}.avro', writer, [rec]))
+  ztf_out = [e for f in ztf_files for e in _check_file(f, gri)]
+  rubin_out = [e for f in rubin_files for e in _check_file(f, lspec)]
+  ztf_ok = [e for e in ztf_out if isinstance(e, reader.Epoch)]
+  rubin_ok = [e for e in rubin_out if isinstance(e, reader.Epoch)]
+  # 16 + 3 shared and 2 x 16 4.x packets; refused: the NaN stamp (x 3), 3.1's null cutouts.
+  assert (len(ztf_out), len(ztf_ok)) == (51, 47)
+  assert (len(rubin_out), len(rubin_ok)) == (7 + 14 + 15 + 11, 7 + 14 + 11)
+  assert {e.band for e in ztf_ok} == {'g', 'r'} and {e.survey for e in rubin_ok} == {'rubin'}
+
+
+def _random_value(t, rnd, depth=0):
+  """A random value of an (expanded) Avro type, with the encodings' edge cases: nulls, the
+  extreme longs, NaN and Inf, strings of 0 to 300 bytes and beyond (a longer one than the
+  patterns take), arrays of 0, 15, 16, 17 and 40 items."""
+  if isinstance(t, list):
+    return _random_value(t[rnd.randrange(len(t))], rnd, depth)
+  if isinstance(t, dict):
+    kind = t['type']
+    if kind == 'record':
+      return {f['name']: _random_value(f['type'], rnd, depth + 1) for f in t['fields']}
+    if kind == 'array':
+      n = rnd.choice([0, 1, 15, 16, 17, 40]) if depth < 2 else rnd.randrange(3)
+      return [_random_value(t['items'], rnd, depth + 1) for _ in range(n)]
+    if kind == 'map':
+      return {f'k{i}' * rnd.randrange(1, 90): _random_value(t['values'], rnd, depth + 1)
+              for i in range(rnd.randrange(4))}
+    if kind == 'enum':
+      return rnd.choice(t['symbols'])
+    if kind == 'fixed':
+      return bytes(rnd.randrange(256) for _ in range(t['size']))
+    return _random_value(kind, rnd, depth)
+  if t == 'null':
+    return None
+  if t == 'boolean':
+    return rnd.random() < 0.5
+  if t in ('int', 'long'):
+    top = 2**31 if t == 'int' else 2**63
+    return rnd.choice([0, -1, 1, 63, 64, -65, top - 1, -top, rnd.randrange(-top, top)])
+  if t in ('float', 'double'):
+    return rnd.choice([0.0, -0.0, math.nan, math.inf, -math.inf, rnd.uniform(-1e30, 1e30)])
+  n = rnd.choice([0, 1, 63, 64, 255, 256, 300, 2000])
+  if t == 'bytes':
+    return bytes(rnd.randrange(256) for _ in range(n))
+  return ''.join(rnd.choice('abcé') for _ in range(n))
+
+
+@pytest.mark.parametrize('codec', ['null', 'deflate', 'bzip2'])
+def test_skipped_fields_in_every_encoding(codec, lspec, tmp_path):
+  """Fink's Rubin samples with every field the reader does not use (the previous sources and
+  forced sources, diaObject, the brokers' blocks) replaced by random values of their types
+  (nulls, extreme longs, NaN, strings past what the skipping patterns take, arrays of 0 to 40
+  items), in containers of small blocks and in the wire format: the fields used decode as
+  fastavro reads them whole, and a wire-format body is consumed to its last byte."""
+  import random  # pylint: disable=import-outside-toplevel
+  rnd = random.Random(f'issue41-{codec}')
+  writer, fink = _fink_v10()
+  expanded = reader._plain(fastavro.schema.expand_schema(  # pylint: disable=protected-access
+      fastavro.parse_schema(reader._plain(copy.deepcopy(writer)))))  # pylint: disable=protected-access
+  recs = []
+  for r in fink * 3:
+    r = copy.deepcopy(r)
+    for f in expanded['fields']:
+      if f['name'] not in packets.FIELDS:
+        r[f['name']] = _random_value(f['type'], rnd)
+    recs.append(r)
+  assert any(len(r['prvDiaSources'] or []) >= 17 for r in recs)
+  path = tmp_path / f'{codec}.avro'
+  with open(path, 'wb') as f:
+    fastavro.writer(f, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))), recs,  # pylint: disable=protected-access
+                    codec=codec, sync_interval=20000)
+  out = _check_file(path, lspec)
+  assert len(out) == len(recs) and all(isinstance(e, reader.Epoch) for e in out)
+  with open(path, 'rb') as f:
+    assert fastavro.block_reader(f).codec == codec
+
+
+def test_array_blocks_with_sizes_and_long_strings():
+  """Avro arrays in several blocks, one of them with a negative count and its byte size
+  (Avro 1.11 spec: such a block is skipped at once), items with strings longer than the
+  patterns take: the skipper (with and without its patterns) ends where the array does."""
+  item = {'type': 'record', 'name': 'p', 'fields': [
+      {'name': 'a', 'type': ['null', 'long']}, {'name': 'b', 'type': ['float', 'null']},
+      {'name': 's', 'type': ['null', 'string']}, {'name': 'c', 'type': 'boolean'}]}
+  parsed = fastavro.parse_schema(copy.deepcopy(item))
+
+  def enc(values):
+    buf = io.BytesIO()
+    for v in values:
+      fastavro.schemaless_writer(buf, parsed, v)
+    return buf.getvalue()
+
+  def zz(n):
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema('long'), n)
+    return buf.getvalue()
+
+  vals = [dict(a=i * 10**12, b=float(i), s='x' * (i * 37 % 700) if i % 3 else None, c=i % 2 == 0)
+          for i in range(40)]
+  a, b, c = enc(vals[:17]), enc(vals[17:20]), enc(vals[20:])
+  data = zz(17) + a + zz(-3) + zz(len(b)) + b + zz(20) + c + zz(0) + b'\x7f tail'
+  end = len(data) - len(b'\x7f tail')
+  array = {'type': 'array', 'items': item}
+  for skip in (packets._skipper(array), packets._fast_skipper(array)):  # pylint: disable=protected-access
+    assert skip(data, 0) == end
+  assert packets._pattern(array) is None and packets._pattern(item) is not None  # pylint: disable=protected-access
+
+
+def test_a_wrong_skipper_is_caught(monkeypatch):
+  """The checks above can fail: a skipper that takes a float as 3 bytes (its pattern and its
+  walker) makes the wire-format decode of a Rubin sample refuse the body or differ from
+  fastavro's whole read."""
+  writer, fink = _fink_v10()
+  monkeypatch.setitem(packets._PRIMITIVE_RX, 'float', b'.{3}')  # pylint: disable=protected-access
+  monkeypatch.setitem(packets._PRIMITIVE_SKIP, 'float', packets._fixed(3))  # pylint: disable=protected-access
+  msg = _wire(writer, fink[0])
+  try:
+    ((rec, _),) = sources.decode_message(msg, sources.Schemas({4242: writer}), 'k')
+  except reader.BadPacket as e:
+    assert 'does not decode with schema id 4242' in str(e)
+    return
+  with pytest.raises(AssertionError):
+    _check_projected(rec, fink[0])
+
+
+def test_rubin_history_skipped_by_patterns(monkeypatch):
+  """Fink's Rubin samples are skipped by the patterns (the walker, ~10x slower, takes only
+  what they cannot): every history record, diaObject and the brokers' blocks in one match."""
+  writer, fink = _fink_v10()
+  walked = []
+  for kind, skip in list(packets._PRIMITIVE_SKIP.items()):  # pylint: disable=protected-access
+    if skip is not None:
+      monkeypatch.setitem(packets._PRIMITIVE_SKIP, kind,  # pylint: disable=protected-access
+                          lambda b, pos, skip=skip, kind=kind: walked.append(kind) or skip(b, pos))
+  schemas = sources.Schemas({4242: writer})
+  for rec in fink:
+    ((got, _),) = sources.decode_message(_wire(writer, rec), schemas, 'k')
+    _check_projected(got, rec)
+  assert sum(len(r['prvDiaSources'] or ()) for r in fink) > 1000
+  # The walker: the template and difference cutouts (bytes longer than a pattern takes) and
+  # mpc_orbits (a long JSON string): some 20 values an alert (120 in these 7), of ~40,000.
+  assert len(walked) < 100 * len(fink), len(walked)
+
+
+@pytest.mark.parametrize('codec', ['null', 'deflate'])
+def test_truncated_container_yields_the_records_before(codec, tmp_path):
+  """A container cut anywhere: the records fastavro.reader yields before it stops, then one
+  BadPacket for the rest (a cut in the header: 'not an Avro container file')."""
+  writer, recs = _records(ALERTS / 'ztf' / 'avro_multi_alerts.avro')
+  buf = io.BytesIO()
+  fastavro.writer(buf, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))),  # pylint: disable=protected-access
+                  recs, codec=codec, sync_interval=120000)  # blocks of a few records
+  data = buf.getvalue()
+  seen = set()
+  for cut in (3000, len(data) // 3, len(data) // 2, len(data) - 10, len(data) - 17):
+    path = tmp_path / f'cut{cut}.avro'
+    path.write_bytes(data[:cut])
+    want = []
+    try:
+      with open(path, 'rb') as f:
+        for r in fastavro.reader(f):
+          want.append(r)
+    except (EOFError, ValueError):
+      pass
+    got = list(reader.read_records(path))
+    *good, (n, bad, _) = got
+    assert [r['candid'] for _, r, _ in good] == [r['candid'] for r in want]
+    assert isinstance(bad, reader.BadPacket) and n == len(want)
+    assert ('not an Avro container file' if n == 0 else
+            f'truncated or corrupt after {n} records') in str(bad)
+    seen.add(n)
+  assert len(seen) >= 3

@@ -57,11 +57,8 @@ changes of these fields: docs/alerts.md, "Schema versions".
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import gzip
-import importlib.util
 import io
 import math
 import os
@@ -75,6 +72,7 @@ import fastavro
 import numpy as np
 
 from rcnn_jax.core.errors import UserError
+from rcnn_jax.serving.alerts import packets
 
 ZTF_PIXEL_SCALE = 1.01  # arcsec/px (Dekany et al. 2020, PASP 132, 038001)
 RUBIN_PIXEL_SCALE = 0.2  # arcsec/px (Ivezic et al. 2019, ApJ 873, 111)
@@ -84,8 +82,7 @@ AB_NJY_ZERO_POINT = 31.4  # m_AB of 1 nJy: 2.5 log10(3631e9) = 31.40
 MJD_OFFSET = 2400000.5
 
 
-class BadPacket(UserError):
-  """A packet (or a file) that cannot be classified: one line naming the file and the alert."""
+BadPacket = packets.BadPacket  # a packet (or a file) that cannot be classified: one line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,64 +144,12 @@ def list_inputs(inputs) -> list[str]:
   return out
 
 
-# The fields the reader uses, with the earlier names they had (Avro aliases: a reader schema's
-# field takes the writer's field of an alias's name). fastavro skips the others when reading
-# with this projection of the writer's schema (prv_candidates, fp_hists, the template and
-# difference cutouts, Fink's and Rubin's extra blocks): Avro decoding takes about half the time.
-_FIELDS = {'objectId': (), 'candid': (), 'candidate': (), 'cutoutScience': (),
-           'diaSourceId': (), 'diaSource': ()}
-_SUBFIELDS = {
-    'candidate': {'jd': (), 'fid': (), 'magzpsci': (), 'fwhm': (), 'exptime': (), 'xpos': (),
-                  'ypos': (), 'candid': ()},
-    'diaSource': {'diaSourceId': (), 'diaObjectId': (), 'ssObjectId': (),
-                  'midpointMjdTai': ('midPointTai',),  # lsst.v3_0, v4_0
-                  'band': ('filterName',),  # lsst.v3_0, v4_0
-                  'ixxPSF': (), 'iyyPSF': ()},
-}
-
-
-def _plain(schema):
-  """A copy of a schema without fastavro's private keys (``__fastavro_parsed``, ...)."""
-  if isinstance(schema, dict):
-    return {k: _plain(v) for k, v in schema.items() if not str(k).startswith('__')}
-  if isinstance(schema, list):
-    return [_plain(v) for v in schema]
-  return schema
-
-
-def _keep(fields, wanted):
-  """The writer's fields that the reader uses, renamed to the reader's names (with the
-  writer's name as an alias)."""
-  out = []
-  for f in fields:
-    for name, old in wanted.items():
-      if f['name'] == name or f['name'] in old:
-        if f['name'] != name:
-          f = dict(f, name=name, aliases=[f['name']])
-        out.append(f)
-        break
-  return out
-
-
-def projection(schema):
-  """The reader schema of a writer schema: only the fields the reader uses, under their current
-  names (None: not a record schema, or one whose kept fields refer to a type defined in a
-  dropped one: read it whole)."""
-  if not isinstance(schema, dict) or schema.get('type') != 'record':
-    return None
-  s = _plain(copy.deepcopy(schema))
-  s['fields'] = _keep(s['fields'], _FIELDS)
-  for f in s['fields']:
-    keep = _SUBFIELDS.get(f['name'])
-    types = f['type'] if isinstance(f['type'], list) else [f['type']]
-    for t in types:
-      if keep and isinstance(t, dict) and t.get('type') == 'record':
-        t['fields'] = _keep(t['fields'], keep)
-  try:
-    return fastavro.parse_schema(s)
-  except (fastavro.schema.UnknownType, fastavro.schema.SchemaParseException, KeyError,
-          ValueError, TypeError):
-    return None
+# The fields the reader uses (with their earlier names, as Avro aliases) and the decoding of the
+# packets' bytes: packets.py, one decoder for the files and the Kafka messages.
+_FIELDS = packets.FIELDS
+_SUBFIELDS = packets.SUBFIELDS
+_plain = packets.plain
+projection = packets.projection
 
 
 def _field(rec, name, wanted=_FIELDS):
@@ -221,21 +166,19 @@ def _field(rec, name, wanted=_FIELDS):
 def read_records(path):
   """Yields (index, record, writer schema) of an Avro container file, then at most one
   ``BadPacket`` for the rest of a truncated or corrupt file (the records before it are still
-  yielded). Records hold the fields the reader uses (``projection``)."""
+  yielded). Records hold the fields the reader uses (``projection``), decoded by
+  ``packets.container`` (the writer schema parsed once per distinct schema)."""
   n = 0
   try:
     with open(path, 'rb') as f:
-      reader = fastavro.reader(f)
-      schema = reader.writer_schema
-      proj = projection(schema)
-      if proj is not None:
-        f.seek(0)
-        reader = fastavro.reader(f, reader_schema=proj)
-      for rec in reader:
-        yield n, rec, schema
+      codec, recs = packets.container(f)
+      for rec in recs:
+        yield n, rec, codec.raw
         n += 1
+  except BadPacket as e:
+    yield n, BadPacket(f'{path}: {e}'), None
   except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
-          fastavro.read.SchemaResolutionError) as e:
+          zlib.error, fastavro.read.SchemaResolutionError) as e:
     what = 'not an Avro container file' if n == 0 else f'truncated or corrupt after {n} records'
     yield n, BadPacket(f'{path}: {what} ({type(e).__name__}: {str(e)[:120]})'), None
 
@@ -256,63 +199,11 @@ def read_epochs(path, spec: StampSpec):
 # ----------------------------------------------------------------------------------------------
 # One Kafka message
 
-AVRO_MAGIC = b'Obj\x01'  # an Avro object container file (Avro 1.11 spec, "Object Container Files")
-CONFLUENT_MAGIC = 0  # Confluent wire format: byte 0, 4-byte big-endian schema id, Avro body
-
-
-@functools.cache
-def _rubin_schema_root():
-  # The .avsc files of lsst-alert-packet (pinned in pyproject.toml), found without importing the
-  # package (its import pulls lsst.resources and lsst.utils; only its schema files are used).
-  spec = importlib.util.find_spec('lsst.alert.packet')
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  return os.path.join(list(spec.submodule_search_locations)[0], 'schema')
-
-
-def rubin_schema_ids() -> list[int]:
-  """The schema ids of every Rubin alert schema that lsst-alert-packet holds (100 major +
-  minor: 1101 = ``lsst.v11_1.alert``, as Rubin's schema registry numbers them)."""
-  root = _rubin_schema_root()
-  out = []
-  for major in sorted(os.listdir(root)) if root and os.path.isdir(root) else ():
-    if major.isdigit() and os.path.isdir(os.path.join(root, major)):
-      out += [100 * int(major) + int(m) for m in os.listdir(os.path.join(root, major))
-              if m.isdigit()]
-  return sorted(out)
-
-
-@functools.cache
-def _rubin_schema(schema_id: int):
-  major, minor = divmod(int(schema_id), 100)
-  root = _rubin_schema_root()
-  path = os.path.join(root or '', str(major), str(minor), f'lsst.v{major}_{minor}.alert.avsc')
-  if root is None or not os.path.isfile(path):
-    raise KeyError(schema_id)
-  return _plain(fastavro.schema.load_schema(path))
-
-
-def rubin_schema(schema_id: int):
-  """Rubin's writer schema of a schema id (``rubin_schema_ids``), from lsst-alert-packet's files,
-  nested types expanded (a copy); ``KeyError`` for an id it does not hold."""
-  return copy.deepcopy(_rubin_schema(schema_id))
-
-
-_PARSED = {}  # id(writer schema) -> (the schema, kept alive; parsed; its projection)
-
-
-def _parsed(writer):
-  """(parsed writer schema, reader schema) of a schema, cached by identity: a consumer passes
-  the same schema object message after message (a few thousand a second)."""
-  hit = _PARSED.get(id(writer))
-  if hit is not None and hit[0] is writer:
-    return hit[1], hit[2]
-  parsed = fastavro.parse_schema(_plain(copy.deepcopy(writer)))
-  proj = projection(writer)
-  if len(_PARSED) >= 64:
-    _PARSED.clear()
-  _PARSED[id(writer)] = (writer, parsed, proj if proj is not None else parsed)
-  return _PARSED[id(writer)][1:]
+AVRO_MAGIC = packets.AVRO_MAGIC
+CONFLUENT_MAGIC = packets.WIRE_MAGIC
+_rubin_schema_root = packets.rubin_schema_root
+rubin_schema_ids = packets.rubin_schema_ids
+rubin_schema = packets.rubin_schema
 
 
 def decode_message(data: bytes, schema=None, schemas=None, source: str = 'message'):
@@ -322,51 +213,11 @@ def decode_message(data: bytes, schema=None, schemas=None, source: str = 'messag
   0, the 4-byte big-endian schema id, one schemaless Avro record) whose writer schema is
   ``schema`` if given, else ``schemas[id]`` (a mapping id -> schema) if it has the id, else
   Rubin's schema of that id (``rubin_schema``; the one returned is shared: do not modify it).
-  ``BadPacket`` naming ``source`` otherwise."""
-  data = bytes(data)
-  try:
-    if data[:4] == AVRO_MAGIC:
-      reader = fastavro.reader(io.BytesIO(data))
-      writer = reader.writer_schema
-      proj = projection(writer)
-      if proj is not None:
-        reader = fastavro.reader(io.BytesIO(data), reader_schema=proj)
-      return list(reader), writer
-  except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
-          fastavro.read.SchemaResolutionError) as e:
-    raise BadPacket(f'{source}: corrupt Avro container ({type(e).__name__}: {str(e)[:120]})') \
-        from None
-  if len(data) < 6 or data[0] != CONFLUENT_MAGIC:
-    raise BadPacket(f'{source}: neither an Avro container nor the Confluent wire format (magic '
-                    'byte 0, schema id, Avro body)')
-  (schema_id,) = struct.unpack('>I', data[1:5])
-  writer = schema
-  if writer is None and schemas is not None and schema_id in schemas:
-    writer = schemas[schema_id]
-  if writer is None:
-    try:
-      writer = _rubin_schema(schema_id)
-    except KeyError:
-      if _rubin_schema_root() is None:
-        raise BadPacket(f'{source}: schema id {schema_id}: Rubin\'s schemas by id need the '
-                        "lsst-alert-packet package (pip install 'rcnn_jax[rubin]'), or give "
-                        'the writer schema') from None
-      raise BadPacket(f'{source}: unknown schema id {schema_id} (Rubin\'s in lsst-alert-packet: '
-                      f'{", ".join(map(str, rubin_schema_ids()))}; give the writer schema)') \
-          from None
-  buf = io.BytesIO(data[5:])
-  try:
-    parsed, proj = _parsed(writer)
-    rec = fastavro.schemaless_reader(buf, parsed, proj)
-  except (EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
-          fastavro.read.SchemaResolutionError, fastavro.schema.SchemaParseException) as e:
-    raise BadPacket(f'{source}: the body does not decode with schema id {schema_id} '
-                    f'({type(e).__name__}: {str(e)[:120]})') from None
-  left = len(data) - 5 - buf.tell()
-  if left:
-    raise BadPacket(f'{source}: the body does not decode with schema id {schema_id} ({left} '
-                    'bytes left over)')
-  return [rec], writer
+  ``BadPacket`` naming ``source`` otherwise. The decoding: ``packets.decode_message``."""
+  if schema is None and schemas is not None and len(data) >= 5 and data[:4] != AVRO_MAGIC:
+    (sid,) = struct.unpack('>I', bytes(data[1:5]))
+    schema = schemas.get(sid)
+  return packets.decode_message(data, label=source, schema=schema)
 
 
 # ----------------------------------------------------------------------------------------------

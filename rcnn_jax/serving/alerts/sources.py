@@ -24,21 +24,17 @@ partition and offset; the pipeline writes it to the dead-letter topic and goes o
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
-import struct
 import sys
 import time
-import zlib
 
-import fastavro
 
 from rcnn_jax.core.errors import UserError
+from rcnn_jax.serving.alerts import packets
 from rcnn_jax.serving.alerts import reader
 
-AVRO_MAGIC = b'Obj\x01'
-WIRE_MAGIC = 0
+AVRO_MAGIC = packets.AVRO_MAGIC
+WIRE_MAGIC = packets.WIRE_MAGIC
 IDLE = object()  # yielded when no message came within the poll timeout
 # Environment override of the consumer's session timeout (tests: short, so that a group
 # rebalances within seconds of a member's kill -9).
@@ -94,60 +90,9 @@ class FileSource:
 
 
 # ----------------------------------------------------------------------------------------------
-# Message bytes -> records (until reader.py has its own decoder of one message)
+# Message bytes -> records: packets.py, the decoder the files share
 
-
-class Schemas:
-  """The pinned writer schemas of the Confluent wire format (id -> schema), and a cache of
-  the projections (``reader.projection``) of every writer schema met, keyed by its text."""
-
-  def __init__(self, by_id=None):
-    self._by_id = {}
-    self._parsed = {}
-    self._missing = set()
-    for sid, schema in (by_id or {}).items():
-      self.add(sid, schema)
-
-  def add(self, schema_id, schema):
-    if isinstance(schema, (str, os.PathLike)):
-      try:
-        with open(schema) as f:
-          schema = json.load(f)
-      except (OSError, ValueError) as e:
-        raise UserError(f'--schema {schema_id}={schema}: {type(e).__name__}: {e}') from None
-    self._by_id[int(schema_id)] = self._resolve(schema)
-
-  def ids(self):
-    return sorted(self._by_id)
-
-  def _resolve(self, schema):
-    key = json.dumps(schema, sort_keys=True) if not isinstance(schema, str) else schema
-    got = self._parsed.get(key)
-    if got is None:
-      raw = json.loads(key) if isinstance(schema, str) else schema
-      try:
-        writer = fastavro.parse_schema(raw)
-      except (fastavro.schema.SchemaParseException, fastavro.schema.UnknownType, KeyError,
-              ValueError, TypeError) as e:
-        raise reader.BadPacket(f'an unreadable writer schema ({type(e).__name__}: {e})') \
-            from None
-      got = (raw, writer, reader.projection(raw))
-      self._parsed[key] = got
-    return got
-
-  def by_id(self, schema_id):
-    """The schema given for ``schema_id`` (``--schema``), else Rubin's of that id from the
-    pinned lsst-alert-packet (``reader.rubin_schema``: 100 major + minor), else None."""
-    got = self._by_id.get(schema_id)
-    if got is None and schema_id not in self._missing:
-      try:
-        got = self._by_id[schema_id] = self._resolve(reader.rubin_schema(schema_id))
-      except KeyError:
-        self._missing.add(schema_id)
-    return got
-
-  def container(self, header_schema_text):
-    return self._resolve(header_schema_text)
+Schemas = packets.Schemas  # the pinned writer schemas by id, and every schema met, parsed once
 
 
 def parse_schema_flags(values) -> Schemas:
@@ -161,109 +106,12 @@ def parse_schema_flags(values) -> Schemas:
   return out
 
 
-def _read_long(buf, pos):
-  """An Avro zig-zag varint at ``pos`` -> (value, next pos)."""
-  shift = result = 0
-  while True:
-    if pos >= len(buf):
-      raise EOFError('truncated varint')
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    if not b & 0x80:
-      return (result >> 1) ^ -(result & 1), pos
-    shift += 7
-    if shift > 63:
-      raise ValueError('varint too long')
-
-
-def _container_header(data):
-  """(``avro.schema`` text, ``avro.codec``, position of the first block) of an Avro container's
-  header (Avro 1.11 spec, Object Container Files: magic, a metadata map, a 16-byte sync)."""
-  pos, meta = len(AVRO_MAGIC), {}
-  while True:
-    n, pos = _read_long(data, pos)
-    if n == 0:
-      break
-    if n < 0:
-      n = -n
-      _, pos = _read_long(data, pos)
-    for _ in range(n):
-      klen, pos = _read_long(data, pos)
-      key = bytes(data[pos:pos + klen])
-      pos += klen
-      vlen, pos = _read_long(data, pos)
-      meta[key] = bytes(data[pos:pos + vlen])
-      pos += vlen
-  if b'avro.schema' not in meta:
-    raise ValueError('no avro.schema in the container header')
-  return meta[b'avro.schema'].decode(), meta.get(b'avro.codec', b'null').decode(), pos + 16
-
-
-def _container_records(value, writer, proj):
-  """The records of an Avro container message, its blocks decoded with the writer schema
-  parsed once per distinct schema (``Schemas``) instead of once per message: the null and
-  deflate codecs (what brokers use); None for another codec (then ``fastavro.reader``)."""
-  _, codec, pos = _container_header(value)
-  if codec not in ('null', 'deflate'):
-    return None
-  sync = bytes(value[pos - 16:pos])
-  out, n = [], len(value)
-  while pos < n:
-    count, pos = _read_long(value, pos)
-    size, pos = _read_long(value, pos)
-    block = value[pos:pos + size]
-    if len(block) != size:
-      raise EOFError('truncated block')
-    pos += size
-    if value[pos:pos + 16] != sync:
-      raise ValueError('sync marker mismatch')
-    pos += 16
-    if codec == 'deflate':
-      block = zlib.decompress(block, -15)
-    buf = io.BytesIO(block)
-    for _ in range(count):
-      out.append(fastavro.schemaless_reader(buf, writer, proj) if proj is not None else
-                 fastavro.schemaless_reader(buf, writer))
-  return out
-
-
 def decode_message(value, schemas: Schemas, label) -> list[tuple[dict, dict]]:
   """One Kafka message's bytes -> [(record, writer schema)] (an Avro container may hold
-  several records); ``reader.BadPacket`` naming ``label`` for anything else."""
-  if value is None or len(value) == 0:
-    raise reader.BadPacket(f'{label}: an empty message')
-  try:
-    if value[:4] == AVRO_MAGIC:
-      raw, writer, proj = schemas.container(_container_header(value)[0])
-      recs = _container_records(value, writer, proj)
-      if recs is None:
-        recs = list(fastavro.reader(io.BytesIO(value), reader_schema=proj) if proj is not None
-                    else fastavro.reader(io.BytesIO(value)))
-      return [(rec, raw) for rec in recs]
-    if value[0] == WIRE_MAGIC and len(value) >= 5:
-      (sid,) = struct.unpack('>I', value[1:5])
-      got = schemas.by_id(sid)
-      if got is None:
-        raise reader.BadPacket(f'{label}: Confluent wire format with schema id {sid}: neither a '
-                               'schema given (--schema ID=FILE.avsc) nor one of Rubin\'s pinned '
-                               'ones (lsst-alert-packet)')
-      raw, writer, proj = got
-      buf = io.BytesIO(value)
-      buf.seek(5)
-      rec = fastavro.schemaless_reader(buf, writer, proj) if proj is not None else \
-          fastavro.schemaless_reader(buf, writer)
-      if buf.tell() != len(value):
-        raise ValueError(f'{len(value) - buf.tell()} bytes after the record')
-      return [(rec, raw)]
-  except reader.BadPacket:
-    raise
-  except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
-          struct.error, zlib.error, fastavro.read.SchemaResolutionError) as e:
-    raise reader.BadPacket(f'{label}: undecodable message ({type(e).__name__}: '
-                           f'{str(e)[:120]})') from None
-  raise reader.BadPacket(f'{label}: neither an Avro container (Obj\\x01) nor the Confluent '
-                         f'wire format (\\x00 + schema id): first bytes {bytes(value[:8])!r}')
+  several records); ``reader.BadPacket`` naming ``label`` for anything else
+  (``packets.decode_message``)."""
+  recs, writer = packets.decode_message(value, schemas, label)
+  return [(rec, writer) for rec in recs]
 
 
 # ----------------------------------------------------------------------------------------------
