@@ -6,8 +6,11 @@ example classifies with numpy and onnxruntime only.
 
 Tolerance (float32 on both sides): ``TOL`` in probability. The two differ only by float32
 rounding: batch norms folded into the convolutions, onnxruntime's own convolutions against
-XLA's Winograd ones (measured 2026-12-07: at most 1.7e-6 over the 70 files' 13,223
-probabilities, 8.3e-7 on the ZTF cutouts).
+XLA's Winograd ones, carried through up to 27 recurrent steps (measured: at most 1.7e-6 over
+the 70 files' 13,223 probabilities with the weights shipped until 2026-12-08, 2.4e-5 with
+today's, 8.3e-7 on the ZTF cutouts; ``bench inference``: each within 4e-6 of full precision on
+its 8 compared updates). Wherever the top two classes differ by more than 2 TOL the top class
+must be the same.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data'
 DEV = [DATA / 'hits2015' / 'real_labelled_dev', DATA / 'hits2015' / 'real_nonvariable_dev']
 ZTF_ALERTS = DATA / 'alerts' / 'ztf'
-TOL = 1e-5  # largest |p_onnx - p_jax| allowed, float32 (measured: 1.7e-6)
+TOL = 5e-5  # largest |p_onnx - p_jax| allowed, float32 (measured: 2.4e-5)
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), RCNN_JAX_HUGEPAGES='0')
 
 
@@ -110,6 +113,12 @@ def _assert_close(p_j, p_o):
   done = ~np.isnan(p_j)
   diff = float(np.abs(p_j[done] - p_o[done]).max())
   assert diff <= TOL, f'largest probability difference {diff:.2e} > {TOL:.0e}'
+  rows = done.all(-1)
+  pj, po = p_j[rows], p_o[rows]
+  top2 = np.sort(pj, axis=-1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > 2 * TOL
+  assert clear.sum() > 0.9 * len(clear), 'too few clear answers to compare'
+  assert np.array_equal(pj[clear].argmax(-1), po[clear].argmax(-1)), 'top class differs'
   return diff
 
 
