@@ -530,7 +530,7 @@ def test_bad_kafka_flags_are_one_line_before_the_model(tmp_path, kw, needle):
 
 @pytest.mark.parametrize('args,needle', [
     (['--partition', '0/2'], '--partition is for files'),
-    (['--connect_timeout', '2'], 'no Kafka broker answered within 2 s'),
+    (['--connect_timeout', '1'], 'no Kafka broker answered within 1 s'),
 ])
 def test_bad_kafka_command_is_one_line_exit_2(tmp_path, args, needle):
   """As a process: an unreachable broker (after --connect_timeout) and --partition with
