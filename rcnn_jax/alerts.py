@@ -31,7 +31,6 @@ from absl import flags
 
 from rcnn_jax.core import errors
 from rcnn_jax.core import utils
-from rcnn_jax.serving.alerts import pipeline
 
 
 def _define_flags():
@@ -82,6 +81,14 @@ def _define_flags():
                                     '(bench alerts --kafka).')
 
 
+def _pipeline():
+  """Imported after the flags are checked, not at the top: ``utils.run`` re-executes the
+  command once (huge pages) before main, and jax's import (~2.4 s on a 2-core CPU) is then
+  paid once, and not at all for a bad flag."""
+  from rcnn_jax.serving.alerts import pipeline  # lazy: after utils.run's re-exec (jax is slow)
+  return pipeline
+
+
 def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
@@ -95,7 +102,7 @@ def main(argv):
     if _PARTITION.value != '0/1':
       raise errors.UserError('--partition is for files: with --kafka, the consumer group splits '
                            "the topic's partitions (run N processes with the same --group)")
-    return pipeline.run_kafka_command(
+    return _pipeline().run_kafka_command(
         _WORKDIR.value, _KAFKA.value, _TOPIC.value, _GROUP.value, _STATE.value, _OUT_TOPIC.value,
         dead_letter_topic=_DLQ.value, out_kafka=_OUT_KAFKA.value, schemas=_SCHEMA.value,
         kafka_config=_KAFKA_CONFIG.value, slots=_BATCH.value, step=_STEP.value,
@@ -108,9 +115,10 @@ def main(argv):
       raise errors.UserError(f'--{name} needs --kafka HOST:PORT')
   if len(argv) < 2:
     raise app.UsageError('give at least one Avro file or folder (or --kafka HOST:PORT)')
-  return pipeline.run_command(_WORKDIR.value, argv[1:], _STATE.value, _OUT.value or 'alerts.csv',
-                             slots=_BATCH.value, partition=_PARTITION.value, step=_STEP.value,
-                             progress=_PROGRESS.value)
+  return _pipeline().run_command(_WORKDIR.value, argv[1:], _STATE.value,
+                                 _OUT.value or 'alerts.csv', slots=_BATCH.value,
+                                 partition=_PARTITION.value, step=_STEP.value,
+                                 progress=_PROGRESS.value)
 
 
 if __name__ == '__main__':

@@ -38,7 +38,7 @@ def _define_flags():
   """Command-line flags, defined only when the module runs as a command."""
   global _BATCH, _STEPS, _SIM_BATCH, _OBJECTS, _ITERS, _MIN_TIME, _CONFIG_ARG, _OUT, _WORKDIR
   global _ALERT_OBJECTS, _ALERT_EPOCHS, _ALERT_SLOTS, _BACKEND
-  global _ALERT_KAFKA, _ALERT_CONSUMERS, _ALERT_POSTGRES
+  global _ALERT_KAFKA, _ALERT_KAFKA_CONFIG, _ALERT_CONSUMERS, _ALERT_POSTGRES
   _BATCH = flags.DEFINE_integer('batch', 32, 'Sequences per training step (train).')
   _STEPS = flags.DEFINE_integer('steps', 20, 'Steps per sequence, N_d cap (train, simulate).')
   _SIM_BATCH = flags.DEFINE_integer('sim_batch', 256, 'Objects per simulator call (simulate).')
@@ -57,9 +57,15 @@ def _define_flags():
   _ALERT_OBJECTS = flags.DEFINE_integer('alert_objects', 1024, 'alerts: objects in the stream.')
   _ALERT_EPOCHS = flags.DEFINE_integer('alert_epochs', 4, 'alerts: alerts per object.')
   _ALERT_SLOTS = flags.DEFINE_integer('alert_slots', 256, 'alerts: objects per model call.')
-  _ALERT_KAFKA = flags.DEFINE_bool('kafka', False, 'alerts: end to end through Kafka (consume, '
-                                   'decode, cutout, state, model, produce) with consumer '
-                                   "processes against librdkafka's mock cluster.")
+  _ALERT_KAFKA = flags.DEFINE_string(
+      'kafka', '', 'alerts: end to end through Kafka (consume, decode, cutout, state, model, '
+      'produce) with consumer processes of `python -m rcnn_jax.alerts --kafka`. '
+      "`--kafka` alone (or --kafka=mock): against librdkafka's mock cluster, started on "
+      'loopback (a test double, NOT a broker); --kafka HOST:PORT[,...]: against that cluster '
+      '(its topics are created and deleted by the bench).')
+  _ALERT_KAFKA_CONFIG = flags.DEFINE_multi_string(
+      'kafka_config', [], 'alerts --kafka HOST:PORT: KEY=VALUE librdkafka settings '
+      '(security, SASL) for the bench and its consumers.')
   _ALERT_CONSUMERS = flags.DEFINE_list('alert_consumers', ['1', '2'], 'alerts --kafka: '
                                        'consumer processes in the group, one run each.')
   _ALERT_POSTGRES = flags.DEFINE_string('alert_postgres', '', 'alerts --kafka: also a run '
@@ -447,18 +453,91 @@ def bench_alerts(_):
            alerts=len(times) - 5)
 
 
+MOCK_RETAINED_BYTES = 5 * 2**20  # librdkafka's mock keeps this much a partition (rdkafka_mock.c)
+MOCK_BACKLOG_BYTES = 12 * 2**20  # what the bench produces ahead of the group's commits, a partition
+
+
+def _produce_paced(producer, topic, group, messages, budget, conf):
+  """Produces ``messages`` to ``topic`` in order; returns the seconds it took. Without
+  ``budget``: at once (librdkafka's partitioner). With ``budget`` (bytes): each message to
+  partition CRC-32(key) mod P, and only while that partition's bytes past ``group``'s committed
+  offset plus the bytes not yet acknowledged (of any partition: bursts stay small) stay within
+  ``budget``; else the stream waits for the consumers' commits."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  import confluent_kafka  # pylint: disable=g-import-not-at-top
+  held = collections.defaultdict(collections.deque)  # partition -> (offset, bytes) uncommitted
+  ahead = collections.defaultdict(int)  # partition -> bytes acknowledged and not committed
+  pending = [0]  # bytes produced, not acknowledged yet
+
+  def delivered(err, msg):
+    pending[0] -= len(msg.value())
+    if err is None:
+      held[msg.partition()].append((msg.offset(), len(msg.value())))
+      ahead[msg.partition()] += len(msg.value())
+
+  def produce(k, v, **kw):
+    while True:
+      try:
+        producer.produce(topic, key=k, value=v, on_delivery=delivered, **kw)
+        pending[0] += len(v)
+        return
+      except BufferError:
+        producer.poll(0.05)
+
+  t0 = time.time()
+  if not budget:
+    for k, v in messages:
+      produce(k, v)
+    producer.flush(600)
+    return time.time() - t0
+  watcher = confluent_kafka.Consumer(dict(conf, **{'group.id': group}))
+  try:
+    md = watcher.list_topics(topic, timeout=10).topics[topic]
+    parts = [confluent_kafka.TopicPartition(topic, q) for q in sorted(md.partitions)]
+    for k, v in messages:
+      q = zlib.crc32(k) % len(parts)
+      since = time.time()
+      while True:
+        producer.poll(0)
+        if ahead[q] + pending[0] + len(v) <= budget or ahead[q] + pending[0] == 0:
+          break
+        if time.time() - since > 300:
+          raise utils.UserError(f'bench alerts --kafka: group {group} committed nothing for '
+                                '300 s (are its consumers running?)')
+        for tp in watcher.committed(parts, timeout=10):
+          done = held[tp.partition]
+          while done and tp.offset >= 0 and done[0][0] < tp.offset:
+            ahead[tp.partition] -= done.popleft()[1]
+        time.sleep(0.005)
+      produce(k, v, partition=q)
+    producer.flush(600)
+  finally:
+    watcher.close()
+  return time.time() - t0
+
+
 def bench_alerts_kafka(clf, variables):
   """``bench alerts --kafka``: the --alert_objects x --alert_epochs stream of ``alert_files``
-  as one Avro container per message keyed by object id, produced at once to librdkafka's mock
-  cluster (``serving.alerts.mockkafka``: a process on loopback, not a real broker), consumed by
-  --alert_consumers processes of ``python -m rcnn_jax.alerts --kafka`` in one group (consume,
-  decode, cutout, state, model, produce the classifications), the state in SQLite (one file
-  shared by the group's processes) and, with --alert_postgres, in PostgreSQL. Each run first
-  sends n_w alerts of 64 other objects and waits for their classifications (the processes
-  have then joined the group and compiled), then times from the first produce of the stream to
-  the last chunk written. alerts/s beside Rubin's largest visit; ms per alert per stage (summed
-  over the processes: with two processes on two cores, per-stage times add up to twice the
-  wall time)."""
+  as one Avro container per message keyed by object id, consumed by --alert_consumers
+  processes of ``python -m rcnn_jax.alerts --kafka`` in one group (consume, decode, cutout,
+  state, model, produce the classifications), the state in SQLite (one file shared by the
+  group's processes) and, with --alert_postgres, in PostgreSQL. Each run first sends n_w alerts
+  of 64 other objects and waits for their classifications (the processes have then joined the
+  group and compiled), then times from the first produce of the stream to the last chunk
+  written. alerts/s beside Rubin's largest visit; ms per alert per stage (summed over the
+  processes: with two processes on two cores, per-stage times add up to twice the wall time).
+
+  ``--kafka`` alone: librdkafka's mock cluster (``serving.alerts.mockkafka``: a process on
+  loopback, not a real broker). It keeps only 5 MiB a partition and deletes older messages
+  (experiments/alerts_kafka/), so the stream is produced at most MOCK_BACKLOG_BYTES a partition
+  ahead of the group's committed offsets (``_produce_paced``; the consumers prefetch what is
+  produced within milliseconds, so nothing unread is deleted: the run checks that every alert
+  came out), and
+  the consumers set fetch.wait.max.ms=10 (the mock answers an empty long poll only after it,
+  even when messages arrive). ``--kafka HOST:PORT``: a real cluster; the stream is produced at
+  once (a backlog) to topics of 4 partitions the bench creates and deletes."""
   import io  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -466,12 +545,17 @@ def bench_alerts_kafka(clf, variables):
   import uuid  # pylint: disable=g-import-not-at-top
 
   import confluent_kafka  # pylint: disable=g-import-not-at-top
+  from confluent_kafka import admin as kafka_admin  # pylint: disable=g-import-not-at-top
   import fastavro  # pylint: disable=g-import-not-at-top
 
   from rcnn_jax.serving import shipped  # lazy: per benchmark
+  from rcnn_jax.serving.alerts import sources  # lazy: per benchmark
   slots, n_obj, n_ep = _ALERT_SLOTS.value, _ALERT_OBJECTS.value, _ALERT_EPOCHS.value
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root, RCNN_JAX_KAFKA_SESSION_TIMEOUT_MS='10000')
+  on_mock = _ALERT_KAFKA.value == 'mock'
+  nonce = int.from_bytes(os.urandom(2), 'big') % 9000  # this invocation's object and alert ids
+  extra = ['fetch.wait.max.ms=10'] if on_mock else list(_ALERT_KAFKA_CONFIG.value)
 
   def messages(prefix, num_objects, num_epochs, first):
     schema, recs = alert_records(num_objects, num_epochs, prefix=prefix, first=first)
@@ -482,8 +566,8 @@ def bench_alerts_kafka(clf, variables):
       out.append((r['objectId'].encode(), buf.getvalue()))
     return out
 
-  def count(bootstrap, topic, want, timeout):
-    c = confluent_kafka.Consumer({'bootstrap.servers': bootstrap, 'group.id': 'bench-reader'})
+  def count(conf, topic, want, timeout, procs):
+    c = confluent_kafka.Consumer(dict(conf, **{'group.id': 'bench-reader'}))
     t0, n = time.time(), 0
     while time.time() - t0 < timeout:
       md = c.list_topics(topic, timeout=10).topics.get(topic)
@@ -492,7 +576,7 @@ def bench_alerts_kafka(clf, variables):
                   for p in md.partitions])
         break
       time.sleep(0.2)
-    while n < want and time.time() - t0 < timeout:
+    while n < want and time.time() - t0 < timeout and all(p.poll() is None for p in procs):
       n += sum(1 for m in c.consume(500, timeout=0.5) if not m.error())
     c.close()
     return n
@@ -503,20 +587,41 @@ def bench_alerts_kafka(clf, variables):
       workdir = os.path.join(tmp, 'model')
       shipped.save(workdir, clf.config, variables['params'], variables['batch_stats'], step=0,
                    source='random init (bench alerts --kafka)', dtype='float32')
-    mock = subprocess.Popen([sys.executable, '-m', 'rcnn_jax.serving.alerts.mockkafka'],
-                            cwd=root, env=env, stdout=subprocess.PIPE, text=True)
-    try:
+    mock = admin = None
+    if on_mock:
+      mock = subprocess.Popen([sys.executable, '-m', 'rcnn_jax.serving.alerts.mockkafka'],
+                              cwd=root, env=env, stdout=subprocess.PIPE, text=True)
       bootstrap = mock.stdout.readline().strip()
-      producer = confluent_kafka.Producer({'bootstrap.servers': bootstrap, 'linger.ms': 5,
-                                           'queue.buffering.max.kbytes': 2**21})
+      conf = {'bootstrap.servers': bootstrap}
+    else:
+      bootstrap = _ALERT_KAFKA.value
+      conf = sources.kafka_config(bootstrap, extra)
+      sources.check_reachable(conf, None, 10.0)
+      admin = kafka_admin.AdminClient(conf)
+    made = []
+    try:
+      producer = confluent_kafka.Producer(dict(conf, **{'linger.ms': 5,
+                                                        'queue.buffering.max.kbytes': 2**21}))
       backends = [('sqlite', None)] + ([('postgresql', _ALERT_POSTGRES.value)]
                                        if _ALERT_POSTGRES.value else [])
       for run, (backend, n_proc) in enumerate((b, int(n)) for b, _ in backends
                                               for n in _ALERT_CONSUMERS.value):
         state = dict(backends)[backend] or os.path.join(tmp, f'state_{run}.db')
         topic, out_topic = f'alerts-{uuid.uuid4().hex[:8]}', f'out-{uuid.uuid4().hex[:8]}'
-        warm = messages(f'ZTFwarm{run:02d}', 64, clf.n_w, 10**15 + 10**9 * run)
-        main = messages(f'ZTFbench{run:02d}', n_obj, n_ep, 2 * 10**15 + 10**9 * run)
+        if admin is not None:
+          made += [topic, out_topic, f'{out_topic}.dead_letter']
+          for t, f in admin.create_topics([kafka_admin.NewTopic(t, 4)
+                                           for t in made[-3:]]).items():
+            try:
+              f.result(timeout=15)
+            except (confluent_kafka.KafkaException, TimeoutError) as e:
+              print(f'warning: bench alerts --kafka: topic {t} not created ({e!r}); relying '
+                    "on the cluster's automatic topic creation", file=sys.stderr)
+        # Ids new to any state (a PostgreSQL database given again, run after run): alerts
+        # already in a state are not published again, and the warm-up would wait for nothing.
+        base = 10**9 * (100 * nonce + run)
+        warm = messages(f'ZTFwarm{nonce:04d}r{run:02d}', 64, clf.n_w, 10**15 + base)
+        main = messages(f'ZTFbench{nonce:04d}r{run:02d}', n_obj, n_ep, 2 * 10**15 + base)
         for k, v in warm:
           producer.produce(topic, key=k, value=v)
         producer.flush(60)
@@ -525,22 +630,16 @@ def bench_alerts_kafka(clf, variables):
             [sys.executable, '-m', 'rcnn_jax.alerts', '--workdir', workdir, '--state', state,
              '--kafka', bootstrap, '--topic', topic, '--group', f'bench{run}', '--out_topic',
              out_topic, '--batch', str(slots), '--idle_exit', '6', '--stats_json', s,
-             '--progress_every', '0'], cwd=root, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True) for s in stats]
-        got = count(bootstrap, out_topic, len(warm), 600)
+             '--progress_every', '0'] + [f'--kafka_config={kv}' for kv in extra], cwd=root,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for s in stats]
+        got = count(conf, out_topic, len(warm), 600, procs)
         if got < len(warm):
           raise utils.UserError(f'bench alerts --kafka: {got} of {len(warm)} warm-up '
                                 'classifications: ' + procs[0].stderr.read()[-500:])
         t0 = time.time()
-        for k, v in main:
-          while True:
-            try:
-              producer.produce(topic, key=k, value=v)
-              break
-            except BufferError:
-              producer.poll(0.05)
-        producer.flush(600)
-        produced_s = time.time() - t0
+        produced_s = _produce_paced(producer, topic, f'bench{run}', main,
+                                    MOCK_BACKLOG_BYTES if on_mock else 0, conf)
         for p in procs:
           _, err = p.communicate(timeout=3600)
           if p.returncode != 0:
@@ -551,34 +650,46 @@ def bench_alerts_kafka(clf, variables):
             summ.append(json.load(f))
         rows = sum(x['rows'] for x in summ)
         wall = max(x['t_last_rows'] for x in summ) - t0
-        # The stream's alerts handled (the consumers stop after 6 s without a message: short
-        # of len(main) when the broker serves slower than that; librdkafka's mock cluster
-        # serves ~0.7 MB/s of these ~57 kB packets, ~12 alerts/s, measured 2026-12-07).
-        done = rows - len(warm)
+        done = rows - len(warm)  # the stream's alerts handled
+        if done != len(main):
+          print(f'warning: bench alerts --kafka: {done} of the stream\'s {len(main)} alerts '
+                'came out (the rate below is of those)', file=sys.stderr)
         rate = done / wall
         timers = {}
         for x in summ:
           for k, v in x['timers'].items():
             timers[k] = timers.get(k, 0.0) + v
         compile_s = timers.pop('compile', 0.0)
-        timers.pop('wait', None)
+        idle_s = timers.pop('wait', 0.0)  # empty polls (the stream not there yet), summed
         emit('alerts_kafka', rate, 'alerts_per_s',
              config={'objects': n_obj, 'alerts_per_object': n_ep, 'slots': slots,
                      'consumers': n_proc, 'state': backend, 'stamp_size': clf.stamp_size,
                      'n_w': clf.n_w, 'lstm_size': clf.config.model.lstm_size,
                      'parameters': f'trained ({_WORKDIR.value})' if _WORKDIR.value
-                     else 'random', 'broker': "librdkafka's mock cluster (loopback)",
+                     else 'random',
+                     'broker': "librdkafka's mock cluster (loopback), not a Kafka broker"
+                     if on_mock else bootstrap, 'kafka_config': extra,
+                     'produced': f'in order, at most {MOCK_BACKLOG_BYTES >> 20} MiB '
+                     'a partition (unacknowledged included) past the committed offsets'
+                     if on_mock else 'at once',
                      'message_bytes_mean': round(sum(len(v) for _, v in main) / len(main))},
              seconds=round(wall, 2), produce_s=round(produced_s, 2), rows=rows,
              stream_alerts=len(main), stream_alerts_handled=done,
-             compile_s=round(compile_s, 2),
+             compile_s=round(compile_s, 2), idle_wait_s=round(idle_s, 2),
              breakdown_ms_per_alert={k: round(1e3 * v / rows, 4) for k, v in timers.items()},
              vs_rubin_largest_visit=round(rate / RUBIN_VISIT_RATE, 4),
              load_average=[round(x, 2) for x in os.getloadavg()])
       del producer  # before the cluster goes: no reconnection messages
     finally:
-      mock.terminate()
-      mock.wait(timeout=30)
+      if admin is not None and made:
+        for f in admin.delete_topics(made, operation_timeout=10).values():
+          try:
+            f.result(timeout=15)
+          except (confluent_kafka.KafkaException, TimeoutError):
+            pass  # a cluster that refuses deletions keeps the bench's topics
+      if mock is not None:
+        mock.terminate()
+        mock.wait(timeout=30)
 
 
 BENCHES = {'simulate': bench_simulate, 'train': bench_train, 'inference': bench_inference,
@@ -599,6 +710,19 @@ def main(argv):
       f.writelines(json.dumps(r) + '\n' for r in _RESULTS)
 
 
+def _bare_kafka(argv):
+  """``--kafka`` with no value (the last word, or followed by a flag or a benchmark name) is
+  ``--kafka=mock``: the flag takes HOST:PORT, and alone means the mock cluster."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a == '--kafka' and (i + 1 == len(out) or out[i + 1].startswith('-') or
+                           out[i + 1] in BENCHES):
+      out[i] = '--kafka=mock'
+  return out
+
+
 if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.argv = _bare_kafka(sys.argv)
   _define_flags()
   utils.run(main)
