@@ -247,6 +247,32 @@ def test_bad_postgres_urls_are_one_line(postgres_server, postgres_url):
     assert needle in msg and '\n' not in msg and 's3cret' not in msg, (url, msg)
 
 
+def test_the_server_command_refuses_unknown_flags_and_cleans_up_on_sigterm(postgres_server):
+  """``python -m rcnn_jax.serving.alerts.pgserver``: an unknown flag (``--help`` included) is
+  its usage line, exit 2, no cluster started; SIGTERM once serving stops the server and removes
+  its cluster directory."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  cmd = [sys.executable, '-m', 'rcnn_jax.serving.alerts.pgserver']
+  r = subprocess.run(cmd + ['--help'], env=env, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and r.stdout == '' and r.stderr.startswith('usage:'), r
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    url = p.stdout.readline().strip()
+    assert url.startswith('postgresql://rcnn@127.0.0.1:'), p.stderr.read()
+    store = state_lib.open_store(url)  # a real server: the state opens
+    store.close()
+    procs = subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout
+    data = [l.split(' -D ')[1].split()[0] for l in procs.splitlines()
+            if ' -D ' in l and f'-p {url.rsplit(":", 1)[1].split("/")[0]} ' in l + ' ']
+    assert len(data) == 1, procs
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 0
+  finally:
+    if p.poll() is None:
+      p.kill()
+  assert not os.path.exists(data[0])
+
+
 def _closed_port():
   import socket
   with socket.socket() as s:

@@ -184,17 +184,24 @@ def start(durable=False, parent=None, tries=5) -> Server:
 
 
 def main(argv):
+  if any(a != '--durable' for a in argv[1:]):
+    print('usage: python -m rcnn_jax.serving.alerts.pgserver [--durable]  (prints the URL of a '
+          'throwaway server, serves until SIGTERM/SIGINT)', file=sys.stderr)
+    return 2
   durable = '--durable' in argv[1:]
+  # The handlers first: a SIGTERM while the cluster starts still stops and removes it.
+  done = threading.Event()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: done.set())
   server = start(durable=durable)
   try:
-    print(server.create_database('rcnn'), flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, lambda *_: done.set())
+    if not done.is_set():
+      print(server.create_database('rcnn'), flush=True)
     done.wait()
   finally:
     server.stop()
+  return 0
 
 
 if __name__ == '__main__':
-  main(sys.argv)
+  sys.exit(main(sys.argv))
