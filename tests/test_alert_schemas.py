@@ -101,7 +101,7 @@ def _ztf4_schema(version):
   """ZTF's pinned 4.02 schema (the files of ztf-avro-alert), or 4.01: the same with
   ``candidate.tooflag``'s default 0 (the only difference, upstream commit f5ee01b)."""
   names = ('cutout', 'candidate', 'prv_candidate', 'fp_hist', 'alert')
-  schema = reader._plain(fastavro.schema.load_schema_ordered(  # pylint: disable=protected-access
+  schema = packets.plain(fastavro.schema.load_schema_ordered(
       [str(ZTF4 / f'{n}.avsc') for n in names]))
   assert schema['version'] == '4.02'
   if version == '4.01':
@@ -275,7 +275,7 @@ def _conform(value, schema):
 
 
 def _rubin(version_id):
-  return reader.rubin_schema(version_id)
+  return packets.rubin_schema(version_id)
 
 
 def _fink_v10():
@@ -311,7 +311,7 @@ def test_rubin_names_moved_are_read_by_alias(lspec, tmp_path):
   (``midPointTai``, ``filterName``): read through the reader schema's aliases, and also from
   records read whole (``decode`` looks the earlier names up too)."""
   schema, recs = _fink_v10()
-  schema = reader._plain(copy.deepcopy(schema))  # pylint: disable=protected-access
+  schema = packets.plain(copy.deepcopy(schema))
   ds = next(f['type'] for f in schema['fields'] if f['name'] == 'diaSource')
   ren = {'midpointMjdTai': 'midPointTai', 'band': 'filterName'}
   for f in ds['fields']:
@@ -356,9 +356,9 @@ def test_rubin_refused_only_for_a_needed_field_named(lspec, tmp_path):
 
 def _package_samples():
   """(schema id, sample file) of every lsst-alert-packet version with a sample packet."""
-  root = reader._rubin_schema_root()  # pylint: disable=protected-access
+  root = packets.rubin_schema_root()
   out = []
-  for sid in reader.rubin_schema_ids():
+  for sid in packets.rubin_schema_ids():
     f = os.path.join(root, str(sid // 100), str(sid % 100), 'sample_data', 'fakeAlert.avro')
     if os.path.isfile(f):
       out.append((sid, f))
@@ -520,7 +520,7 @@ def _epoch(rec, schema, source, spec):
 
 def _wire(writer, rec, schema_id=4242):
   body = io.BytesIO()
-  fastavro.schemaless_writer(body, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))),  # pylint: disable=protected-access
+  fastavro.schemaless_writer(body, fastavro.parse_schema(packets.plain(copy.deepcopy(writer))),
                              rec)
   return struct.pack('>bI', 0, schema_id) + body.getvalue()
 
@@ -629,8 +629,8 @@ def test_skipped_fields_in_every_encoding(codec, lspec, tmp_path):
   import random  # pylint: disable=import-outside-toplevel
   rnd = random.Random(f'issue41-{codec}')
   writer, fink = _fink_v10()
-  expanded = reader._plain(fastavro.schema.expand_schema(  # pylint: disable=protected-access
-      fastavro.parse_schema(reader._plain(copy.deepcopy(writer)))))  # pylint: disable=protected-access
+  expanded = packets.plain(fastavro.schema.expand_schema(
+      fastavro.parse_schema(packets.plain(copy.deepcopy(writer)))))
   recs = []
   for r in fink * 3:
     r = copy.deepcopy(r)
@@ -641,7 +641,7 @@ def test_skipped_fields_in_every_encoding(codec, lspec, tmp_path):
   assert any(len(r['prvDiaSources'] or []) >= 17 for r in recs)
   path = tmp_path / f'{codec}.avro'
   with open(path, 'wb') as f:
-    fastavro.writer(f, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))), recs,  # pylint: disable=protected-access
+    fastavro.writer(f, fastavro.parse_schema(packets.plain(copy.deepcopy(writer))), recs,
                     codec=codec, sync_interval=20000)
   out = _check_file(path, lspec)
   assert len(out) == len(recs) and all(isinstance(e, reader.Epoch) for e in out)
@@ -722,7 +722,7 @@ def test_truncated_container_yields_the_records_before(codec, tmp_path):
   BadPacket for the rest (a cut in the header: 'not an Avro container file')."""
   writer, recs = _records(ALERTS / 'ztf' / 'avro_multi_alerts.avro')
   buf = io.BytesIO()
-  fastavro.writer(buf, fastavro.parse_schema(reader._plain(copy.deepcopy(writer))),  # pylint: disable=protected-access
+  fastavro.writer(buf, fastavro.parse_schema(packets.plain(copy.deepcopy(writer))),
                   recs, codec=codec, sync_interval=120000)  # blocks of a few records
   data = buf.getvalue()
   seen = set()

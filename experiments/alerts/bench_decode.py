@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs import lsst  # noqa: E402
 from configs import ztf  # noqa: E402
+from rcnn_jax.serving.alerts import packets  # noqa: E402
 from rcnn_jax.serving.alerts import reader  # noqa: E402
 from rcnn_jax.serving.alerts import sources  # noqa: E402
 
@@ -57,7 +58,7 @@ def main():
   with open(RUBIN, 'rb') as f:
     r = fastavro.reader(f)
     writer, recs = r.writer_schema, list(r)
-  parsed = fastavro.parse_schema(reader._plain(copy.deepcopy(writer)))  # pylint: disable=protected-access
+  parsed = fastavro.parse_schema(packets.plain(copy.deepcopy(writer)))
   wire = []
   for rec in recs:
     body = io.BytesIO()

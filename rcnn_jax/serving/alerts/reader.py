@@ -51,8 +51,8 @@ Rubin schema with a science cutout (``lsst.v6_1`` to ``lsst.v11_1`` of ``lsst-al
 3.0 to 6.0 carry only difference and template cutouts, and are refused naming
 ``cutoutScience``). ``decode_message`` reads one Kafka message: an Avro container (ZTF's
 stream) or the Confluent wire format (Rubin's: byte 0, the 4-byte big-endian schema id, a
-schemaless body), with Rubin's pinned writer schemas by id (``rubin_schema``). The per-version
-changes of these fields: docs/alerts.md, "Schema versions".
+schemaless body), with Rubin's pinned writer schemas by id (``packets.rubin_schema``). The
+per-version changes of these fields: docs/alerts.md, "Schema versions".
 """
 
 from __future__ import annotations
@@ -146,13 +146,9 @@ def list_inputs(inputs) -> list[str]:
 
 # The fields the reader uses (with their earlier names, as Avro aliases) and the decoding of the
 # packets' bytes: packets.py, one decoder for the files and the Kafka messages.
-_FIELDS = packets.FIELDS
-_SUBFIELDS = packets.SUBFIELDS
-_plain = packets.plain
-projection = packets.projection
 
 
-def _field(rec, name, wanted=_FIELDS):
+def _field(rec, name, wanted=packets.FIELDS):
   """``rec[name]`` under its current or an earlier name (a record read without the projection);
   ``KeyError`` if the record has neither."""
   if name in rec:
@@ -166,7 +162,7 @@ def _field(rec, name, wanted=_FIELDS):
 def read_records(path):
   """Yields (index, record, writer schema) of an Avro container file, then at most one
   ``BadPacket`` for the rest of a truncated or corrupt file (the records before it are still
-  yielded). Records hold the fields the reader uses (``projection``), decoded by
+  yielded). Records hold the fields the reader uses (``packets.projection``), decoded by
   ``packets.container`` (the writer schema parsed once per distinct schema)."""
   n = 0
   try:
@@ -199,11 +195,6 @@ def read_epochs(path, spec: StampSpec):
 # ----------------------------------------------------------------------------------------------
 # One Kafka message
 
-AVRO_MAGIC = packets.AVRO_MAGIC
-CONFLUENT_MAGIC = packets.WIRE_MAGIC
-_rubin_schema_root = packets.rubin_schema_root
-rubin_schema_ids = packets.rubin_schema_ids
-rubin_schema = packets.rubin_schema
 
 
 def decode_message(data: bytes, schema=None, schemas=None, source: str = 'message'):
@@ -212,9 +203,10 @@ def decode_message(data: bytes, schema=None, schemas=None, source: str = 'messag
   stream: one file per message, its schema inside) or the Confluent wire format (Rubin's: byte
   0, the 4-byte big-endian schema id, one schemaless Avro record) whose writer schema is
   ``schema`` if given, else ``schemas[id]`` (a mapping id -> schema) if it has the id, else
-  Rubin's schema of that id (``rubin_schema``; the one returned is shared: do not modify it).
+  Rubin's schema of that id (``packets.rubin_schema``; the one returned is shared: do not
+  modify it).
   ``BadPacket`` naming ``source`` otherwise. The decoding: ``packets.decode_message``."""
-  if schema is None and schemas is not None and len(data) >= 5 and data[:4] != AVRO_MAGIC:
+  if schema is None and schemas is not None and len(data) >= 5 and data[:4] != packets.AVRO_MAGIC:
     (sid,) = struct.unpack('>I', bytes(data[1:5]))
     schema = schemas.get(sid)
   return packets.decode_message(data, label=source, schema=schema)
@@ -252,7 +244,7 @@ class _Fields:
   def lookup(self, path):
     """(found, value) at ``path`` ('candidate.jd'): found False when the packet has no such
     field (its schema has none); a null on the way gives (True, None)."""
-    v, wanted = self.rec, _FIELDS
+    v, wanted = self.rec, packets.FIELDS
     for part in path.split('.'):
       if v is None:
         return True, None
@@ -262,7 +254,7 @@ class _Fields:
         v = _field(v, part, wanted)
       except KeyError:
         return False, None
-      wanted = _SUBFIELDS.get(part, {})
+      wanted = packets.SUBFIELDS.get(part, {})
     return True, v
 
   def has(self, path):

@@ -33,8 +33,6 @@ from rcnn_jax.core.errors import UserError
 from rcnn_jax.serving.alerts import packets
 from rcnn_jax.serving.alerts import reader
 
-AVRO_MAGIC = packets.AVRO_MAGIC
-WIRE_MAGIC = packets.WIRE_MAGIC
 IDLE = object()  # yielded when no message came within the poll timeout
 # Environment override of the consumer's session timeout (tests: short, so that a group
 # rebalances within seconds of a member's kill -9).
